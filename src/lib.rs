@@ -1,0 +1,1 @@
+//! dingtalk-streamd: one DingTalk Stream Mode connection per host, handed to local programs.
