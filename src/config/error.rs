@@ -1,0 +1,84 @@
+//! `ConfigError`: every way a config can be wrong, each naming the file and the line/column or
+//! key path, so an operator can go straight to the mistake.
+
+use std::path::PathBuf;
+
+/// A config that cannot be used. `main` maps every variant to exit code 78 (EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config: {source}", file.display())]
+    Read {
+        /// The config path.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is empty or only comments, or `client_id` is empty: the packaged state.
+    #[error("{}: not configured: set dingtalk.client_id in {}", file.display(), file.display())]
+    NotConfigured {
+        /// The config path.
+        file: PathBuf,
+    },
+    /// A YAML syntax error, an unknown key, a wrong type or a bad value.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Parse {
+        /// The config path.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but is not acceptable, or a rule across several keys.
+    #[error("{}: {key}: {message}", file.display())]
+    Invalid {
+        /// The config path.
+        file: PathBuf,
+        /// Dotted key path, e.g. `keepalive.pong_timeout`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(super) fn from_yaml(file: &std::path::Path, text: &str, e: serde_yaml_ng::Error) -> Self {
+        let mut message = e.to_string();
+        // serde_yaml_ng appends " at line L column C"; we print the location up front instead.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        if message.starts_with("missing field `dingtalk`") {
+            return ConfigError::NotConfigured {
+                file: file.to_owned(),
+            };
+        }
+        if message.contains("missing field `client_id`") {
+            message = format!(
+                "{message}: not configured: set dingtalk.client_id in {}",
+                file.display()
+            );
+        }
+        let (line, column) = match e.location() {
+            Some(l) => (l.line(), l.column()),
+            None => (text.lines().count().max(1), 1),
+        };
+        ConfigError::Parse {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    pub(super) fn invalid(file: &std::path::Path, key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}

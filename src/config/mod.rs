@@ -1,0 +1,460 @@
+//! The typed configuration (design.md §4): serde structs with `deny_unknown_fields`, defaults as
+//! named constants, [`Config::load`] = parse + [`validate`](Config::validate) + secret
+//! resolution. Every error names the file and line (and column), or the key path for
+//! cross-field rules.
+
+mod error;
+mod units;
+mod validate;
+
+pub use error::ConfigError;
+pub use units::{ByteSize, FileMode, HumanDuration};
+
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the packaged daemon reads its config.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dingtalk-streamd/config.yml";
+/// DingTalk's production ticket endpoint (protocol.md §1.1).
+pub const DEFAULT_OPEN_URL: &str = "https://api.dingtalk.com/v1.0/gateway/connections/open";
+/// The consumer socket (design.md §2).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/dingtalk-streamd/stream.sock";
+/// The control socket (design.md §2).
+pub const DEFAULT_CONTROL_PATH: &str = "/run/dingtalk-streamd/control.sock";
+/// The spool directory (systemd `StateDirectory=`).
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/dingtalk-streamd";
+/// The systemd credential name that may carry the secret.
+pub const CREDENTIAL_NAME: &str = "client_secret";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Credentials, endpoint and subscriptions.
+    pub dingtalk: DingTalk,
+    /// Extra trust anchors.
+    #[serde(default)]
+    pub tls: Tls,
+    /// HTTP CONNECT proxy for the ticket request and the WebSocket; env vars when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUrl>,
+    /// Liveness of the DingTalk connection.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// Reconnect policy.
+    #[serde(default)]
+    pub reconnect: Reconnect,
+    /// The consumer socket.
+    #[serde(default)]
+    pub socket: SocketConfig,
+    /// The control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// The durable spool.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Consumer groups that keep messages before their first member ever connects.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Per-member limits of consumer groups.
+    #[serde(default)]
+    pub consumers: Consumers,
+    /// CALLBACK topics whose ACK carries a consumer's response.
+    #[serde(default)]
+    pub callbacks: Vec<CallbackRoute>,
+    /// Bounds on everything that comes from outside.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Optional Prometheus endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+}
+
+/// `dingtalk:` — who we are to DingTalk and what we subscribe to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DingTalk {
+    /// AppKey / SuiteKey.
+    pub client_id: String,
+    /// The secret inline (discouraged: prefer a file or the systemd credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<Secret>,
+    /// A file holding only the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The `connections/open` endpoint.
+    #[serde(default = "default_open_url")]
+    pub open_url: String,
+    /// What to subscribe to.
+    #[serde(default = "default_subscriptions")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// One `{type, topic}` subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// `EVENT` or `CALLBACK`.
+    #[serde(rename = "type")]
+    pub kind: SubscriptionKind,
+    /// A CALLBACK topic, or `*` for EVENT (the only allowed EVENT topic).
+    pub topic: String,
+}
+
+/// The two subscribable push types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SubscriptionKind {
+    /// Events chosen in the developer console.
+    Event,
+    /// Bot messages, card callbacks, ...
+    Callback,
+}
+
+fn default_open_url() -> String {
+    DEFAULT_OPEN_URL.to_owned()
+}
+
+fn default_subscriptions() -> Vec<Subscription> {
+    vec![
+        Subscription {
+            kind: SubscriptionKind::Callback,
+            topic: "/v1.0/im/bot/messages/get".into(),
+        },
+        Subscription {
+            kind: SubscriptionKind::Event,
+            topic: "*".into(),
+        },
+    ]
+}
+
+/// `tls:`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file of CAs trusted in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A proxy URL; its credentials are never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(pub reqwest::Url);
+
+impl ProxyUrl {
+    /// The URL as text with any password replaced, for logs and `check-config`.
+    pub fn redacted(&self) -> String {
+        let mut u = self.0.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        u.to_string()
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let url = reqwest::Url::parse(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format_args!(
+                "invalid proxy URL ({e}); write e.g. http://proxy.example:3128"
+            ))
+        })?;
+        if url.scheme() != "http" {
+            return Err(serde::de::Error::custom(format_args!(
+                "unsupported proxy scheme {:?}: only http:// (HTTP CONNECT) proxies are supported",
+                url.scheme()
+            )));
+        }
+        Ok(ProxyUrl(url))
+    }
+}
+
+impl Serialize for ProxyUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// `keepalive:` — how fast a dead connection is noticed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// WebSocket ping period.
+    pub ping_interval: HumanDuration,
+    /// A ping unanswered this long (and no other frame) means the connection is dead.
+    pub pong_timeout: HumanDuration,
+    /// TCP_KEEPIDLE: the backstop for an idle link.
+    pub tcp_keepalive_idle: HumanDuration,
+    /// TCP_KEEPINTVL.
+    pub tcp_keepalive_interval: HumanDuration,
+    /// TCP_KEEPCNT.
+    pub tcp_keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the socket (ops-notes §3).
+    pub tcp_user_timeout: HumanDuration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            ping_interval: HumanDuration::from_secs(10),
+            pong_timeout: HumanDuration::from_secs(5),
+            tcp_keepalive_idle: HumanDuration::from_secs(15),
+            tcp_keepalive_interval: HumanDuration::from_secs(5),
+            tcp_keepalive_count: 3,
+            tcp_user_timeout: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+/// `reconnect:` — the supervisor's backoff.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconnect {
+    /// First backoff ceiling; also the jitter range of the first retry after a drop.
+    pub initial_delay: HumanDuration,
+    /// Backoff cap.
+    pub max_delay: HumanDuration,
+    /// A connection up this long resets the backoff.
+    pub stable_after: HumanDuration,
+    /// Bound on each stage: ticket request, TCP, TLS, WebSocket upgrade.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial_delay: HumanDuration::from_secs(1),
+            max_delay: HumanDuration::from_secs(60),
+            stable_after: HumanDuration::from_secs(30),
+            connect_timeout: HumanDuration::from_secs(10),
+        }
+    }
+}
+
+/// `socket:` — where consumers connect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// Path of the stream socket.
+    pub path: PathBuf,
+    /// Mode applied when the daemon binds the socket itself.
+    pub mode: FileMode,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            path: DEFAULT_SOCKET_PATH.into(),
+            mode: FileMode(0o660),
+        }
+    }
+}
+
+/// `control:` — the status socket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Path of the control socket.
+    pub path: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            path: DEFAULT_CONTROL_PATH.into(),
+        }
+    }
+}
+
+/// `spool:` — the durable store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the SQLite database.
+    pub dir: PathBuf,
+    /// Bound on messages plus dedupe keys.
+    pub max_bytes: ByteSize,
+    /// Bound on a message's age.
+    pub max_age: HumanDuration,
+    /// How long a redelivery is recognised.
+    pub dedupe_window: HumanDuration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: DEFAULT_SPOOL_DIR.into(),
+            max_bytes: ByteSize::gib(1),
+            max_age: HumanDuration::from_secs(7 * 86400),
+            dedupe_window: HumanDuration::from_secs(3600),
+        }
+    }
+}
+
+/// `consumers:` — group member limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Consumers {
+    /// Unacked messages per member.
+    pub in_flight: u32,
+    /// An unacked message is given again after this.
+    pub ack_wait: HumanDuration,
+    /// Deliveries before a message is parked.
+    pub max_deliveries: u32,
+}
+
+impl Default for Consumers {
+    fn default() -> Self {
+        Consumers {
+            in_flight: 100,
+            ack_wait: HumanDuration::from_secs(60),
+            max_deliveries: 10,
+        }
+    }
+}
+
+/// One `callbacks:` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRoute {
+    /// The CALLBACK topic.
+    pub topic: String,
+    /// The group whose member answers.
+    pub group: String,
+    /// How long the ACK waits for the answer.
+    #[serde(default = "default_callback_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_callback_timeout() -> HumanDuration {
+    HumanDuration::from_secs(3)
+}
+
+/// `limits:` — bounds on input.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame or message accepted.
+    pub max_frame_bytes: ByteSize,
+    /// Longest consumer line accepted.
+    pub max_line_bytes: ByteSize,
+    /// Consumer connections at once.
+    pub max_consumers: u32,
+    /// Frames awaiting durability before the connection is shed.
+    pub max_pending_acks: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: ByteSize::mib(1),
+            max_line_bytes: ByteSize::mib(1),
+            max_consumers: 64,
+            max_pending_acks: 10_000,
+        }
+    }
+}
+
+/// `log:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level or RUST_LOG-style filter list.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `metrics:`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address of the Prometheus text endpoint.
+    pub listen: SocketAddr,
+}
+
+/// Where the client secret came from (shown by `check-config`, never the value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `dingtalk.client_secret`.
+    Inline,
+    /// `dingtalk.client_secret_file`.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/client_secret`.
+    Credential(PathBuf),
+}
+
+/// A validated config together with its resolved secret.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The parsed, validated file.
+    pub config: Config,
+    /// The secret to send to `connections/open`.
+    pub secret: Secret,
+    /// Where it came from.
+    pub secret_source: SecretSource,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Parses YAML text; `file` is used in error messages only.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        if text.lines().all(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#') || t == "---"
+        }) {
+            return Err(ConfigError::NotConfigured {
+                file: file.to_owned(),
+            });
+        }
+        let config: Config = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::from_yaml(file, text, e))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Reads, parses, validates and resolves the secret (inline, file, or systemd credential).
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text, path)?;
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let (secret, secret_source) =
+            validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
+        Ok(Loaded {
+            config,
+            secret,
+            secret_source,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The effective config as YAML, every secret redacted.
+    pub fn to_redacted_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
