@@ -6,6 +6,7 @@
 mod error;
 mod units;
 mod validate;
+pub(crate) use validate::is_loopback;
 
 pub use error::ConfigError;
 pub use units::{ByteSize, FileMode, HumanDuration};

@@ -1,0 +1,65 @@
+//! The DingTalk side of the daemon: frame types, socket options, establishing a WebSocket, and
+//! one connection's `select!` loop.
+
+pub mod connect;
+pub mod connection;
+pub mod frame;
+pub mod socket;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// The daemon's short name for a connection (`c7`); DingTalk's connectionId is the ticket and
+/// must not be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// An EVENT or CALLBACK frame on its way to the spool; `reply` reaches the connection it came
+/// on, so its ACK goes out there (protocol.md §3.1).
+pub struct Inbound {
+    /// The parsed frame.
+    pub frame: frame::Frame,
+    /// Which connection it came on.
+    pub conn: ConnId,
+    /// The connection's ACK queue.
+    pub reply: mpsc::UnboundedSender<frame::Ack>,
+}
+
+/// What a connection tells the supervisor while it runs.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// The server asked this connection to go away: open a replacement now.
+    Disconnect {
+        /// Which connection.
+        id: ConnId,
+        /// The server's reason text.
+        reason: String,
+    },
+}
+
+/// Counters shared by all connections (for status, metrics and the watchdog).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// EVENT/CALLBACK frames received.
+    pub frames_in: AtomicU64,
+    /// ACK frames written.
+    pub acks_sent: AtomicU64,
+    /// SYSTEM pings answered.
+    pub pings: AtomicU64,
+    /// Frames skipped as malformed.
+    pub malformed: AtomicU64,
+}
+
+impl StreamStats {
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
