@@ -1,0 +1,68 @@
+//! Logging: the native journald protocol when stderr is the journal (`$JOURNAL_STREAM` names
+//! stderr's device and inode, systemd.exec(5)), readable text on stderr otherwise. Fields are
+//! sent without tracing-journald's `F_` prefix, so `journalctl CAUSE=pong_timeout` works. The
+//! filter comes from `RUST_LOG` when set, else `log.level`, and can be replaced on reload.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// The journald identifier.
+pub const SYSLOG_IDENTIFIER: &str = "dingtalk-streamd";
+
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// True when stderr is connected to the journal (device and inode match `$JOURNAL_STREAM`).
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.split_once(':') else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
+
+fn filter(level: &str) -> EnvFilter {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::builder().parse_lossy(v),
+        _ => EnvFilter::builder().parse_lossy(level),
+    }
+}
+
+/// Installs the global subscriber. Safe to call once; later calls do nothing.
+pub fn init(level: &str) {
+    let (filter_layer, handle) = reload::Layer::new(filter(level));
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(j) => {
+                let j = j
+                    .with_field_prefix(None)
+                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+                if tracing_subscriber::registry().with(filter_layer).with(j).try_init().is_ok() {
+                    let _ = FILTER.set(handle);
+                }
+                return;
+            }
+            Err(e) => eprintln!("journald not reachable ({e}); logging to stderr"),
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if tracing_subscriber::registry().with(filter_layer).with(fmt).try_init().is_ok() {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies a new `log.level` (reload); `RUST_LOG` still wins when set.
+pub fn set_level(level: &str) {
+    if let Some(h) = FILTER.get()
+        && let Err(e) = h.reload(filter(level))
+    {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
+}

@@ -1,0 +1,106 @@
+//! The `dingtalk-streamd` binary: parse the command line, load the config, set up logging, run,
+//! and map the outcome to an exit code (0 clean stop, 78 config/credentials/spool, 1 other).
+
+use clap::Parser;
+use dingtalk_streamd::cli::{Cli, Command};
+use dingtalk_streamd::config::{self, Config, ConfigError};
+use dingtalk_streamd::{control, logging, notify};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// EX_CONFIG from sysexits.h: systemd's `RestartPreventExitStatus=78` stops restart loops.
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dingtalk-streamd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(&cli.config)),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Status { json, control } => {
+            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            runtime.block_on(control::client::status(&path, json))
+        }
+        Command::Tail { group, json, socket } => {
+            let path = socket.unwrap_or_else(|| socket_paths(&cli.config).0);
+            runtime.block_on(control::client::tail(&path, group.as_deref(), json))
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// The stream and control socket paths from the config when it is readable, else the defaults
+/// (an operator outside the daemon's group cannot read the config).
+fn socket_paths(config: &Path) -> (PathBuf, PathBuf) {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| Config::parse(&t, config).ok())
+        .map(|c| (c.socket.path, c.control.path))
+        .unwrap_or_else(|| (config::DEFAULT_SOCKET_PATH.into(), config::DEFAULT_CONTROL_PATH.into()))
+}
+
+fn check_config(path: &Path) -> u8 {
+    match Config::load(path) {
+        Ok(l) => {
+            let source = match &l.secret_source {
+                config::SecretSource::Inline => "dingtalk.client_secret (inline)".to_string(),
+                config::SecretSource::File(p) => format!("file {}", p.display()),
+                config::SecretSource::Credential(p) => format!("systemd credential {}", p.display()),
+            };
+            println!("# {}: OK; client secret from {source}", path.display());
+            print!("{}", l.config.to_redacted_yaml());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            EX_CONFIG
+        }
+    }
+}
+
+async fn run(path: &Path) -> u8 {
+    let loaded = match Config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            logging::init("info");
+            if matches!(e, ConfigError::NotConfigured { .. }) {
+                notify::status(&format!("not configured: set dingtalk.client_id in {}", path.display()));
+            }
+            eprintln!("dingtalk-streamd: {e}");
+            return EX_CONFIG;
+        }
+    };
+    logging::init(&loaded.config.log.level);
+    let shutdown = CancellationToken::new();
+    let signals = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                tracing::error!("cannot install SIGTERM/SIGINT handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            shutdown.cancel();
+        })
+    };
+    let result = dingtalk_streamd::run(loaded, shutdown).await;
+    signals.abort();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            notify::status(&format!("failed: {e}"));
+            e.exit_code()
+        }
+    }
+}

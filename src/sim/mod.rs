@@ -1,0 +1,465 @@
+//! A local fake DingTalk gateway: the ticket endpoint and the Stream WebSocket on one port.
+//!
+//! Used in-process by the integration tests (on `127.0.0.1:0`) and by the
+//! `dingtalk-streamd-sim` binary, so the daemon can be developed and demonstrated without
+//! DingTalk credentials. It speaks the real protocol (protocol.md §9 checklist), records what
+//! the client does as [`GatewayEvent`]s, and injects the failures seen in production.
+//!
+//! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`
+//! (observability), `faults` (HTTP faults), `ca` (throwaway TLS), `http`/`ticket` (accept
+//! loop, handshake, ticket endpoint), `conn` (one WebSocket), `redeliver` (ACK deadlines),
+//! `state` (shared bookkeeping), and this file (the public handle).
+
+mod ca;
+mod config;
+mod conn;
+mod events;
+mod faults;
+mod frames;
+mod http;
+mod ids;
+mod redeliver;
+mod state;
+mod ticket;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+pub use events::{
+    CloseReason, ConnId, EventCursor, GatewayEvent, Secret, Subscription, TicketRequest,
+    TimedEvent, Timeout,
+};
+pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
+pub use frames::{
+    BotMessage, DISCONNECT_REASON, Envelope, FrameType, OutFrame, TOPIC_BOT_MESSAGE,
+    TOPIC_CARD_CALLBACK, TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
+};
+
+pub use config::{
+    AckRecord, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
+    GatewayConfig, PushError, Pushed, Route, SimError,
+};
+
+use conn::ConnCmd;
+use events::EventLog;
+use state::{Shared, State};
+
+/// A running fake gateway. Cheap to clone; the last clone dropped (or
+/// [`FakeGateway::shutdown`]) stops every task and closes every socket.
+#[derive(Clone)]
+pub struct FakeGateway {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ca_pem: Option<Arc<str>>,
+    _guard: Arc<DropGuard>,
+}
+
+impl FakeGateway {
+    /// Binds `config.listen`, generates the CA when `config.tls`, and starts serving.
+    pub async fn start(config: GatewayConfig) -> Result<FakeGateway, SimError> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let host = config.public_host.clone().unwrap_or_else(|| {
+            if addr.ip().is_unspecified() {
+                "127.0.0.1".into()
+            } else {
+                addr.ip().to_string()
+            }
+        });
+        let tls = if config.tls {
+            let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+            if !hosts.contains(&host) {
+                hosts.push(host.clone());
+            }
+            Some(ca::TestCa::generate(&hosts)?)
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let host_port = if host.contains(':') {
+            format!("[{host}]:{}", addr.port())
+        } else {
+            format!("{host}:{}", addr.port())
+        };
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            endpoint: format!("{scheme}://{host_port}/connect"),
+            config,
+            events: EventLog::new(),
+            state: std::sync::Mutex::new(State::default()),
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            redeliver_wake: Notify::new(),
+        });
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config.clone()));
+        shared
+            .tracker
+            .spawn(http::serve(shared.clone(), listener, acceptor));
+        shared.tracker.spawn(redeliver::run(shared.clone()));
+        tracing::info!(%addr, tls = shared.config.tls, "fake DingTalk gateway listening");
+        Ok(FakeGateway {
+            shared,
+            addr,
+            ca_pem: tls.map(|t| Arc::from(t.ca_pem)),
+            _guard: Arc::new(cancel.drop_guard()),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// The ticket endpoint URL, for the daemon's `dingtalk.open_url`.
+    pub fn open_url(&self) -> String {
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let ws = &self.shared.endpoint;
+        let host_port = ws
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.trim_end_matches("/connect"));
+        format!("{scheme}://{host_port}/v1.0/gateway/connections/open")
+    }
+
+    /// The `endpoint` handed out with tickets (`ws(s)://host:port/connect`).
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// The throwaway CA certificate (PEM) when TLS is on, for the client's trust store.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Writes the CA PEM to `path` (the daemon's `tls.ca_file`); an error when TLS is off.
+    pub fn write_ca_pem(&self, path: &Path) -> std::io::Result<()> {
+        let pem = self.ca_pem().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "TLS is off: there is no CA")
+        })?;
+        std::fs::write(path, pem)
+    }
+
+    /// A cursor at the current end of the event log: wait on it for what happens next.
+    pub fn subscribe(&self) -> EventCursor {
+        EventCursor {
+            next: self.shared.events.end(),
+            log: self.shared.clone(),
+        }
+    }
+
+    /// A cursor at the start of the (bounded) event log.
+    pub fn cursor_from_start(&self) -> EventCursor {
+        EventCursor {
+            next: 0,
+            log: self.shared.clone(),
+        }
+    }
+
+    /// Every event still kept, oldest first.
+    pub fn events(&self) -> Vec<TimedEvent> {
+        self.shared.events.since(0).0
+    }
+
+    /// Waits for an event matching `pred`, looking at the whole log first (so an event that
+    /// already happened counts). Use [`FakeGateway::subscribe`] to wait for a *new* one.
+    pub async fn wait_for<F>(&self, pred: F, timeout: Duration) -> Result<TimedEvent, Timeout>
+    where
+        F: FnMut(&GatewayEvent) -> bool,
+    {
+        self.cursor_from_start().wait_for(pred, timeout).await
+    }
+
+    /// Waits until `cond` holds, re-checking after every event (e.g. "2 ACKs for id X").
+    pub async fn wait_until<F>(&self, mut cond: F, timeout: Duration) -> Result<(), Timeout>
+    where
+        F: FnMut(&FakeGateway) -> bool,
+    {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut watcher = self.shared.events.watcher();
+        loop {
+            watcher.borrow_and_update();
+            if cond(self) {
+                return Ok(());
+            }
+            let changed = tokio::time::timeout_at(deadline, watcher.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(Timeout {
+                    what: "a gateway condition".into(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Waits until at least `n` connections are open at once; returns the open ones.
+    pub async fn wait_connected(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ConnId>, Timeout> {
+        self.wait_until(|g| g.open_connections().len() >= n, timeout)
+            .await
+            .map_err(|e| Timeout {
+                what: format!("{n} open connection(s)"),
+                ..e
+            })?;
+        Ok(self.open_connections())
+    }
+
+    /// Open connections (including zombie and draining ones), oldest first.
+    pub fn open_connections(&self) -> Vec<ConnId> {
+        self.shared.state().conns.keys().copied().collect()
+    }
+
+    /// The ticket (= `connectionId` header) of an open connection.
+    pub fn connection_ticket(&self, conn: ConnId) -> Option<String> {
+        self.shared
+            .state()
+            .conns
+            .get(&conn)
+            .map(|e| e.ticket.clone())
+    }
+
+    /// How many tickets were issued.
+    pub fn tickets_issued(&self) -> usize {
+        self.shared.state().tickets_issued
+    }
+
+    /// Every parsed ticket request, oldest first.
+    pub fn ticket_requests(&self) -> Vec<TicketRequest> {
+        self.shared.state().ticket_requests.clone()
+    }
+
+    /// ACKs received for `message_id`, oldest first.
+    pub fn acks(&self, message_id: &str) -> Vec<AckRecord> {
+        let st = self.shared.state();
+        st.acks
+            .iter()
+            .filter(|a| a.message_id == message_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Every ACK received (bounded), oldest first.
+    pub fn all_acks(&self) -> Vec<AckRecord> {
+        self.shared.state().acks.iter().cloned().collect()
+    }
+
+    /// messageIds still awaiting a successful ACK (redelivery pending).
+    pub fn unacked(&self) -> Vec<String> {
+        self.shared.state().pending.keys().cloned().collect()
+    }
+
+    /// Pushes a frame. EVENT/CALLBACK envelopes are tracked for ACK and redelivery.
+    pub async fn push(&self, frame: OutFrame, route: Route) -> Result<Pushed, PushError> {
+        let conn = match route {
+            Route::To(conn) => conn,
+            Route::Random => self.shared.state().pick().ok_or(PushError::NoConnection)?,
+            Route::Wait(timeout) => {
+                let mut picked = None;
+                let waited = self
+                    .wait_until(
+                        |g| {
+                            picked = g.shared.state().pick();
+                            picked.is_some()
+                        },
+                        timeout,
+                    )
+                    .await;
+                match (waited, picked) {
+                    (Ok(()), Some(conn)) => conn,
+                    _ => return Err(PushError::Timeout(timeout)),
+                }
+            }
+        };
+        let mut st = self.shared.state();
+        match frame {
+            OutFrame::Envelope(env) => self.shared.send_envelope(&mut st, conn, env),
+            OutFrame::Raw(text) => {
+                let entry = st
+                    .conns
+                    .get(&conn)
+                    .ok_or(PushError::UnknownConnection(conn))?;
+                let cmd = ConnCmd::Send {
+                    text: text.clone(),
+                    message_id: String::new(),
+                    topic: String::new(),
+                    redelivery: 0,
+                };
+                entry
+                    .tx
+                    .send(cmd)
+                    .map_err(|_| PushError::UnknownConnection(conn))?;
+                Ok(Pushed {
+                    conn,
+                    message_id: String::new(),
+                    text,
+                })
+            }
+        }
+    }
+
+    /// Pushes a realistic bot message with this text to a random connection.
+    pub async fn push_bot_text(&self, text: &str) -> Result<Pushed, PushError> {
+        self.push(OutFrame::bot_text(text), Route::Random).await
+    }
+
+    /// Pushes an EVENT of `event_type` to a random connection.
+    pub async fn push_event(
+        &self,
+        event_type: &str,
+        data: &serde_json::Value,
+    ) -> Result<Pushed, PushError> {
+        self.push(OutFrame::event(event_type, data), Route::Random)
+            .await
+    }
+
+    /// Sends a SYSTEM `ping` now; its ACK is checked for the opaque ([`GatewayEvent::PingAcked`]).
+    pub fn send_ping(&self, conn: ConnId) -> Result<Pushed, PushError> {
+        let (env, opaque) = frames::ping_frame();
+        let mut st = self.shared.state();
+        let pushed = self.shared.send_envelope(&mut st, conn, env)?;
+        st.pings.insert(pushed.message_id.clone(), opaque);
+        Ok(pushed)
+    }
+
+    /// Sends `disconnect`, delivers nothing more on `conn`, and closes its TCP after
+    /// [`GatewayConfig::disconnect_grace`].
+    pub fn send_disconnect(&self, conn: ConnId) -> Result<Pushed, PushError> {
+        self.send_disconnect_with_grace(conn, self.shared.config.disconnect_grace)
+    }
+
+    /// [`FakeGateway::send_disconnect`] with an explicit grace period.
+    pub fn send_disconnect_with_grace(
+        &self,
+        conn: ConnId,
+        grace: Duration,
+    ) -> Result<Pushed, PushError> {
+        let mut env = frames::disconnect_frame();
+        env.stamp(&self.shared.config.app_id);
+        let mut st = self.shared.state();
+        let entry = st
+            .conns
+            .get_mut(&conn)
+            .ok_or(PushError::UnknownConnection(conn))?;
+        if entry.draining {
+            return Err(PushError::Draining(conn));
+        }
+        entry.draining = true;
+        let text = env.render(&entry.ticket);
+        let message_id = env.message_id().to_owned();
+        let cmd = ConnCmd::Disconnect {
+            text: text.clone(),
+            message_id: message_id.clone(),
+            grace,
+        };
+        entry
+            .tx
+            .send(cmd)
+            .map_err(|_| PushError::UnknownConnection(conn))?;
+        Ok(Pushed {
+            conn,
+            message_id,
+            text,
+        })
+    }
+
+    /// Resets the connection's TCP (RST, no close frame), like a dying gateway node.
+    pub fn drop_connection(&self, conn: ConnId) -> Result<(), PushError> {
+        self.conn_cmd(conn, ConnCmd::Drop)
+    }
+
+    /// Sends a WebSocket close frame with `code` and closes.
+    pub fn close_connection(&self, conn: ConnId, code: u16, reason: &str) -> Result<(), PushError> {
+        self.conn_cmd(
+            conn,
+            ConnCmd::Close {
+                code,
+                reason: reason.into(),
+            },
+        )
+    }
+
+    /// Zombie mode on one connection: it stops reading (client WS pings go unanswered) and
+    /// writing (pushes are swallowed), while TCP stays open.
+    pub fn set_zombie(&self, conn: ConnId, on: bool) -> Result<(), PushError> {
+        let mut st = self.shared.state();
+        let entry = st
+            .conns
+            .get_mut(&conn)
+            .ok_or(PushError::UnknownConnection(conn))?;
+        entry.zombie = on;
+        entry
+            .tx
+            .send(ConnCmd::Zombie(on))
+            .map_err(|_| PushError::UnknownConnection(conn))
+    }
+
+    /// Zombie mode on every open connection and every future one (until switched off).
+    pub fn set_zombie_all(&self, on: bool) {
+        let mut st = self.shared.state();
+        st.zombie_all = on;
+        for entry in st.conns.values_mut() {
+            entry.zombie = on;
+            let _ = entry.tx.send(ConnCmd::Zombie(on));
+        }
+    }
+
+    /// Makes the ticket endpoint fail (`Some`) or behave again (`None`).
+    pub fn set_ticket_fault(&self, fault: Option<TicketFault>) {
+        self.shared.state().ticket_fault = fault;
+    }
+
+    /// Makes WebSocket handshakes fail (`Some`) or succeed again (`None`).
+    pub fn set_handshake_fault(&self, fault: Option<HandshakeFault>) {
+        self.shared.state().handshake_fault = fault;
+    }
+
+    /// Stops every task and closes every socket, waiting up to 5 s for them to finish.
+    pub async fn shutdown(self) {
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
+    }
+
+    fn conn_cmd(&self, conn: ConnId, cmd: ConnCmd) -> Result<(), PushError> {
+        let st = self.shared.state();
+        let entry = st
+            .conns
+            .get(&conn)
+            .ok_or(PushError::UnknownConnection(conn))?;
+        entry
+            .tx
+            .send(cmd)
+            .map_err(|_| PushError::UnknownConnection(conn))
+    }
+}
+
+impl std::fmt::Debug for FakeGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeGateway")
+            .field("addr", &self.addr)
+            .field("tls", &self.ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}

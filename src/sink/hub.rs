@@ -1,0 +1,241 @@
+//! The fan-out point between the spool writer and consumers. The writer calls
+//! [`Hub::publish`] after each commit: every tap gets each line through its own bounded queue
+//! (`try_send`, never waiting), a tap whose queue overflows is cut off with a logged, counted
+//! reason, and group dispatchers are woken through a `watch` of the newest seq. A small cache
+//! of recent lines spares caught-up groups a read from SQLite.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Lines a tap may have queued before it is disconnected.
+pub const TAP_QUEUE_LINES: usize = 4096;
+/// Bytes a tap may have queued before it is disconnected.
+pub const TAP_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Recent lines kept in memory for groups that are caught up.
+const RECENT: usize = 8192;
+
+/// A committed message, ready for consumers.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The daemon's sequence number.
+    pub seq: u64,
+    /// The NDJSON line without the newline: `{"seq":N,...}`.
+    pub line: Arc<str>,
+    /// For routing callbacks.
+    pub topic: Arc<str>,
+}
+
+/// Builds the consumer line from the stored body (`{"type":...}` without seq).
+pub fn line_for(seq: u64, body: &str, redelivered: bool) -> String {
+    let rest = body.strip_prefix('{').unwrap_or(body);
+    let sep = if rest.starts_with('}') { "" } else { "," };
+    if redelivered {
+        format!("{{\"seq\":{seq},\"redelivered\":true{sep}{rest}")
+    } else {
+        format!("{{\"seq\":{seq}{sep}{rest}")
+    }
+}
+
+struct Tap {
+    id: u64,
+    tx: mpsc::Sender<Arc<str>>,
+    queued_bytes: Arc<AtomicUsize>,
+    kill: CancellationToken,
+}
+
+/// What a tap's writer task receives.
+pub struct TapFeed {
+    /// The lines.
+    pub rx: mpsc::Receiver<Arc<str>>,
+    /// Bytes still queued; the writer subtracts what it wrote.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Cancelled when the tap is cut off for being too slow.
+    pub kill: CancellationToken,
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Lines handed to taps.
+    pub tap_lines: AtomicU64,
+    /// Taps disconnected for not keeping up.
+    pub taps_dropped_slow: AtomicU64,
+    /// Lines from consumers that were answered with an error.
+    pub bad_lines: AtomicU64,
+    /// Consumers connected now.
+    pub consumers: AtomicU64,
+    /// Peers refused because of `limits.max_consumers`.
+    pub refused: AtomicU64,
+}
+
+/// The fan-out hub.
+pub struct Hub {
+    taps: Mutex<Vec<Tap>>,
+    recent: Mutex<VecDeque<Committed>>,
+    newest: watch::Sender<u64>,
+    next_tap: AtomicU64,
+    /// Counters.
+    pub stats: SinkStats,
+}
+
+impl Hub {
+    /// A hub whose newest seq starts at `newest` (from the spool).
+    pub fn new(newest: u64) -> Arc<Hub> {
+        Arc::new(Hub {
+            taps: Mutex::new(Vec::new()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            newest: watch::channel(newest).0,
+            next_tap: AtomicU64::new(1),
+            stats: SinkStats::default(),
+        })
+    }
+
+    /// Registers a tap from this moment on (at accept time, so lines committed while we wait
+    /// for a possible hello are held for it).
+    pub fn add_tap(&self) -> (u64, TapFeed) {
+        let id = self.next_tap.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(TAP_QUEUE_LINES);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let kill = CancellationToken::new();
+        self.lock_taps().push(Tap {
+            id,
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            kill: kill.clone(),
+        });
+        (
+            id,
+            TapFeed {
+                rx,
+                queued_bytes,
+                kill,
+            },
+        )
+    }
+
+    /// Unregisters a tap (it turned out to be a group member, or it left).
+    pub fn remove_tap(&self, id: u64) {
+        self.lock_taps().retain(|t| t.id != id);
+    }
+
+    /// Number of registered taps.
+    pub fn tap_count(&self) -> usize {
+        self.lock_taps().len()
+    }
+
+    fn lock_taps(&self) -> std::sync::MutexGuard<'_, Vec<Tap>> {
+        self.taps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a committed batch to every tap and wakes the groups. Never blocks on a consumer.
+    pub fn publish(&self, batch: &[Committed]) {
+        let Some(last) = batch.last() else { return };
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for c in batch {
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back(c.clone());
+            }
+        }
+        let mut taps = self.lock_taps();
+        taps.retain(|tap| {
+            for c in batch {
+                let len = c.line.len() + 1;
+                let over = tap.queued_bytes.load(Ordering::Relaxed) + len > TAP_QUEUE_BYTES;
+                let sent = !over && tap.tx.try_send(c.line.clone()).is_ok();
+                if !sent {
+                    if tap.tx.is_closed() {
+                        return false;
+                    }
+                    self.stats.taps_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tap = tap.id, seq = c.seq, "disconnecting a tap that does not keep up (queue full); it never slows the others");
+                    tap.kill.cancel();
+                    return false;
+                }
+                tap.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                self.stats.tap_lines.fetch_add(1, Ordering::Relaxed);
+            }
+            true
+        });
+        drop(taps);
+        self.newest.send_replace(last.seq);
+    }
+
+    /// The newest committed seq, watched by group dispatchers.
+    pub fn newest(&self) -> watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+
+    /// The newest committed seq now.
+    pub fn newest_seq(&self) -> u64 {
+        *self.newest.borrow()
+    }
+
+    /// Recent messages with `seq > after`, at most `limit`, if the cache still covers `after+1`.
+    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Committed>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let first = recent.front()?.seq;
+        if after + 1 < first {
+            return None;
+        }
+        Some(
+            recent
+                .iter()
+                .filter(|c| c.seq > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(seq: u64) -> Committed {
+        Committed {
+            seq,
+            line: line_for(seq, r#"{"type":"EVENT"}"#, false).into(),
+            topic: "*".into(),
+        }
+    }
+
+    #[test]
+    fn lines_are_built_around_the_stored_body() {
+        assert_eq!(line_for(7, r#"{"a":1}"#, false), r#"{"seq":7,"a":1}"#);
+        assert_eq!(line_for(7, r#"{"a":1}"#, true), r#"{"seq":7,"redelivered":true,"a":1}"#);
+        assert_eq!(line_for(7, "{}", false), r#"{"seq":7}"#);
+    }
+
+    #[tokio::test]
+    async fn slow_tap_is_cut_off_without_affecting_others() {
+        let hub = Hub::new(0);
+        let (_slow_id, slow) = hub.add_tap();
+        let (_fast_id, mut fast) = hub.add_tap();
+        for seq in 1..=(TAP_QUEUE_LINES as u64 + 1) {
+            hub.publish(&[c(seq)]);
+            let line = fast.rx.recv().await.unwrap();
+            fast.queued_bytes.fetch_sub(line.len() + 1, Ordering::Relaxed);
+        }
+        assert!(slow.kill.is_cancelled());
+        assert_eq!(hub.stats.taps_dropped_slow.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.tap_count(), 1);
+        assert_eq!(hub.newest_seq(), TAP_QUEUE_LINES as u64 + 1);
+    }
+
+    #[test]
+    fn recent_cache_answers_only_when_it_covers_the_gap() {
+        let hub = Hub::new(0);
+        hub.publish(&[c(5), c(6), c(7)]);
+        assert_eq!(hub.recent_after(5, 10).unwrap().len(), 2);
+        assert_eq!(hub.recent_after(4, 10).unwrap().len(), 3);
+        assert!(hub.recent_after(2, 10).is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! One consumer connection: accepted under `limits.max_consumers`, registered as a tap at once
+//! (so nothing committed meanwhile is missed), then classified by its first line within
+//! [`HELLO_WAIT`]: a hello makes it a group member, anything else leaves it a tap.
+
+use super::group::{GroupRegistry, MemberIo};
+use super::hub::{Hub, TapFeed};
+use super::protocol::{self, LineError, Request};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long a new peer has to say hello before it is treated as a tap (design.md §5).
+pub const HELLO_WAIT: Duration = Duration::from_millis(200);
+/// A reply to a peer that is not read within this time ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every peer task needs.
+#[derive(Clone)]
+pub struct PeerEnv {
+    /// The fan-out hub.
+    pub hub: Arc<Hub>,
+    /// Consumer groups.
+    pub groups: GroupRegistry,
+    /// `limits.max_line_bytes`.
+    pub max_line: usize,
+    /// Stops everything.
+    pub shutdown: CancellationToken,
+}
+
+/// Reads lines, bounded; a too-long line yields an error and the codec skips to the next one.
+pub type Lines = FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>;
+
+/// Serves one accepted consumer until it leaves.
+pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
+    let (tap_id, feed) = env.hub.add_tap();
+    let (rd, mut wr) = stream.into_split();
+    let mut lines: Lines = FramedRead::new(rd, LinesCodec::new_with_max_length(env.max_line));
+    let first = tokio::time::timeout(HELLO_WAIT, lines.next()).await;
+    match first {
+        Ok(None) => env.hub.remove_tap(tap_id),
+        Ok(Some(Ok(line))) if line.trim_start().starts_with('{') && line.contains("\"hello\"") => {
+            env.hub.remove_tap(tap_id);
+            match protocol::parse(&line) {
+                Ok(Request::Hello { group }) => {
+                    info!(peer = %peer_desc, group = %group, "group member joined");
+                    env.groups
+                        .join(&group, MemberIo { lines, writer: wr, peer: peer_desc.clone() })
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    env.hub.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %peer_desc, code = e.code, "bad hello; closing");
+                    let _ = write_line(&mut wr, &e.to_line()).await;
+                }
+            }
+        }
+        Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) | Ok(Some(Ok(_))) | Err(_) => {
+            debug!(peer = %peer_desc, tap = tap_id, "tap connected");
+            run_tap(tap_id, feed, lines, wr, &env, &peer_desc).await;
+            env.hub.remove_tap(tap_id);
+        }
+        Ok(Some(Err(LinesCodecError::Io(_)))) => env.hub.remove_tap(tap_id),
+    }
+}
+
+/// Writes one line, bounded by [`WRITE_TIMEOUT`].
+pub async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        wr.write_all(line.as_bytes()).await?;
+        wr.write_all(b"\n").await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
+}
+
+async fn run_tap(id: u64, mut feed: TapFeed, mut lines: Lines, mut wr: OwnedWriteHalf, env: &PeerEnv, peer: &str) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        tokio::select! {
+            _ = env.shutdown.cancelled() => return,
+            _ = feed.kill.cancelled() => {
+                info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
+                let _ = wr.write_all(LineError::new("too_slow", "disconnected: this tap did not keep up").to_line().as_bytes()).await;
+                return;
+            }
+            line = feed.rx.recv() => {
+                let Some(line) = line else { return };
+                buf.clear();
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                let mut sent = line.len() + 1;
+                // Coalesce whatever else is already queued into one write.
+                while buf.len() < 64 * 1024 {
+                    match feed.rx.try_recv() {
+                        Ok(more) => {
+                            buf.extend_from_slice(more.as_bytes());
+                            buf.push(b'\n');
+                            sent += more.len() + 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let ok = tokio::select! {
+                    r = wr.write_all(&buf) => r.is_ok(),
+                    _ = feed.kill.cancelled() => false,
+                    _ = env.shutdown.cancelled() => false,
+                };
+                feed.queued_bytes.fetch_sub(sent, Ordering::Relaxed);
+                if !ok {
+                    if feed.kill.is_cancelled() {
+                        info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
+                    }
+                    return;
+                }
+            }
+            incoming = lines.next() => match incoming {
+                None | Some(Err(LinesCodecError::Io(_))) => return,
+                // Taps have nothing to say; their lines are ignored.
+                Some(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The durable spool: every inbound message is stored here, fsynced, before it is ACKed.
+//!
+//! SQLite (rusqlite, bundled) in `spool.dir/spool.db`, WAL with `synchronous=FULL`. One writer
+//! thread owns the [`Store`] and appends batches (group commit: one fsync per batch); `seq` is
+//! assigned at commit and never reused. Dedupe keys persist for `dedupe_window`, consumer group
+//! positions live next to the messages, and retention applies `max_bytes` / `max_age`.
+//!
+//! Layout:
+//! - `store.rs`: open and directory checks, reads, stats
+//! - `append.rs`: `append_batch`, group commit and persisted dedupe
+//! - `groups.rs`: consumer groups, acks, parking, the contiguous cursor
+//! - `retention.rs`: deleting what all groups acked, forcing out by the bounds
+//! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
+//! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
+//! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
+
+mod append;
+mod error;
+mod groups;
+mod reader;
+mod retention;
+mod schema;
+mod store;
+#[cfg(test)]
+mod test_support;
+mod types;
+pub mod writer;
+
+pub use error::SpoolError;
+pub use reader::Reader;
+pub use schema::SCHEMA_VERSION;
+pub use store::{DB_FILE, Store};
+pub use writer::SpoolHandle;
+pub use types::{
+    AckOutcome, Appended, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, GroupState,
+    KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RetentionReport, SpoolStats, StartAt,
+    StoreOptions, StoredMessage,
+};

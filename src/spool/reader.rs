@@ -1,0 +1,117 @@
+//! Reading messages back: the queries shared by the writer and by [`Reader`].
+//!
+//! A `Reader` is a second, read-only connection: under WAL it reads a consistent snapshot while
+//! the writer commits, so a group's backlog can be streamed without stalling appends.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+
+use super::error::{SpoolError, SqlContext};
+use super::schema;
+use super::store::DB_FILE;
+use super::types::{StoredMessage, from_ms, get_u64};
+
+const SELECT_MESSAGE: &str = "SELECT seq, stored_at, topic, body FROM messages";
+
+/// A read-only connection to an existing spool (open the `Store` first: it creates the file).
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    /// Opens `<dir>/spool.db` read-only.
+    pub fn open(dir: &Path) -> Result<Reader, SpoolError> {
+        let path = dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).at(&path)?;
+        schema::configure_common(&conn, &path)?;
+        Ok(Reader { conn, path })
+    }
+
+    /// Messages with `seq > after`, ascending, at most `limit`.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredMessage>, SpoolError> {
+        read_after(&self.conn, &self.path, after, limit)
+    }
+
+    /// The message `seq`, if still in the spool.
+    pub fn read_one(&self, seq: u64) -> Result<Option<StoredMessage>, SpoolError> {
+        read_one(&self.conn, &self.path, seq)
+    }
+
+    /// The highest seq ever assigned (committed), 0 for a new spool.
+    pub fn newest_seq(&self) -> Result<u64, SpoolError> {
+        newest_seq(&self.conn, &self.path)
+    }
+}
+
+pub(crate) fn read_after(
+    conn: &Connection,
+    path: &Path,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, SpoolError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{SELECT_MESSAGE} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
+        .at(path)?;
+    let mut rows = stmt.query((after, limit)).at(path)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().at(path)? {
+        out.push(decode(row, path)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_one(
+    conn: &Connection,
+    path: &Path,
+    seq: u64,
+) -> Result<Option<StoredMessage>, SpoolError> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!("{SELECT_MESSAGE} WHERE seq = ?1"))
+        .at(path)?;
+    let mut rows = stmt.query([seq]).at(path)?;
+    match rows.next().at(path)? {
+        Some(row) => decode(row, path).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn newest_seq(conn: &Connection, path: &Path) -> Result<u64, SpoolError> {
+    let seq: Option<u64> = conn
+        .prepare_cached("SELECT last_seq FROM meta WHERE id = 1")
+        .and_then(|mut s| s.query_row([], |r| get_u64(r, 0)).optional())
+        .at(path)?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Decodes one `SELECT_MESSAGE` row; a bad column is an error naming the seq, never a panic.
+fn decode(row: &Row<'_>, path: &Path) -> Result<StoredMessage, SpoolError> {
+    let seq: i64 = row.get(0).at(path)?;
+    let corrupt = |detail: String| SpoolError::CorruptRow {
+        path: path.to_path_buf(),
+        seq: u64::try_from(seq).unwrap_or(0),
+        detail,
+    };
+    let seq_u = u64::try_from(seq).map_err(|_| corrupt("negative seq".into()))?;
+    let stored_ms: i64 = row.get(1).map_err(|e| corrupt(format!("stored_at: {e}")))?;
+    let stored_at =
+        from_ms(stored_ms).ok_or_else(|| corrupt(format!("stored_at {stored_ms} out of range")))?;
+    let topic: String = row.get(2).map_err(|e| corrupt(format!("topic: {e}")))?;
+    let body: String = row.get(3).map_err(|e| corrupt(format!("body: {e}")))?;
+    Ok(StoredMessage {
+        seq: seq_u,
+        body,
+        topic,
+        stored_at,
+    })
+}

@@ -1,0 +1,429 @@
+//! Retention: what may leave the spool, and what the bounds force out.
+//!
+//! In one transaction: expired dedupe keys go; messages every known group has acked go (a
+//! parked message stays); then `max_age` and `max_bytes` force out the oldest messages, counting
+//! per group those it had not acked or parked, and warn. Keys are evicted early only when keys
+//! alone exceed `max_bytes`.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use rusqlite::{Transaction, TransactionBehavior};
+
+use super::error::{SpoolError, SqlContext};
+use super::groups::advance_cursor;
+use super::store::Store;
+use super::types::{KEY_OVERHEAD, RetentionReport, duration_ms, get_u64, int, key_cost, to_ms};
+
+/// Deletes acked by everyone: at or below every cursor, or acked above it, and parked by none.
+const DELETE_ACKED_PREFIX: &str = "DELETE FROM messages WHERE seq <= ?1 \
+     AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.seq = messages.seq) RETURNING size";
+const DELETE_ACKED_ABOVE: &str = "DELETE FROM messages WHERE seq IN \
+     (SELECT DISTINCT a0.seq FROM group_acks a0 WHERE a0.seq > ?1 \
+      AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.seq = a0.seq) \
+      AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.cursor < a0.seq AND NOT EXISTS \
+          (SELECT 1 FROM group_acks a WHERE a.grp = g.name AND a.seq = a0.seq))) \
+     RETURNING size";
+/// "Group ?1 (cursor ?2) still owes this message": above its cursor, not acked, not parked.
+const OWED: &str = "m.seq > ?2 \
+     AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = ?1 AND a.seq = m.seq) \
+     AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = ?1 AND p.seq = m.seq)";
+
+/// Running totals changed by one pass, applied to `meta` at the end.
+#[derive(Default)]
+struct Delta {
+    bytes: u64,
+    messages: u64,
+    keys: u64,
+}
+
+impl Store {
+    /// Runs one retention pass (see the module docs) and reports what it removed. Forced-out
+    /// unacked messages are also logged here with `warn!`.
+    pub fn enforce_retention(&mut self, now: SystemTime) -> Result<RetentionReport, SpoolError> {
+        let path = self.path.as_path();
+        let now_ms = to_ms(now);
+        let last_seq = self.last_seq;
+        let opts = self.opts.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let mut report = RetentionReport::default();
+        let mut freed = Delta::default();
+
+        let (n, key_bytes) = delete_keys(&tx, "expires_at <= ?1", now_ms).at(path)?;
+        report.expired_keys = n;
+        freed.keys += n;
+        freed.bytes += key_bytes;
+
+        let groups: Vec<(String, u64)> = tx
+            .prepare_cached("SELECT name, cursor FROM groups ORDER BY name")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?
+                    .collect()
+            })
+            .at(path)?;
+        let min_cursor = groups.iter().map(|g| g.1).min().unwrap_or(last_seq);
+        for sql in [DELETE_ACKED_PREFIX, DELETE_ACKED_ABOVE] {
+            let (n, bytes) = delete_messages(&tx, sql, min_cursor).at(path)?;
+            report.deleted_acked += n;
+            freed.messages += n;
+            freed.bytes += bytes;
+        }
+
+        let (bytes_before,): (u64,) = tx
+            .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| {
+                Ok((get_u64(r, 0)?,))
+            })
+            .at(path)?;
+        let mut per_group: BTreeMap<String, u64> = BTreeMap::new();
+        if !opts.max_age.is_zero() {
+            let cutoff = now_ms.saturating_sub(duration_ms(opts.max_age));
+            if let Some(through) = age_cutoff(&tx, cutoff).at(path)? {
+                force_out(
+                    &tx,
+                    through,
+                    &groups,
+                    &mut report,
+                    &mut per_group,
+                    &mut freed,
+                )
+                .at(path)?;
+            }
+        }
+        let mut bytes = bytes_before.saturating_sub(freed.bytes);
+        if opts.max_bytes > 0 && bytes > opts.max_bytes {
+            if let Some(through) = bytes_cutoff(&tx, bytes - opts.max_bytes).at(path)? {
+                force_out(
+                    &tx,
+                    through,
+                    &groups,
+                    &mut report,
+                    &mut per_group,
+                    &mut freed,
+                )
+                .at(path)?;
+            }
+            bytes = bytes_before.saturating_sub(freed.bytes);
+        }
+        if opts.max_bytes > 0 && bytes > opts.max_bytes {
+            if let Some(until) = key_cutoff(&tx, bytes - opts.max_bytes).at(path)? {
+                let (n, key_bytes) = delete_keys(&tx, "expires_at <= ?1", until).at(path)?;
+                report.evicted_keys = n;
+                freed.keys += n;
+                freed.bytes += key_bytes;
+            }
+        }
+
+        tx.execute_batch(
+            "DELETE FROM group_acks WHERE NOT EXISTS \
+                 (SELECT 1 FROM messages m WHERE m.seq = group_acks.seq); \
+             DELETE FROM parked WHERE NOT EXISTS \
+                 (SELECT 1 FROM messages m WHERE m.seq = parked.seq);",
+        )
+        .at(path)?;
+        for (name, cursor) in &groups {
+            advance_cursor(&tx, name, *cursor, last_seq).at(path)?;
+        }
+        tx.execute(
+            "UPDATE meta SET bytes = MAX(bytes - ?1, 0), messages = MAX(messages - ?2, 0), \
+             dedupe_keys = MAX(dedupe_keys - ?3, 0) WHERE id = 1",
+            (int(freed.bytes), int(freed.messages), int(freed.keys)),
+        )
+        .at(path)?;
+        report.bytes_after = tx
+            .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))
+            .at(path)?;
+        tx.commit().at(path)?;
+
+        report.forced_by_group = per_group.into_iter().filter(|(_, n)| *n > 0).collect();
+        if report.forced_out_unacked > 0 {
+            tracing::warn!(
+                forced_out_unacked = report.forced_out_unacked,
+                by_group = ?report.forced_by_group,
+                max_bytes = opts.max_bytes,
+                max_age = ?opts.max_age,
+                "spool bounds forced out messages not yet acked by every group"
+            );
+        }
+        if report.evicted_keys > 0 {
+            tracing::warn!(
+                evicted_keys = report.evicted_keys,
+                max_bytes = opts.max_bytes,
+                "dedupe keys alone exceed spool.max_bytes: evicted unexpired keys"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// Deletes messages matching `sql` (bound to `?1 = param`); returns `(count, accounted bytes)`.
+fn delete_messages(tx: &Transaction<'_>, sql: &str, param: u64) -> rusqlite::Result<(u64, u64)> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query([int(param)])?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some(row) = rows.next()? {
+        n += 1;
+        bytes += get_u64(row, 0)?;
+    }
+    Ok((n, bytes))
+}
+
+/// Deletes dedupe keys matching `cond` (bound to `?1`); returns `(count, accounted bytes)`.
+fn delete_keys(tx: &Transaction<'_>, cond: &str, param: i64) -> rusqlite::Result<(u64, u64)> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM dedupe WHERE {cond} RETURNING length(CAST(key AS BLOB))"
+    ))?;
+    let mut rows = stmt.query([param])?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some(row) = rows.next()? {
+        n += 1;
+        bytes += key_cost(get_u64(row, 0)?);
+    }
+    Ok((n, bytes))
+}
+
+/// The last seq of the oldest run of messages stored before `cutoff_ms`. Messages are aged in
+/// seq order: after a clock step backwards an old message may wait for the ones before it.
+fn age_cutoff(tx: &Transaction<'_>, cutoff_ms: i64) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached("SELECT seq, stored_at FROM messages ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut through = None;
+    while let Some(row) = rows.next()? {
+        if row.get::<_, i64>(1)? >= cutoff_ms {
+            break;
+        }
+        through = Some(get_u64(row, 0)?);
+    }
+    Ok(through)
+}
+
+/// The last seq of the shortest oldest run of messages whose sizes add up to `excess`
+/// (all messages when they do not suffice), `None` when there are none.
+fn bytes_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached("SELECT seq, size FROM messages ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let (mut through, mut sum) = (None, 0u64);
+    while let Some(row) = rows.next()? {
+        through = Some(get_u64(row, 0)?);
+        sum += get_u64(row, 1)?;
+        if sum >= excess {
+            break;
+        }
+    }
+    Ok(through)
+}
+
+/// The expiry time up to which the soonest-expiring keys add up to `excess` bytes.
+fn key_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<i64>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT length(CAST(key AS BLOB)), expires_at FROM dedupe ORDER BY expires_at",
+    )?;
+    let mut rows = stmt.query([])?;
+    let (mut until, mut sum) = (None, 0u64);
+    while let Some(row) = rows.next()? {
+        sum += get_u64(row, 0)?.saturating_mul(2) + KEY_OVERHEAD;
+        until = Some(row.get(1)?);
+        if sum >= excess {
+            break;
+        }
+    }
+    Ok(until)
+}
+
+/// Deletes every message with `seq <= through`, counting per group the ones it still owed.
+fn force_out(
+    tx: &Transaction<'_>,
+    through: u64,
+    groups: &[(String, u64)],
+    report: &mut RetentionReport,
+    per_group: &mut BTreeMap<String, u64>,
+    freed: &mut Delta,
+) -> rusqlite::Result<()> {
+    for (name, cursor) in groups {
+        let owed: u64 = tx
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?3 AND {OWED}"
+            ))?
+            .query_row((name, int(*cursor), int(through)), |r| get_u64(r, 0))?;
+        *per_group.entry(name.clone()).or_default() += owed;
+    }
+    let owed_by_any: u64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?1 AND EXISTS \
+             (SELECT 1 FROM groups g WHERE m.seq > g.cursor \
+              AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = g.name AND a.seq = m.seq) \
+              AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = g.name AND p.seq = m.seq))",
+        )?
+        .query_row([int(through)], |r| get_u64(r, 0))?;
+    let (n, bytes) = delete_messages(
+        tx,
+        "DELETE FROM messages WHERE seq <= ?1 RETURNING size",
+        through,
+    )?;
+    report.forced_out_unacked += owed_by_any;
+    report.forced_out_other += n.saturating_sub(owed_by_any);
+    freed.messages += n;
+    freed.bytes += bytes;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::spool::test_support::{assert_accounting, at, fill, msg, open_tmp, opts};
+    use crate::spool::{StartAt, StoreOptions};
+
+    #[test]
+    fn deletes_only_what_every_group_acked() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("a", StartAt::Oldest).expect("a");
+        store.ensure_group("b", StartAt::Oldest).expect("b");
+        fill(&mut store, 4, at(0));
+        store.ack("a", &[1, 2, 3, 4]).expect("a");
+        store.ack("b", &[1, 3]).expect("b");
+        let report = store.enforce_retention(at(1)).expect("retention");
+        assert_eq!(report.deleted_acked, 2);
+        assert_eq!(report.forced_out_unacked, 0);
+        let left: Vec<u64> = store
+            .read_after(0, 10)
+            .expect("read")
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(left, vec![2, 4]);
+        assert_eq!(
+            store.load_groups().expect("load")[1].acked_above,
+            Vec::<u64>::new()
+        );
+        assert_eq!(store.ack("b", &[2]).expect("b").cursor, 3);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn expired_keys_go_and_bytes_follow() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        store
+            .append_batch(&[msg("a", &["m:1", "b:1"]), msg("b", &["m:2"])], at(0))
+            .expect("append");
+        assert_eq!(
+            store.enforce_retention(at(3599)).expect("ret").expired_keys,
+            0
+        );
+        let report = store.enforce_retention(at(3600)).expect("ret");
+        assert_eq!(report.expired_keys, 3);
+        assert_eq!(report.bytes_after, store.stats().expect("stats").bytes);
+        assert_eq!(store.stats().expect("stats").dedupe_keys, 0);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn max_age_forces_out_unacked_with_per_group_counts() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("a", StartAt::Oldest).expect("a");
+        store.ensure_group("b", StartAt::Oldest).expect("b");
+        store.ensure_group("c", StartAt::Oldest).expect("c");
+        fill(&mut store, 3, at(0));
+        fill(&mut store, 2, at(100));
+        store.ack("a", &[1, 2]).expect("a");
+        store.ack("b", &[2]).expect("b");
+        store.ack("c", &[1, 2, 3]).expect("c");
+        store.set_options(StoreOptions {
+            max_age: Duration::from_secs(50),
+            ..opts()
+        });
+        let report = store.enforce_retention(at(120)).expect("retention");
+        assert_eq!(report.deleted_acked, 1, "seq 2: acked by all");
+        assert_eq!(report.forced_out_unacked, 2, "seqs 1 and 3");
+        assert_eq!(
+            report.forced_by_group,
+            vec![("a".to_string(), 1), ("b".to_string(), 2)]
+        );
+        let cursors: Vec<u64> = store
+            .load_groups()
+            .expect("load")
+            .iter()
+            .map(|g| g.cursor)
+            .collect();
+        assert_eq!(cursors, vec![3, 3, 3]);
+        assert_eq!(store.read_after(0, 10).expect("read").len(), 2);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn max_bytes_forces_out_oldest_first() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("a", StartAt::Oldest).expect("a");
+        store.ensure_group("b", StartAt::Newest).expect("b");
+        let seqs = fill(&mut store, 10, at(0));
+        store.ensure_group("late", StartAt::Newest).expect("late");
+        store.ack("b", &seqs[..4]).expect("b");
+        let per_msg = store.stats().expect("stats").bytes / 10;
+        store.set_options(StoreOptions {
+            max_bytes: per_msg * 4,
+            ..opts()
+        });
+        let report = store.enforce_retention(at(1)).expect("retention");
+        assert_eq!(report.deleted_acked, 0);
+        assert_eq!(report.forced_out_unacked, 6);
+        assert_eq!(
+            report.forced_by_group,
+            vec![("a".to_string(), 6), ("b".to_string(), 2)],
+            "b acked 1-4 of 1-6; late started after 10"
+        );
+        assert!(report.bytes_after <= per_msg * 4, "{report:?}");
+        assert_eq!(store.stats().expect("stats").oldest_seq, 7);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn parked_messages_forced_out_are_not_counted_as_unacked() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        fill(&mut store, 2, at(0));
+        store.park("g", 1, 10).expect("park");
+        store.set_options(StoreOptions {
+            max_age: Duration::from_secs(10),
+            ..opts()
+        });
+        let report = store.enforce_retention(at(60)).expect("retention");
+        assert_eq!(report.forced_out_unacked, 1, "seq 2 only");
+        assert_eq!(report.forced_out_other, 1, "the parked seq 1");
+        assert!(store.parked("g").expect("parked").is_empty());
+        assert_eq!(store.stats().expect("stats").parked, 0);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn keys_alone_over_max_bytes_are_evicted_oldest_first() {
+        let (_dir, mut store) = open_tmp();
+        for i in 0..10u64 {
+            store
+                .append_batch(&[msg("k", &[&format!("m:{i:04}")])], at(i))
+                .expect("append");
+        }
+        store
+            .enforce_retention(at(10))
+            .expect("no groups: messages go");
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.messages, stats.dedupe_keys), (0, 10));
+        store.set_options(StoreOptions {
+            max_bytes: stats.bytes / 2,
+            ..opts()
+        });
+        let report = store.enforce_retention(at(11)).expect("retention");
+        assert_eq!(report.evicted_keys, 5);
+        assert!(report.bytes_after <= stats.bytes / 2);
+        let again = store
+            .append_batch(&[msg("k", &["m:0009"])], at(12))
+            .expect("dup");
+        assert!(matches!(
+            again[0],
+            crate::spool::Appended::Duplicate { seq: 10 }
+        ));
+        assert_accounting(&store);
+    }
+}

@@ -1,0 +1,207 @@
+//! The on-disk schema, its migrations (`PRAGMA user_version`) and the connection settings.
+//!
+//! Durability lives here: WAL with `synchronous=FULL`, so every commit fsyncs the WAL and
+//! "ACK after commit" means "ACK after fsync". Migrations are append-only: never edit a
+//! released entry of [`MIGRATIONS`], add the next one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::error::{SpoolError, SqlContext};
+
+/// Version 1: messages, dedupe keys, consumer groups, out-of-order acks, parked messages, and
+/// one `meta` row holding the seq counter and the running totals (so `stats()` is O(1)).
+const V1: &str = "
+CREATE TABLE meta (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq    INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    messages    INTEGER NOT NULL,
+    dedupe_keys INTEGER NOT NULL
+);
+INSERT INTO meta (id, last_seq, bytes, messages, dedupe_keys) VALUES (1, 0, 0, 0, 0);
+CREATE TABLE messages (
+    seq       INTEGER PRIMARY KEY,
+    stored_at INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    topic     TEXT NOT NULL,
+    body      TEXT NOT NULL
+);
+CREATE TABLE dedupe (
+    key        TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dedupe_expires ON dedupe (expires_at);
+CREATE TABLE groups (
+    name       TEXT PRIMARY KEY,
+    cursor     INTEGER NOT NULL,
+    configured INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE group_acks (
+    grp TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (grp, seq)
+) WITHOUT ROWID;
+CREATE INDEX group_acks_seq ON group_acks (seq);
+CREATE TABLE parked (
+    grp        TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL,
+    parked_at  INTEGER NOT NULL,
+    PRIMARY KEY (grp, seq)
+) WITHOUT ROWID;
+CREATE INDEX parked_seq ON parked (seq);
+";
+
+/// Migration `i` takes the database from `user_version` `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's lock (the reader's checkpoint, a
+/// second daemon instance) before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache per connection, KiB (negative = KiB for SQLite): keeps the dedupe index hot.
+const CACHE_KIB: i64 = 16 * 1024;
+/// The WAL file is truncated back to this after a checkpoint, so a burst does not leave a
+/// large WAL behind.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Settings for the writing connection: WAL, fsync at every commit, caches.
+pub(crate) fn configure_writer(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .at(path)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SpoolError::Unusable {
+            path: path.to_path_buf(),
+            detail: format!("cannot enable WAL journal mode (got {mode:?})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL").at(path)?;
+    let sync: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .at(path)?;
+    if sync < 2 {
+        return Err(SpoolError::Unusable {
+            path: path.to_path_buf(),
+            detail: format!("synchronous=FULL did not take effect (got {sync})"),
+        });
+    }
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .at(path)?;
+    configure_common(conn, path)
+}
+
+/// Settings shared by the writer and the read-only connections.
+pub(crate) fn configure_common(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
+    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .at(path)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one transaction per step, and checks the result.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .at(path)?;
+    if found > SCHEMA_VERSION {
+        return Err(SpoolError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .at(path)?;
+        if tables > 0 {
+            return Err(SpoolError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "the database has tables but no spool schema version".into(),
+            });
+        }
+    }
+    let start = usize::try_from(found.max(0)).unwrap_or(usize::MAX);
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        let tx = conn.transaction().at(path)?;
+        tx.execute_batch(sql).at(path)?;
+        let version = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        tx.pragma_update(None, "user_version", version).at(path)?;
+        tx.commit().at(path)?;
+        tracing::info!(path = %path.display(), version, "spool schema migrated");
+    }
+    let meta: Option<i64> = conn
+        .query_row("SELECT id FROM meta WHERE id = 1", [], |r| r.get(0))
+        .optional()
+        .map_err(|e| SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("meta table unreadable: {e}"),
+        })?;
+    if meta.is_none() {
+        return Err(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "meta row missing".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, Connection, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spool.db");
+        let conn = Connection::open(&path).expect("open");
+        (dir, conn, path)
+    }
+
+    #[test]
+    fn migrate_is_idempotent_and_sets_version() {
+        let (_dir, mut conn, path) = fresh();
+        configure_writer(&conn, &path).expect("configure");
+        migrate(&mut conn, &path).expect("first");
+        migrate(&mut conn, &path).expect("second");
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (_dir, mut conn, path) = fresh();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("set");
+        let err = migrate(&mut conn, &path).expect_err("too new");
+        assert!(matches!(err, SpoolError::SchemaTooNew { .. }), "{err}");
+        assert!(err.is_fatal_at_start());
+    }
+
+    #[test]
+    fn foreign_database_is_refused() {
+        let (_dir, mut conn, path) = fresh();
+        conn.execute_batch("CREATE TABLE other (x)")
+            .expect("create");
+        let err = migrate(&mut conn, &path).expect_err("foreign");
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,331 @@
+//! `Store`: the one writing connection: opening (directory checks, pragmas, migrations),
+//! reads on the writer's connection, and O(1) stats.
+//!
+//! Every mutation (in `append.rs`, `groups.rs`, `retention.rs`) is one IMMEDIATE transaction
+//! committed with an fsync; in-memory state changes only after a commit succeeded.
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, MAIN_DB, OpenFlags};
+
+use super::error::{SpoolError, SqlContext};
+use super::reader::{self, Reader};
+use super::schema;
+use super::types::{SpoolStats, StoreOptions, StoredMessage, get_opt_u64, get_u64, int};
+
+/// The database file inside `spool.dir`.
+pub const DB_FILE: &str = "spool.db";
+/// Written, synced and removed at open to prove the directory is writable.
+const PROBE_FILE: &str = ".spool-write-probe";
+
+/// The durable spool. Not `Sync`: the daemon calls it from one dedicated writer thread.
+#[derive(Debug)]
+pub struct Store {
+    pub(super) conn: Connection,
+    pub(super) dir: PathBuf,
+    pub(super) path: PathBuf,
+    pub(super) opts: StoreOptions,
+    /// Highest committed seq (mirrors `meta.last_seq`).
+    pub(super) last_seq: u64,
+}
+
+impl Store {
+    /// Opens or creates `<dir>/spool.db`: WAL, `synchronous=FULL`, schema migrated.
+    /// The directory must exist and be writable; errors name the path.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, SpoolError> {
+        check_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&path, flags).at(&path)?;
+        if conn.is_readonly(MAIN_DB).at(&path)? {
+            return Err(SpoolError::NotWritable {
+                path,
+                source: std::io::Error::from(ErrorKind::PermissionDenied),
+            });
+        }
+        schema::configure_writer(&conn, &path)?;
+        schema::migrate(&mut conn, &path)?;
+        let last_seq = reader::newest_seq(&conn, &path)?;
+        tracing::debug!(path = %path.display(), last_seq, "spool opened");
+        Ok(Store {
+            conn,
+            dir: dir.to_path_buf(),
+            path,
+            opts,
+            last_seq,
+        })
+    }
+
+    /// A read-only connection for backlog reads that must not stall the writer.
+    pub fn open_reader(dir: &Path) -> Result<Reader, SpoolError> {
+        Reader::open(dir)
+    }
+
+    /// Applies reloaded `spool:` settings. Bounds take effect at the next retention pass; a new
+    /// `dedupe_window` applies to keys stored from now on (stored keys keep their expiry).
+    pub fn set_options(&mut self, opts: StoreOptions) {
+        self.opts = opts;
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// The database file, for log lines.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Messages with `seq > after`, ascending, at most `limit` (a group's backlog).
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredMessage>, SpoolError> {
+        reader::read_after(&self.conn, &self.path, after, limit)
+    }
+
+    /// The message `seq`, if still in the spool.
+    pub fn read_one(&self, seq: u64) -> Result<Option<StoredMessage>, SpoolError> {
+        reader::read_one(&self.conn, &self.path, seq)
+    }
+
+    /// The highest seq ever assigned; 0 for a new spool. Survives deletes and restarts.
+    pub fn newest_seq(&self) -> Result<u64, SpoolError> {
+        Ok(self.last_seq)
+    }
+
+    /// Counts for `status` and metrics.
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let path = self.path.as_path();
+        let (bytes, messages, dedupe_keys): (u64, u64, u64) = self
+            .conn
+            .prepare_cached("SELECT bytes, messages, dedupe_keys FROM meta WHERE id = 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?, get_u64(r, 2)?)))
+            })
+            .at(path)?;
+        let oldest: Option<u64> = self
+            .conn
+            .prepare_cached("SELECT MIN(seq) FROM messages")
+            .and_then(|mut s| s.query_row([], |r| get_opt_u64(r, 0)))
+            .at(path)?;
+        let parked: u64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM parked")
+            .and_then(|mut s| s.query_row([], |r| get_u64(r, 0)))
+            .at(path)?;
+        let file_len = |p: PathBuf| fs::metadata(p).map_or(0, |m| m.len());
+        let file_bytes =
+            file_len(self.path.clone()) + file_len(self.dir.join(format!("{DB_FILE}-wal")));
+        Ok(SpoolStats {
+            messages,
+            bytes,
+            dedupe_keys,
+            oldest_seq: oldest.unwrap_or(0),
+            newest_seq: self.last_seq,
+            parked,
+            file_bytes,
+        })
+    }
+
+    /// Caps the database size in pages (`PRAGMA max_page_count`, this connection only), so
+    /// tests can make SQLite answer `SQLITE_FULL` as on a full disk. Returns the cap in force.
+    #[doc(hidden)]
+    pub fn set_max_page_count_for_test(&mut self, pages: u64) -> Result<u64, SpoolError> {
+        self.conn
+            .pragma_update_and_check(None, "max_page_count", int(pages), |r| get_u64(r, 0))
+            .at(&self.path)
+    }
+
+    /// Recounts `(bytes, messages, dedupe_keys)` from the tables (O(n)); tests compare it
+    /// with the running totals in `meta`.
+    #[cfg(test)]
+    pub(crate) fn recount(&self) -> (u64, u64, u64) {
+        use super::types::{KEY_OVERHEAD, MESSAGE_OVERHEAD};
+        let q = |sql: &str| -> u64 {
+            self.conn
+                .query_row(sql, [], |r| get_opt_u64(r, 0))
+                .expect("recount")
+                .unwrap_or(0)
+        };
+        let msgs = q("SELECT COUNT(*) FROM messages");
+        let keys = q("SELECT COUNT(*) FROM dedupe");
+        let msg_bytes = q(
+            "SELECT SUM(length(CAST(topic AS BLOB)) + length(CAST(body AS BLOB))) \
+             FROM messages",
+        );
+        let key_bytes = q("SELECT SUM(length(CAST(key AS BLOB))) FROM dedupe");
+        let bytes = msg_bytes + msgs * MESSAGE_OVERHEAD + 2 * key_bytes + keys * KEY_OVERHEAD;
+        (bytes, msgs, keys)
+    }
+}
+
+/// Fails with a precise error unless `dir` is an existing, writable directory. The probe
+/// writes and fsyncs a file, which also fails for root on read-only mounts and pseudo-fs.
+fn check_dir(dir: &Path) -> Result<(), SpoolError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(SpoolError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(SpoolError::DirMissing {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == ErrorKind::NotADirectory => {
+            return Err(SpoolError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(SpoolError::DirUnusable {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let probe = dir.join(PROBE_FILE);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut f| {
+            f.write_all(b"probe\n")?;
+            f.sync_all()
+        });
+    let removed = fs::remove_file(&probe);
+    written.map_err(|e| SpoolError::from_probe(dir, e))?;
+    removed.map_err(|e| SpoolError::from_probe(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::test_support::{assert_accounting, at, fill, msg, open_tmp, opts};
+
+    #[test]
+    fn open_missing_dir_names_the_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("nope");
+        let err = Store::open(&dir, opts()).expect_err("missing");
+        assert!(matches!(err, SpoolError::DirMissing { .. }), "{err:?}");
+        assert!(err.is_fatal_at_start());
+        assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn open_file_instead_of_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("file");
+        fs::write(&file, b"x").expect("write");
+        for dir in [file.clone(), file.join("below")] {
+            let err = Store::open(&dir, opts()).expect_err("not a dir");
+            assert!(matches!(err, SpoolError::NotADirectory { .. }), "{err:?}");
+            assert!(err.is_fatal_at_start());
+            assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err}");
+        }
+    }
+
+    /// Tests run as root, for whom a chmod 0555 directory is still writable. `/proc` is a
+    /// directory in which even root cannot create a file, so the probe fails for real.
+    #[test]
+    fn open_unwritable_dir_fails_even_for_root() {
+        let dir = Path::new("/proc");
+        let err = Store::open(dir, opts()).expect_err("unwritable");
+        assert!(matches!(err, SpoolError::NotWritable { .. }), "{err:?}");
+        assert!(err.is_fatal_at_start());
+        assert!(err.to_string().contains("/proc"), "{err}");
+    }
+
+    #[test]
+    fn open_garbage_file_is_corrupt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::write(tmp.path().join(DB_FILE), vec![0x5a; 8192]).expect("write");
+        let err = Store::open(tmp.path(), opts()).expect_err("corrupt");
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
+        assert!(err.is_fatal_at_start());
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+
+    #[test]
+    fn seq_is_monotonic_across_reopen_and_after_deleting_everything() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = Store::open(tmp.path(), opts()).expect("open");
+            assert_eq!(store.newest_seq().expect("newest"), 0);
+            assert_eq!(fill(&mut store, 3, at(0)), vec![1, 2, 3]);
+        }
+        let mut store = Store::open(tmp.path(), opts()).expect("reopen");
+        assert_eq!(store.newest_seq().expect("newest"), 3);
+        assert_eq!(fill(&mut store, 2, at(1)), vec![4, 5]);
+        store.enforce_retention(at(2)).expect("retention");
+        let stats = store.stats().expect("stats");
+        assert_eq!(
+            (stats.messages, stats.oldest_seq, stats.newest_seq),
+            (0, 0, 5)
+        );
+        drop(store);
+        let mut store = Store::open(tmp.path(), opts()).expect("reopen empty");
+        assert_eq!(store.newest_seq().expect("newest"), 5);
+        assert_eq!(fill(&mut store, 1, at(3)), vec![6]);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn stats_match_a_recount() {
+        let (_dir, mut store) = open_tmp();
+        store
+            .append_batch(&[msg("a", &["m:1", "b:1"]), msg("ü", &["m:2"])], at(0))
+            .expect("append");
+        let stats = store.stats().expect("stats");
+        assert_eq!(stats.messages, 2);
+        assert_eq!(stats.dedupe_keys, 3);
+        assert_eq!(
+            (stats.oldest_seq, stats.newest_seq, stats.parked),
+            (1, 2, 0)
+        );
+        assert!(stats.file_bytes > 0);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn reader_sees_commits_while_writer_appends() {
+        let (dir, mut store) = open_tmp();
+        let reader = Store::open_reader(dir.path()).expect("reader");
+        assert_eq!(reader.newest_seq().expect("newest"), 0);
+        fill(&mut store, 3, at(0));
+        let got = reader.read_after(1, 10).expect("read");
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(reader.read_one(3).expect("one").map(|m| m.seq), Some(3));
+        assert_eq!(reader.newest_seq().expect("newest"), 3);
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_naming_the_seq() {
+        let (dir, mut store) = open_tmp();
+        fill(&mut store, 3, at(0));
+        let raw = Connection::open(dir.path().join(DB_FILE)).expect("raw");
+        raw.execute_batch(
+            "UPDATE messages SET body = X'FFFE' WHERE seq = 2; \
+             UPDATE messages SET stored_at = -5 WHERE seq = 3;",
+        )
+        .expect("damage");
+        let err = store.read_one(2).expect_err("blob body");
+        assert!(
+            matches!(err, SpoolError::CorruptRow { seq: 2, .. }),
+            "{err:?}"
+        );
+        let err = store.read_after(2, 10).expect_err("bad time");
+        assert!(
+            matches!(err, SpoolError::CorruptRow { seq: 3, .. }),
+            "{err:?}"
+        );
+        assert_eq!(store.read_after(0, 1).expect("row 1 fine").len(), 1);
+    }
+}

@@ -1,0 +1,393 @@
+//! The one spool writer: takes frames in batches, appends and commits them (one fsync for the
+//! whole batch), and only then sends their ACKs to DingTalk (on the connection each came on) and
+//! their lines to consumers. Redeliveries are ACKed again but not stored or delivered. Group
+//! acks and parks are batched through here too, so SQLite has a single writer. When the disk is
+//! full the batch is kept and retried: nothing is ACKed, nothing new is delivered, and the
+//! connection is shed once `limits.max_pending_acks` frames wait (see the connection loop).
+
+use super::{Appended, GroupState, NewMessage, ParkedEntry, Reader, SpoolError, SpoolStats, StartAt, Store, StoreOptions, StoredMessage};
+use crate::notify::Progress;
+use crate::sink::callbacks::Callbacks;
+use crate::sink::hub::{Committed, Hub, line_for};
+use crate::stream::Inbound;
+use crate::stream::frame::{Ack, FrameKind};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Most frames committed in one transaction.
+pub const MAX_BATCH: usize = 2048;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// How often a failed commit is retried (disk full).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Requests to the writer other than frames.
+pub enum Cmd {
+    /// A group member acked a message.
+    Ack {
+        /// Group.
+        group: String,
+        /// Seq.
+        seq: u64,
+    },
+    /// A message hit `max_deliveries`.
+    Park {
+        /// Group.
+        group: String,
+        /// Seq.
+        seq: u64,
+        /// How often it was delivered.
+        deliveries: u32,
+    },
+    /// Open or create a group's position.
+    EnsureGroup {
+        /// Group.
+        name: String,
+        /// Where a new group starts.
+        start: StartAt,
+        /// The answer.
+        reply: oneshot::Sender<Result<GroupState, SpoolError>>,
+    },
+    /// Sizes for status.
+    Stats {
+        /// The answer.
+        reply: oneshot::Sender<Result<SpoolStats, SpoolError>>,
+    },
+    /// Parked entries of a group, for status.
+    Parked {
+        /// Group.
+        group: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<Vec<ParkedEntry>, SpoolError>>,
+    },
+    /// New bounds (reload).
+    SetOptions(StoreOptions),
+}
+
+/// Counters and the degraded flag, for STATUS, status and metrics.
+#[derive(Debug, Default)]
+pub struct SpoolHealth {
+    /// True while a SQLite call is under way (the watchdog needs progress then).
+    pub busy: AtomicBool,
+    /// True while commits fail (disk full): nothing is ACKed.
+    pub degraded: AtomicBool,
+    /// The last commit error, for status.
+    pub last_error: Mutex<Option<String>>,
+    /// Messages stored.
+    pub stored: AtomicU64,
+    /// Redeliveries recognised and ACKed without storing.
+    pub duplicates: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Unacked messages forced out by max_bytes / max_age.
+    pub forced_out: AtomicU64,
+    /// Frames waiting to become durable.
+    pub pending: AtomicU64,
+}
+
+/// A cheap handle for the rest of the daemon.
+#[derive(Clone)]
+pub struct SpoolHandle {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    reader: Arc<Mutex<Reader>>,
+    /// Counters.
+    pub health: Arc<SpoolHealth>,
+}
+
+impl SpoolHandle {
+    /// Records an ack (persisted in the writer's next batch).
+    pub fn ack(&self, group: &str, seq: u64) {
+        let _ = self.cmds.send(Cmd::Ack { group: group.to_owned(), seq });
+    }
+
+    /// Parks a message for a group.
+    pub fn park(&self, group: &str, seq: u64, deliveries: u32) {
+        let _ = self.cmds.send(Cmd::Park { group: group.to_owned(), seq, deliveries });
+    }
+
+    /// Opens or creates a group's position.
+    pub async fn ensure_group(&self, name: &str, start: StartAt) -> Result<GroupState, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::EnsureGroup { name: name.to_owned(), start, reply })
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Sizes and counts.
+    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Stats { reply }).map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Parked messages of a group.
+    pub async fn parked(&self, group: &str) -> Result<Vec<ParkedEntry>, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Parked { group: group.to_owned(), reply })
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// New bounds.
+    pub fn set_options(&self, opts: StoreOptions) {
+        let _ = self.cmds.send(Cmd::SetOptions(opts));
+    }
+
+    /// Messages after `after`, on the read connection (does not stall the writer).
+    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredMessage>, SpoolError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.lock().unwrap_or_else(|p| p.into_inner()).read_after(after, limit))
+            .await
+            .map_err(|_| SpoolError::Closed)?
+    }
+}
+
+/// The writer's inputs and outputs.
+pub struct Writer {
+    /// The store (moved into blocking calls).
+    pub store: Store,
+    /// Frames from connections (bounded by `limits.max_pending_acks`).
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Where committed lines go.
+    pub hub: Arc<Hub>,
+    /// Held callback ACKs.
+    pub callbacks: Callbacks,
+    /// Watchdog progress.
+    pub progress: Arc<Progress>,
+}
+
+/// Starts the writer; returns the handle the rest of the daemon uses.
+pub fn spawn(w: Writer, dir: &std::path::Path, shutdown: CancellationToken) -> Result<(SpoolHandle, tokio::task::JoinHandle<()>), SpoolError> {
+    let reader = Store::open_reader(dir)?;
+    let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
+    let health = Arc::new(SpoolHealth::default());
+    let handle = SpoolHandle {
+        cmds: cmds_tx,
+        reader: Arc::new(Mutex::new(reader)),
+        health: health.clone(),
+    };
+    let task = tokio::spawn(run(w, cmds_rx, health, shutdown));
+    Ok((handle, task))
+}
+
+struct State {
+    store: Arc<Mutex<Store>>,
+    busy: Arc<SpoolHealth>,
+    hub: Arc<Hub>,
+    callbacks: Callbacks,
+    health: Arc<SpoolHealth>,
+    /// A batch whose commit failed, retried until it succeeds.
+    stuck: Vec<Inbound>,
+    acks: BTreeMap<String, Vec<u64>>,
+    parks: Vec<(String, u64, u32)>,
+}
+
+impl State {
+    /// Runs one SQLite call off the async threads, marked busy for the watchdog.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> T + Send + 'static) -> T {
+        let store = self.store.clone();
+        self.busy.busy.store(true, Ordering::Relaxed);
+        let r = tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))).await;
+        self.busy.busy.store(false, Ordering::Relaxed);
+        match r {
+            Ok(v) => v,
+            // A panic inside rusqlite would be a bug; surface it instead of hiding it.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<SpoolHealth>, shutdown: CancellationToken) {
+    let Writer { store, mut inbound, hub, callbacks, progress } = w;
+    let mut st = State {
+        store: Arc::new(Mutex::new(store)),
+        busy: health.clone(),
+        hub,
+        callbacks,
+        health,
+        stuck: Vec::new(),
+        acks: BTreeMap::new(),
+        parks: Vec::new(),
+    };
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        progress.beat();
+        st.health.pending.store(inbound.len() as u64 + st.stuck.len() as u64, Ordering::Relaxed);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(first) = inbound.recv(), if st.stuck.is_empty() => {
+                let mut batch = Vec::with_capacity(64);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match inbound.try_recv() {
+                        Ok(i) => batch.push(i),
+                        Err(_) => break,
+                    }
+                }
+                st.commit(batch).await;
+            }
+            Some(cmd) = cmds.recv() => {
+                st.on_cmd(cmd).await;
+                while let Ok(cmd) = cmds.try_recv() {
+                    st.on_cmd(cmd).await;
+                }
+                st.flush_group_writes().await;
+            }
+            _ = retry.tick(), if !st.stuck.is_empty() => {
+                let batch = std::mem::take(&mut st.stuck);
+                st.commit(batch).await;
+            }
+            _ = retention.tick() => st.retention().await,
+            _ = beat.tick() => {}
+        }
+    }
+    st.flush_group_writes().await;
+    if !st.stuck.is_empty() {
+        warn!(frames = st.stuck.len(), "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again");
+    }
+}
+
+impl State {
+    async fn commit(&mut self, batch: Vec<Inbound>) {
+        let msgs: Vec<NewMessage> = batch
+            .iter()
+            .map(|i| NewMessage {
+                dedupe_keys: i.frame.dedupe_keys(),
+                body: i.frame.consumer_body(&i.conn.to_string()),
+                topic: i.frame.topic().to_owned(),
+            })
+            .collect();
+        let (msgs, res) = self.blocking(move |s| {
+            let r = s.append_batch(&msgs, SystemTime::now());
+            (msgs, r)
+        })
+        .await;
+        let outcomes = match res {
+            Ok(o) => o,
+            Err(e) => {
+                let first = !self.health.degraded.swap(true, Ordering::Relaxed);
+                if first {
+                    if e.is_disk_full() {
+                        error!(cause = "spool_full", frames = batch.len(), error = %e, "spool full: not ACKing, delivering nothing new until space returns");
+                    } else {
+                        error!(cause = "spool_error", frames = batch.len(), error = %e, "spool write failed: not ACKing; retrying every second");
+                    }
+                }
+                *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                self.stuck = batch;
+                return;
+            }
+        };
+        if self.health.degraded.swap(false, Ordering::Relaxed) {
+            info!(cause = "spool_recovered", "spool writable again: ACKing and delivering resumed");
+            *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.health.batches.fetch_add(1, Ordering::Relaxed);
+        let mut committed = Vec::with_capacity(batch.len());
+        for ((inbound, outcome), msg) in batch.into_iter().zip(outcomes).zip(msgs) {
+            let mid = inbound.frame.message_id().to_owned();
+            match outcome {
+                Appended::Stored { seq } => {
+                    self.health.stored.fetch_add(1, Ordering::Relaxed);
+                    committed.push(Committed {
+                        seq,
+                        line: line_for(seq, &msg.body, false).into(),
+                        topic: msg.topic.into(),
+                    });
+                    let held = inbound.frame.kind == FrameKind::Callback
+                        && match self.callbacks.route(inbound.frame.topic()) {
+                            Some((group, timeout)) => {
+                                self.callbacks.hold(seq, group, mid.clone(), inbound.reply.clone(), timeout);
+                                true
+                            }
+                            None => false,
+                        };
+                    if !held {
+                        let _ = inbound.reply.send(Ack::for_stored(&inbound.frame.kind, &mid));
+                    }
+                }
+                Appended::Duplicate { seq } => {
+                    self.health.duplicates.fetch_add(1, Ordering::Relaxed);
+                    debug!(connection = %inbound.conn, message_id = %mid, seq, "redelivery recognised: ACKing again, not storing");
+                    if !self.callbacks.add_reply(seq, inbound.reply.clone()) {
+                        let _ = inbound.reply.send(Ack::for_stored(&inbound.frame.kind, &mid));
+                    }
+                }
+            }
+        }
+        self.hub.publish(&committed);
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Ack { group, seq } => self.acks.entry(group).or_default().push(seq),
+            Cmd::Park { group, seq, deliveries } => self.parks.push((group, seq, deliveries)),
+            Cmd::EnsureGroup { name, start, reply } => {
+                let r = self.blocking(move |s| s.ensure_group(&name, start)).await;
+                let _ = reply.send(r);
+            }
+            Cmd::Stats { reply } => {
+                let r = self.blocking(|s| s.stats()).await;
+                let _ = reply.send(r);
+            }
+            Cmd::Parked { group, reply } => {
+                let r = self.blocking(move |s| s.parked(&group)).await;
+                let _ = reply.send(r);
+            }
+            Cmd::SetOptions(o) => self.blocking(move |s| s.set_options(o)).await,
+        }
+    }
+
+    async fn flush_group_writes(&mut self) {
+        if self.acks.is_empty() && self.parks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        let parks = std::mem::take(&mut self.parks);
+        let (acks, parks, err) = self.blocking(move |s| {
+            for (g, seqs) in &acks {
+                if let Err(e) = s.ack(g, seqs) {
+                    return (acks, parks, Some(e));
+                }
+            }
+            for (g, seq, n) in &parks {
+                if let Err(e) = s.park(g, *seq, *n) {
+                    return (BTreeMap::new(), parks, Some(e));
+                }
+            }
+            (BTreeMap::new(), Vec::new(), None)
+        })
+        .await;
+        if let Some(e) = err {
+            // Acks are idempotent: keep them and try again with the next command or tick.
+            warn!(error = %e, "cannot record group acks yet; keeping them in memory");
+            self.acks = acks;
+            self.parks = parks;
+        }
+    }
+
+    async fn retention(&mut self) {
+        self.flush_group_writes().await;
+        match self.blocking(|s| s.enforce_retention(SystemTime::now())).await {
+            Ok(r) => {
+                if r.forced_out_unacked > 0 {
+                    self.health.forced_out.fetch_add(r.forced_out_unacked, Ordering::Relaxed);
+                }
+                if r.deleted_acked > 0 || r.expired_keys > 0 {
+                    debug!(deleted = r.deleted_acked, expired_keys = r.expired_keys, "spool retention");
+                }
+            }
+            Err(e) => warn!(error = %e, "spool retention failed; will try again"),
+        }
+    }
+}
