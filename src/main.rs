@@ -100,6 +100,7 @@ async fn run(path: &Path) -> u8 {
         Ok(()) => 0,
         Err(e) => {
             notify::status(&format!("failed: {e}"));
+            eprintln!("dingtalk-streamd: {e}");
             e.exit_code()
         }
     }

@@ -5,9 +5,14 @@
 //! from a detached timer, so a wedged supervisor stops it too.
 
 use sd_notify::NotifyState;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The longest a watched part may go between heartbeats when it has nothing else to do.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The shortest heartbeat, whatever `WATCHDOG_USEC` says (systemd's floor is 1 s anyway).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -34,15 +39,25 @@ pub fn stopping(status: &str) {
 /// harmless on 252).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(m) => send(&[NotifyState::Reloading, m]),
-        Err(_) => send(&[NotifyState::Reloading]),
+        Ok(m) => send(&[NotifyState::Reloading, m, NotifyState::Status("reloading the configuration")]),
+        Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading the configuration")]),
     }
 }
 
 /// The keep-alive interval: half of `WATCHDOG_USEC` (sd_watchdog_enabled(3)), when enabled for
-/// this PID.
+/// this PID. Read once: the environment does not change under a running daemon.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+    static INTERVAL: OnceLock<Option<Duration>> = OnceLock::new();
+    *INTERVAL.get_or_init(|| sd_notify::watchdog_enabled().map(|d| d / 2))
+}
+
+/// How often a watched part beats when it has nothing to do: at least twice per watchdog check
+/// (so a healthy idle part is never mistaken for a wedged one), and at most [`MAX_HEARTBEAT`].
+pub fn heartbeat() -> Duration {
+    match watchdog_interval() {
+        Some(i) => (i / 2).clamp(MIN_HEARTBEAT, MAX_HEARTBEAT),
+        None => MAX_HEARTBEAT,
+    }
 }
 
 /// A part of the daemon that must keep moving: it bumps its counter on every loop iteration.
@@ -74,18 +89,18 @@ pub struct Part {
     pub progress: Arc<Progress>,
     /// True when the part has no pending work (so no progress is needed).
     pub idle: Box<dyn Fn() -> bool + Send>,
-    last: u64,
+    /// The count at the previous check; `None` before the first one.
+    last: Option<u64>,
 }
 
 impl Part {
     /// Watches a part.
     pub fn new(name: &'static str, progress: Arc<Progress>, idle: Box<dyn Fn() -> bool + Send>) -> Part {
-        let last = progress.get();
         Part {
             name,
             progress,
             idle,
-            last,
+            last: None,
         }
     }
 }
@@ -95,27 +110,44 @@ pub struct Watchdog {
     parts: Vec<Part>,
     /// How often to check (half of WATCHDOG_USEC); `None` when systemd does not watch us.
     pub interval: Option<Duration>,
+    last_check: Option<Instant>,
 }
 
 impl Watchdog {
     /// Builds the check; the interval comes from the environment.
     pub fn new(parts: Vec<Part>) -> Watchdog {
+        Watchdog::with_interval(parts, watchdog_interval())
+    }
+
+    /// Builds the check with an explicit interval (tests).
+    pub fn with_interval(parts: Vec<Part>, interval: Option<Duration>) -> Watchdog {
         Watchdog {
             parts,
-            interval: watchdog_interval(),
+            interval,
+            last_check: None,
         }
     }
 
-    /// Sends `WATCHDOG=1` if every part progressed or is idle; otherwise returns the wedged
-    /// part's name and sends nothing, so systemd's `WatchdogSec=` restarts us.
+    /// Sends `WATCHDOG=1` if every part progressed or is idle since the previous check;
+    /// otherwise returns the first wedged part's name and sends nothing, so systemd's
+    /// `WatchdogSec=` restarts us. A check that comes much sooner than `interval` after the
+    /// previous one (a burst of late timer ticks) is skipped: the parts have had no chance to
+    /// beat, and a verdict would be a false alarm.
     pub fn check(&mut self) -> Result<(), &'static str> {
+        let now = Instant::now();
+        if let (Some(prev), Some(interval)) = (self.last_check, self.interval)
+            && now.duration_since(prev) < interval / 2
+        {
+            return Ok(());
+        }
+        self.last_check = Some(now);
         let mut wedged = None;
         for p in &mut self.parts {
-            let now = p.progress.get();
-            if now == p.last && !(p.idle)() {
+            let count = p.progress.get();
+            if p.last == Some(count) && !(p.idle)() {
                 wedged.get_or_insert(p.name);
             }
-            p.last = now;
+            p.last = Some(count);
         }
         match wedged {
             None => {
@@ -124,5 +156,70 @@ impl Watchdog {
             }
             Some(name) => Err(name),
         }
+    }
+}
+
+/// Test hook, never set in production: `DINGTALK_STREAMD_TEST_WEDGE=writer|reader|sink` (read
+/// once) makes that part stop for good after it has done its first piece of work, so the tests
+/// can prove that a wedged part stops `WATCHDOG=1` while STATUS goes on. Each part calls
+/// [`wedge_point`] at the top of its loop; with the variable unset that is one load of a
+/// `OnceLock` and returns at once.
+pub fn wedged_for_test(part: &str) -> bool {
+    static WEDGE: OnceLock<Option<String>> = OnceLock::new();
+    WEDGE
+        .get_or_init(|| std::env::var("DINGTALK_STREAMD_TEST_WEDGE").ok().filter(|v| !v.is_empty()))
+        .as_deref()
+        == Some(part)
+}
+
+/// See [`wedged_for_test`]: when the hook names `part` and it `has_worked`, logs once and never
+/// returns (the task stays alive, holding its work, and stops beating).
+pub async fn wedge_point(part: &'static str, has_worked: bool) {
+    if has_worked && wedged_for_test(part) {
+        tracing::warn!(part, "DINGTALK_STREAMD_TEST_WEDGE: wedging the {part} on purpose (test hook)");
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn part(name: &'static str, idle: bool) -> (Arc<Progress>, Arc<AtomicBool>, Part) {
+        let p = Progress::new();
+        let flag = Arc::new(AtomicBool::new(idle));
+        let f = flag.clone();
+        (p.clone(), flag, Part::new(name, p, Box::new(move || f.load(Ordering::Relaxed))))
+    }
+
+    #[test]
+    fn feeds_only_while_every_busy_part_progresses() {
+        let (reader, _, r) = part("reader", false);
+        let (_writer, writer_idle, w) = part("writer", true);
+        let mut wd = Watchdog::with_interval(vec![r, w], None);
+        assert_eq!(wd.check(), Ok(()), "the first check has nothing to compare with");
+        assert_eq!(wd.check(), Err("reader"), "busy and no beat since the last check");
+        reader.beat();
+        assert_eq!(wd.check(), Ok(()));
+        reader.beat();
+        writer_idle.store(false, Ordering::Relaxed);
+        assert_eq!(wd.check(), Err("writer"), "the writer got work and did not move");
+        writer_idle.store(true, Ordering::Relaxed);
+        reader.beat();
+        assert_eq!(wd.check(), Ok(()), "idle again: no progress needed");
+    }
+
+    #[test]
+    fn a_burst_of_late_ticks_is_not_a_verdict() {
+        let (_p, _, a) = part("sink", false);
+        let mut wd = Watchdog::with_interval(vec![a], Some(Duration::from_secs(60)));
+        assert_eq!(wd.check(), Ok(()));
+        assert_eq!(wd.check(), Ok(()), "second tick of a burst is skipped, not judged");
+    }
+
+    #[test]
+    fn heartbeat_is_bounded() {
+        assert!(heartbeat() <= MAX_HEARTBEAT && heartbeat() >= MIN_HEARTBEAT);
     }
 }

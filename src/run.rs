@@ -109,15 +109,27 @@ fn clients(l: &Loaded) -> Result<(TicketClient, ConnectParams), Error> {
     Ok((ticket, params))
 }
 
+/// The listener for `role`: the inherited one (socket activation) when there is one, else
+/// bound here at `path` (and then removed on exit: inherited ones never are).
 fn listener(
-    inherited: &mut Vec<(String, std::os::unix::net::UnixListener)>,
-    name: &str,
+    inherited: &mut listen::Inherited,
+    role: &'static str,
+    index: usize,
     path: &std::path::Path,
+    other: &std::path::Path,
     mode: u32,
     bound: &mut Vec<PathBuf>,
 ) -> Result<tokio::net::UnixListener, Error> {
-    let std_listener = match inherited.iter().position(|(n, _)| n == name) {
-        Some(i) => inherited.remove(i).1,
+    let std_listener = match inherited.take(role, index, path, &[other]) {
+        Some((l, how, at)) => {
+            let at = at.map_or_else(|| "an unnamed socket".to_owned(), |p| p.display().to_string());
+            if how == listen::Matched::Path {
+                info!(socket = role, path = %at, "using the socket passed by systemd");
+            } else {
+                warn!(socket = role, path = %at, configured = %path.display(), matched = ?how, "using the socket passed by systemd, although it is not bound to the configured path");
+            }
+            l
+        }
         None => {
             let l = listen::bind(path, mode)?;
             bound.push(path.to_owned());
@@ -125,7 +137,7 @@ fn listener(
         }
     };
     tokio::net::UnixListener::from_std(std_listener).map_err(|source| Error::Io {
-        context: format!("{name} socket"),
+        context: format!("{role} socket"),
         source,
     })
 }
@@ -161,11 +173,16 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
         inner.clone(),
     )?;
 
-    let mut inherited = listen::inherited()?;
+    let mut inherited = listen::Inherited::from_env()?;
     let mut bound = Vec::new();
     let mode = c.socket.mode.0;
-    let stream_listener = listener(&mut inherited, "stream", &c.socket.path, mode, &mut bound)?;
-    let control_listener = listener(&mut inherited, "control", &c.control.path, mode, &mut bound)?;
+    let stream_listener = listener(&mut inherited, "stream", 0, &c.socket.path, &c.control.path, mode, &mut bound)?;
+    let control_listener = listener(&mut inherited, "control", 1, &c.control.path, &c.socket.path, mode, &mut bound)?;
+    let unclaimed = inherited.unclaimed();
+    if !unclaimed.is_empty() {
+        warn!(sockets = ?unclaimed, "LISTEN_FDS passed sockets that match neither socket.path nor control.path; closing them");
+    }
+    drop(inherited);
 
     let (group_tx, group_rx) = watch::channel(group_settings(&c));
     let sink_progress = Progress::new();
@@ -259,6 +276,8 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
     })?;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut last_status = String::new();
+    // Sticks to STATUS= until a reload succeeds: the running config is not the file's.
+    let mut reload_note = "";
     let mut stopping = false;
     let result = loop {
         tokio::select! {
@@ -269,9 +288,17 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
                 notify::stopping("stopping");
                 inner.cancel();
             }
-            _ = hup.recv() => live.reload().await,
+            _ = hup.recv() => {
+                reload_note = match live.reload().await {
+                    Ok(()) => "",
+                    Err(()) => " · last reload rejected (see the log)",
+                };
+                let line = shared.one_liner() + reload_note;
+                notify::ready(&line);
+                last_status = line;
+            }
             _ = status_tick.tick() => {
-                let line = shared.one_liner();
+                let line = shared.one_liner() + reload_note;
                 if line != last_status {
                     notify::status(&line);
                     last_status = line;
@@ -310,13 +337,14 @@ struct Live {
 impl Live {
     /// SIGHUP: re-read the config; apply live what can change live; reconnect
     /// (make-before-break) only when credentials or the endpoint changed; keep the old config
-    /// when the new one is broken.
-    async fn reload(&mut self) {
+    /// when the new one is broken. The caller sends `READY=1` afterwards.
+    async fn reload(&mut self) -> Result<(), ()> {
         notify::reloading();
         let path = self.current.path.clone();
         match Config::load(&path).map_err(Error::from).and_then(|l| clients(&l).map(|c| (l, c))) {
             Err(e) => {
                 error!(error = %e, "reload rejected: keeping the running configuration");
+                Err(())
             }
             Ok((new, (ticket, params))) => {
                 let (o, n) = (&self.current.config, &new.config);
@@ -355,9 +383,9 @@ impl Live {
                 let _ = self.commands.send(cmd);
                 self.current = new;
                 info!(config = %path.display(), "configuration reloaded");
+                Ok(())
             }
         }
-        notify::ready("reloaded");
     }
 }
 

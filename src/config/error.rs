@@ -46,11 +46,16 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(super) fn from_yaml(file: &std::path::Path, text: &str, e: serde_yaml_ng::Error) -> Self {
-        let mut message = e.to_string();
-        // serde_yaml_ng appends " at line L column C"; we print the location up front instead.
-        if let Some(i) = message.rfind(" at line ") {
-            message.truncate(i);
-        }
+        let (line, column) = match e.location() {
+            Some(l) => (l.line(), l.column()),
+            None => (text.lines().count().max(1), 1),
+        };
+        // serde_yaml_ng repeats the location in the text; it is printed up front instead. Any
+        // other location stays: "while scanning a quoted scalar at line 3 column 18" is where
+        // the mistake starts.
+        let mut message = e
+            .to_string()
+            .replacen(&format!(" at line {line} column {column}"), "", 1);
         if message.starts_with("missing field `dingtalk`") {
             return ConfigError::NotConfigured {
                 file: file.to_owned(),
@@ -62,10 +67,6 @@ impl ConfigError {
                 file.display()
             );
         }
-        let (line, column) = match e.location() {
-            Some(l) => (l.line(), l.column()),
-            None => (text.lines().count().max(1), 1),
-        };
         ConfigError::Parse {
             file: file.to_owned(),
             line,

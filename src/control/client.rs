@@ -93,10 +93,17 @@ fn human(v: &serde_json::Value) -> String {
     );
     if let Some(groups) = v["groups"].as_object() {
         for (name, g) in groups {
+            let parked: Vec<String> = g["parked_seqs"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.to_string()).collect())
+                .unwrap_or_default();
             out += &format!(
-                "group {name}: {} members, backlog {}, in flight {}, parked {} {:?}\n",
-                u(&g["members"]), u(&g["backlog"]), u(&g["in_flight"]), u(&g["parked"]),
-                g["parked_seqs"].as_array().map(|a| a.len()).unwrap_or(0)
+                "group {name}: {} member(s), backlog {}, in flight {}, parked {}{}\n",
+                u(&g["members"]),
+                u(&g["backlog"]),
+                u(&g["in_flight"]),
+                parked.len(),
+                if parked.is_empty() { String::new() } else { format!(" (seqs {})", parked.join(", ")) }
             );
         }
     }

@@ -81,7 +81,10 @@ impl Shared {
             }
             LinkState::Connecting { attempt, .. } => format!("connecting (attempt {attempt})"),
             LinkState::Backoff { attempt, until, cause, credentials_rejected } => {
-                let left = short_duration(until.duration_since(now).unwrap_or_default());
+                // Rounded up: "backing off 0s" would read as "stuck".
+                let left = short_duration(until.duration_since(now).unwrap_or_default() + Duration::from_millis(999));
+                // `ticket_503` reads as "ticket 503" for a person; the log keeps CAUSE=ticket_503.
+                let cause = cause.replace('_', " ");
                 if *credentials_rejected {
                     format!("credentials rejected ({cause}): retrying in {left}")
                 } else {

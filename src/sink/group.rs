@@ -286,10 +286,11 @@ async fn run_group(
         },
     };
     let mut newest = env.hub.newest();
-    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         g.fill().await;
         g.publish(&snapshot);
+        crate::notify::wedge_point("sink", g.snap.delivered > 0).await;
         env.progress.beat();
         let next_deadline = g.flights.values().map(|f| f.deadline).min();
         tokio::select! {

@@ -13,6 +13,7 @@
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
 //! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
 //! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
+//! - `writer.rs`: the async writer task (batches, ACK after commit, publish) and [`SpoolHandle`]
 
 mod append;
 mod error;

@@ -13,7 +13,9 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::error::{SpoolError, SqlContext};
 use super::groups::advance_cursor;
 use super::store::Store;
-use super::types::{KEY_OVERHEAD, RetentionReport, duration_ms, get_u64, int, key_cost, to_ms};
+use super::types::{
+    KEY_OVERHEAD, RetentionReport, StoreOptions, duration_ms, get_u64, int, key_cost, to_ms,
+};
 
 /// Deletes acked by everyone: at or below every cursor, or acked above it, and parked by none.
 const DELETE_ACKED_PREFIX: &str = "DELETE FROM messages WHERE seq <= ?1 \
@@ -24,10 +26,15 @@ const DELETE_ACKED_ABOVE: &str = "DELETE FROM messages WHERE seq IN \
       AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.cursor < a0.seq AND NOT EXISTS \
           (SELECT 1 FROM group_acks a WHERE a.grp = g.name AND a.seq = a0.seq))) \
      RETURNING size";
-/// "Group ?1 (cursor ?2) still owes this message": above its cursor, not acked, not parked.
+/// "Group ?1 (cursor ?2) still owes message m": above its cursor, not acked, not parked.
 const OWED: &str = "m.seq > ?2 \
      AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = ?1 AND a.seq = m.seq) \
      AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = ?1 AND p.seq = m.seq)";
+/// Messages up to ?1 that at least one group still owes.
+const OWED_BY_ANY: &str = "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?1 AND EXISTS \
+     (SELECT 1 FROM groups g WHERE m.seq > g.cursor \
+      AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = g.name AND a.seq = m.seq) \
+      AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = g.name AND p.seq = m.seq))";
 
 /// Running totals changed by one pass, applied to `meta` at the end.
 #[derive(Default)]
@@ -38,123 +45,162 @@ struct Delta {
 }
 
 impl Store {
-    /// Runs one retention pass (see the module docs) and reports what it removed. Forced-out
-    /// unacked messages are also logged here with `warn!`.
+    /// Runs one retention pass (see the module docs) in one transaction and reports what it
+    /// removed. Forced-out unacked messages are also logged here with `warn!`.
     pub fn enforce_retention(&mut self, now: SystemTime) -> Result<RetentionReport, SpoolError> {
         let path = self.path.as_path();
-        let now_ms = to_ms(now);
-        let last_seq = self.last_seq;
-        let opts = self.opts.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let mut report = RetentionReport::default();
-        let mut freed = Delta::default();
-
-        let (n, key_bytes) = delete_keys(&tx, "expires_at <= ?1", now_ms).at(path)?;
-        report.expired_keys = n;
-        freed.keys += n;
-        freed.bytes += key_bytes;
-
-        let groups: Vec<(String, u64)> = tx
-            .prepare_cached("SELECT name, cursor FROM groups ORDER BY name")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?
-                    .collect()
-            })
-            .at(path)?;
-        let min_cursor = groups.iter().map(|g| g.1).min().unwrap_or(last_seq);
-        for sql in [DELETE_ACKED_PREFIX, DELETE_ACKED_ABOVE] {
-            let (n, bytes) = delete_messages(&tx, sql, min_cursor).at(path)?;
-            report.deleted_acked += n;
-            freed.messages += n;
-            freed.bytes += bytes;
-        }
-
-        let (bytes_before,): (u64,) = tx
-            .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| {
-                Ok((get_u64(r, 0)?,))
-            })
-            .at(path)?;
-        let mut per_group: BTreeMap<String, u64> = BTreeMap::new();
-        if !opts.max_age.is_zero() {
-            let cutoff = now_ms.saturating_sub(duration_ms(opts.max_age));
-            if let Some(through) = age_cutoff(&tx, cutoff).at(path)? {
-                force_out(
-                    &tx,
-                    through,
-                    &groups,
-                    &mut report,
-                    &mut per_group,
-                    &mut freed,
-                )
-                .at(path)?;
-            }
-        }
-        let mut bytes = bytes_before.saturating_sub(freed.bytes);
-        if opts.max_bytes > 0 && bytes > opts.max_bytes {
-            if let Some(through) = bytes_cutoff(&tx, bytes - opts.max_bytes).at(path)? {
-                force_out(
-                    &tx,
-                    through,
-                    &groups,
-                    &mut report,
-                    &mut per_group,
-                    &mut freed,
-                )
-                .at(path)?;
-            }
-            bytes = bytes_before.saturating_sub(freed.bytes);
-        }
-        if opts.max_bytes > 0 && bytes > opts.max_bytes {
-            if let Some(until) = key_cutoff(&tx, bytes - opts.max_bytes).at(path)? {
-                let (n, key_bytes) = delete_keys(&tx, "expires_at <= ?1", until).at(path)?;
-                report.evicted_keys = n;
-                freed.keys += n;
-                freed.bytes += key_bytes;
-            }
-        }
-
-        tx.execute_batch(
-            "DELETE FROM group_acks WHERE NOT EXISTS \
-                 (SELECT 1 FROM messages m WHERE m.seq = group_acks.seq); \
-             DELETE FROM parked WHERE NOT EXISTS \
-                 (SELECT 1 FROM messages m WHERE m.seq = parked.seq);",
-        )
-        .at(path)?;
-        for (name, cursor) in &groups {
-            advance_cursor(&tx, name, *cursor, last_seq).at(path)?;
-        }
-        tx.execute(
-            "UPDATE meta SET bytes = MAX(bytes - ?1, 0), messages = MAX(messages - ?2, 0), \
-             dedupe_keys = MAX(dedupe_keys - ?3, 0) WHERE id = 1",
-            (int(freed.bytes), int(freed.messages), int(freed.keys)),
-        )
-        .at(path)?;
-        report.bytes_after = tx
-            .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))
+        let report = Pass::new(&tx, self.last_seq)
+            .and_then(|pass| pass.run(to_ms(now), &self.opts))
             .at(path)?;
         tx.commit().at(path)?;
-
-        report.forced_by_group = per_group.into_iter().filter(|(_, n)| *n > 0).collect();
         if report.forced_out_unacked > 0 {
             tracing::warn!(
                 forced_out_unacked = report.forced_out_unacked,
                 by_group = ?report.forced_by_group,
-                max_bytes = opts.max_bytes,
-                max_age = ?opts.max_age,
+                max_bytes = self.opts.max_bytes,
+                max_age = ?self.opts.max_age,
                 "spool bounds forced out messages not yet acked by every group"
             );
         }
         if report.evicted_keys > 0 {
             tracing::warn!(
                 evicted_keys = report.evicted_keys,
-                max_bytes = opts.max_bytes,
+                max_bytes = self.opts.max_bytes,
                 "dedupe keys alone exceed spool.max_bytes: evicted unexpired keys"
             );
         }
         Ok(report)
+    }
+}
+
+/// One retention pass inside one transaction.
+struct Pass<'a, 'c> {
+    tx: &'a Transaction<'c>,
+    last_seq: u64,
+    /// Every known group and its cursor at the start of the pass.
+    groups: Vec<(String, u64)>,
+    report: RetentionReport,
+    per_group: BTreeMap<String, u64>,
+    freed: Delta,
+}
+
+impl<'a, 'c> Pass<'a, 'c> {
+    fn new(tx: &'a Transaction<'c>, last_seq: u64) -> rusqlite::Result<Self> {
+        let groups = tx
+            .prepare_cached("SELECT name, cursor FROM groups ORDER BY name")?
+            .query_map([], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?
+            .collect::<rusqlite::Result<Vec<(String, u64)>>>()?;
+        Ok(Pass {
+            tx,
+            last_seq,
+            groups,
+            report: RetentionReport::default(),
+            per_group: BTreeMap::new(),
+            freed: Delta::default(),
+        })
+    }
+
+    /// Every phase in order; the caller commits.
+    fn run(mut self, now_ms: i64, opts: &StoreOptions) -> rusqlite::Result<RetentionReport> {
+        let bytes_before: u64 =
+            self.tx
+                .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
+        let (n, bytes) = delete_keys_until(self.tx, now_ms)?;
+        self.report.expired_keys = n;
+        self.freed.keys += n;
+        self.freed.bytes += bytes;
+
+        let min_cursor = self
+            .groups
+            .iter()
+            .map(|g| g.1)
+            .min()
+            .unwrap_or(self.last_seq);
+        for sql in [DELETE_ACKED_PREFIX, DELETE_ACKED_ABOVE] {
+            let (n, bytes) = delete_messages(self.tx, sql, min_cursor)?;
+            self.report.deleted_acked += n;
+            self.freed.messages += n;
+            self.freed.bytes += bytes;
+        }
+
+        if !opts.max_age.is_zero() {
+            let cutoff = now_ms.saturating_sub(duration_ms(opts.max_age));
+            if let Some(through) = age_cutoff(self.tx, cutoff)? {
+                self.force_out(through)?;
+            }
+        }
+        let over = |freed: &Delta| {
+            let bytes = bytes_before.saturating_sub(freed.bytes);
+            (opts.max_bytes > 0 && bytes > opts.max_bytes).then(|| bytes - opts.max_bytes)
+        };
+        if let Some(excess) = over(&self.freed)
+            && let Some(through) = bytes_cutoff(self.tx, excess)?
+        {
+            self.force_out(through)?;
+        }
+        if let Some(excess) = over(&self.freed)
+            && let Some(until) = key_cutoff(self.tx, excess)?
+        {
+            let (n, bytes) = delete_keys_until(self.tx, until)?;
+            self.report.evicted_keys = n;
+            self.freed.keys += n;
+            self.freed.bytes += bytes;
+        }
+
+        self.tx.execute_batch(
+            "DELETE FROM group_acks WHERE NOT EXISTS \
+                 (SELECT 1 FROM messages m WHERE m.seq = group_acks.seq); \
+             DELETE FROM parked WHERE NOT EXISTS \
+                 (SELECT 1 FROM messages m WHERE m.seq = parked.seq);",
+        )?;
+        for (name, cursor) in &self.groups {
+            advance_cursor(self.tx, name, *cursor, self.last_seq)?;
+        }
+        self.tx.execute(
+            "UPDATE meta SET bytes = MAX(bytes - ?1, 0), messages = MAX(messages - ?2, 0), \
+             dedupe_keys = MAX(dedupe_keys - ?3, 0) WHERE id = 1",
+            (
+                int(self.freed.bytes),
+                int(self.freed.messages),
+                int(self.freed.keys),
+            ),
+        )?;
+        self.report.bytes_after =
+            self.tx
+                .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
+        self.report.forced_by_group = self.per_group.into_iter().filter(|(_, n)| *n > 0).collect();
+        Ok(self.report)
+    }
+
+    /// Deletes every message with `seq <= through`, counting per group the ones it still owed.
+    fn force_out(&mut self, through: u64) -> rusqlite::Result<()> {
+        for (name, cursor) in &self.groups {
+            let owed: u64 = self
+                .tx
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?3 AND {OWED}"
+                ))?
+                .query_row((name, int(*cursor), int(through)), |r| get_u64(r, 0))?;
+            *self.per_group.entry(name.clone()).or_default() += owed;
+        }
+        let owed_by_any: u64 = self
+            .tx
+            .prepare_cached(OWED_BY_ANY)?
+            .query_row([int(through)], |r| get_u64(r, 0))?;
+        let (n, bytes) = delete_messages(
+            self.tx,
+            "DELETE FROM messages WHERE seq <= ?1 RETURNING size",
+            through,
+        )?;
+        self.report.forced_out_unacked += owed_by_any;
+        self.report.forced_out_other += n.saturating_sub(owed_by_any);
+        self.freed.messages += n;
+        self.freed.bytes += bytes;
+        Ok(())
     }
 }
 
@@ -170,12 +216,12 @@ fn delete_messages(tx: &Transaction<'_>, sql: &str, param: u64) -> rusqlite::Res
     Ok((n, bytes))
 }
 
-/// Deletes dedupe keys matching `cond` (bound to `?1`); returns `(count, accounted bytes)`.
-fn delete_keys(tx: &Transaction<'_>, cond: &str, param: i64) -> rusqlite::Result<(u64, u64)> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "DELETE FROM dedupe WHERE {cond} RETURNING length(CAST(key AS BLOB))"
-    ))?;
-    let mut rows = stmt.query([param])?;
+/// Deletes dedupe keys expiring at or before `until_ms`; returns `(count, accounted bytes)`.
+fn delete_keys_until(tx: &Transaction<'_>, until_ms: i64) -> rusqlite::Result<(u64, u64)> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM dedupe WHERE expires_at <= ?1 RETURNING length(CAST(key AS BLOB))",
+    )?;
+    let mut rows = stmt.query([until_ms])?;
     let (mut n, mut bytes) = (0u64, 0u64);
     while let Some(row) = rows.next()? {
         n += 1;
@@ -230,43 +276,6 @@ fn key_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<i64>
         }
     }
     Ok(until)
-}
-
-/// Deletes every message with `seq <= through`, counting per group the ones it still owed.
-fn force_out(
-    tx: &Transaction<'_>,
-    through: u64,
-    groups: &[(String, u64)],
-    report: &mut RetentionReport,
-    per_group: &mut BTreeMap<String, u64>,
-    freed: &mut Delta,
-) -> rusqlite::Result<()> {
-    for (name, cursor) in groups {
-        let owed: u64 = tx
-            .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?3 AND {OWED}"
-            ))?
-            .query_row((name, int(*cursor), int(through)), |r| get_u64(r, 0))?;
-        *per_group.entry(name.clone()).or_default() += owed;
-    }
-    let owed_by_any: u64 = tx
-        .prepare_cached(
-            "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?1 AND EXISTS \
-             (SELECT 1 FROM groups g WHERE m.seq > g.cursor \
-              AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = g.name AND a.seq = m.seq) \
-              AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = g.name AND p.seq = m.seq))",
-        )?
-        .query_row([int(through)], |r| get_u64(r, 0))?;
-    let (n, bytes) = delete_messages(
-        tx,
-        "DELETE FROM messages WHERE seq <= ?1 RETURNING size",
-        through,
-    )?;
-    report.forced_out_unacked += owed_by_any;
-    report.forced_out_other += n.saturating_sub(owed_by_any);
-    freed.messages += n;
-    freed.bytes += bytes;
-    Ok(())
 }
 
 #[cfg(test)]

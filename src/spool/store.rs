@@ -307,6 +307,27 @@ mod tests {
     }
 
     #[test]
+    fn reader_in_another_thread_never_blocks_or_sees_half_a_batch() {
+        let (dir, mut store) = open_tmp();
+        let reader = Store::open_reader(dir.path()).expect("reader");
+        let writer = std::thread::spawn(move || {
+            for i in 0..50 {
+                fill(&mut store, 10, at(i));
+            }
+            store
+        });
+        let mut seen = 0;
+        while seen < 500 {
+            let all = reader.read_after(0, usize::MAX).expect("read");
+            assert_eq!(all.len() % 10, 0, "a batch is visible whole or not at all");
+            assert!(all.len() >= seen);
+            seen = all.len();
+        }
+        let store = writer.join().expect("writer");
+        assert_eq!(store.newest_seq().expect("newest"), 500);
+    }
+
+    #[test]
     fn corrupt_rows_are_errors_naming_the_seq() {
         let (dir, mut store) = open_tmp();
         fill(&mut store, 3, at(0));

@@ -218,8 +218,9 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
     };
     let mut retention = tokio::time::interval(RETENTION_EVERY);
     let mut retry = tokio::time::interval(RETRY_EVERY);
-    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
+        crate::notify::wedge_point("writer", st.health.batches.load(Ordering::Relaxed) > 0).await;
         progress.beat();
         st.health.pending.store(inbound.len() as u64 + st.stuck.len() as u64, Ordering::Relaxed);
         tokio::select! {

@@ -107,7 +107,8 @@ pub struct ConnCtx {
     pub progress: Arc<crate::notify::Progress>,
 }
 
-/// The reader's heartbeat period: it proves the loop is alive even when the link is quiet.
+/// The reader's longest heartbeat period: it proves the loop is alive even when the link is
+/// quiet. Shorter when systemd's watchdog asks for it ([`crate::notify::heartbeat`]).
 pub const BEAT: Duration = Duration::from_secs(1);
 
 /// Runs one connection until it ends.
@@ -122,9 +123,10 @@ where
     let mut drain_deadline: Option<Instant> = None;
     let mut ping_seq: u64 = 0;
     let id = ctx.id;
-    let mut beat = tokio::time::interval(BEAT);
+    let mut beat = tokio::time::interval(crate::notify::heartbeat());
 
     loop {
+        crate::notify::wedge_point("reader", super::StreamStats::get(&ctx.stats.frames_in) > 0).await;
         ctx.progress.beat();
         tokio::select! {
             biased;
