@@ -16,9 +16,15 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// True when stderr is connected to the journal (device and inode match `$JOURNAL_STREAM`).
 pub fn stderr_is_journal() -> bool {
-    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.split_once(':') else { return false };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
     match nix::sys::stat::fstat(std::io::stderr()) {
         Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
@@ -41,7 +47,12 @@ pub fn init(level: &str) {
                 let j = j
                     .with_field_prefix(None)
                     .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
-                if tracing_subscriber::registry().with(filter_layer).with(j).try_init().is_ok() {
+                if tracing_subscriber::registry()
+                    .with(filter_layer)
+                    .with(j)
+                    .try_init()
+                    .is_ok()
+                {
                     let _ = FILTER.set(handle);
                 }
                 return;
@@ -53,7 +64,12 @@ pub fn init(level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    if tracing_subscriber::registry().with(filter_layer).with(fmt).try_init().is_ok() {
+    if tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
         let _ = FILTER.set(handle);
     }
 }

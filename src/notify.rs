@@ -39,8 +39,15 @@ pub fn stopping(status: &str) {
 /// harmless on 252).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(m) => send(&[NotifyState::Reloading, m, NotifyState::Status("reloading the configuration")]),
-        Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading the configuration")]),
+        Ok(m) => send(&[
+            NotifyState::Reloading,
+            m,
+            NotifyState::Status("reloading the configuration"),
+        ]),
+        Err(_) => send(&[
+            NotifyState::Reloading,
+            NotifyState::Status("reloading the configuration"),
+        ]),
     }
 }
 
@@ -95,7 +102,11 @@ pub struct Part {
 
 impl Part {
     /// Watches a part.
-    pub fn new(name: &'static str, progress: Arc<Progress>, idle: Box<dyn Fn() -> bool + Send>) -> Part {
+    pub fn new(
+        name: &'static str,
+        progress: Arc<Progress>,
+        idle: Box<dyn Fn() -> bool + Send>,
+    ) -> Part {
         Part {
             name,
             progress,
@@ -167,7 +178,11 @@ impl Watchdog {
 pub fn wedged_for_test(part: &str) -> bool {
     static WEDGE: OnceLock<Option<String>> = OnceLock::new();
     WEDGE
-        .get_or_init(|| std::env::var("DINGTALK_STREAMD_TEST_WEDGE").ok().filter(|v| !v.is_empty()))
+        .get_or_init(|| {
+            std::env::var("DINGTALK_STREAMD_TEST_WEDGE")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
         .as_deref()
         == Some(part)
 }
@@ -176,7 +191,10 @@ pub fn wedged_for_test(part: &str) -> bool {
 /// returns (the task stays alive, holding its work, and stops beating).
 pub async fn wedge_point(part: &'static str, has_worked: bool) {
     if has_worked && wedged_for_test(part) {
-        tracing::warn!(part, "DINGTALK_STREAMD_TEST_WEDGE: wedging the {part} on purpose (test hook)");
+        tracing::warn!(
+            part,
+            "DINGTALK_STREAMD_TEST_WEDGE: wedging the {part} on purpose (test hook)"
+        );
         std::future::pending::<()>().await;
     }
 }
@@ -190,7 +208,11 @@ mod tests {
         let p = Progress::new();
         let flag = Arc::new(AtomicBool::new(idle));
         let f = flag.clone();
-        (p.clone(), flag, Part::new(name, p, Box::new(move || f.load(Ordering::Relaxed))))
+        (
+            p.clone(),
+            flag,
+            Part::new(name, p, Box::new(move || f.load(Ordering::Relaxed))),
+        )
     }
 
     #[test]
@@ -198,13 +220,25 @@ mod tests {
         let (reader, _, r) = part("reader", false);
         let (_writer, writer_idle, w) = part("writer", true);
         let mut wd = Watchdog::with_interval(vec![r, w], None);
-        assert_eq!(wd.check(), Ok(()), "the first check has nothing to compare with");
-        assert_eq!(wd.check(), Err("reader"), "busy and no beat since the last check");
+        assert_eq!(
+            wd.check(),
+            Ok(()),
+            "the first check has nothing to compare with"
+        );
+        assert_eq!(
+            wd.check(),
+            Err("reader"),
+            "busy and no beat since the last check"
+        );
         reader.beat();
         assert_eq!(wd.check(), Ok(()));
         reader.beat();
         writer_idle.store(false, Ordering::Relaxed);
-        assert_eq!(wd.check(), Err("writer"), "the writer got work and did not move");
+        assert_eq!(
+            wd.check(),
+            Err("writer"),
+            "the writer got work and did not move"
+        );
         writer_idle.store(true, Ordering::Relaxed);
         reader.beat();
         assert_eq!(wd.check(), Ok(()), "idle again: no progress needed");
@@ -215,7 +249,11 @@ mod tests {
         let (_p, _, a) = part("sink", false);
         let mut wd = Watchdog::with_interval(vec![a], Some(Duration::from_secs(60)));
         assert_eq!(wd.check(), Ok(()));
-        assert_eq!(wd.check(), Ok(()), "second tick of a burst is skipped, not judged");
+        assert_eq!(
+            wd.check(),
+            Ok(()),
+            "second tick of a burst is skipped, not judged"
+        );
     }
 
     #[test]

@@ -122,7 +122,10 @@ fn listener(
 ) -> Result<tokio::net::UnixListener, Error> {
     let std_listener = match inherited.take(role, index, path, &[other]) {
         Some((l, how, at)) => {
-            let at = at.map_or_else(|| "an unnamed socket".to_owned(), |p| p.display().to_string());
+            let at = at.map_or_else(
+                || "an unnamed socket".to_owned(),
+                |p| p.display().to_string(),
+            );
             if how == listen::Matched::Path {
                 info!(socket = role, path = %at, "using the socket passed by systemd");
             } else {
@@ -150,7 +153,11 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> Result<(), Erro
     result
 }
 
-async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: CancellationToken) -> Result<(), Error> {
+async fn run_inner(
+    loaded: Loaded,
+    shutdown: CancellationToken,
+    inner: CancellationToken,
+) -> Result<(), Error> {
     let c = loaded.config.clone();
     let started = SystemTime::now();
     let (ticket, params) = clients(&loaded)?;
@@ -176,8 +183,24 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
     let mut inherited = listen::Inherited::from_env()?;
     let mut bound = Vec::new();
     let mode = c.socket.mode.0;
-    let stream_listener = listener(&mut inherited, "stream", 0, &c.socket.path, &c.control.path, mode, &mut bound)?;
-    let control_listener = listener(&mut inherited, "control", 1, &c.control.path, &c.socket.path, mode, &mut bound)?;
+    let stream_listener = listener(
+        &mut inherited,
+        "stream",
+        0,
+        &c.socket.path,
+        &c.control.path,
+        mode,
+        &mut bound,
+    )?;
+    let control_listener = listener(
+        &mut inherited,
+        "control",
+        1,
+        &c.control.path,
+        &c.socket.path,
+        mode,
+        &mut bound,
+    )?;
     let unclaimed = inherited.unclaimed();
     if !unclaimed.is_empty() {
         warn!(sockets = ?unclaimed, "LISTEN_FDS passed sockets that match neither socket.path nor control.path; closing them");
@@ -186,7 +209,14 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
 
     let (group_tx, group_rx) = watch::channel(group_settings(&c));
     let sink_progress = Progress::new();
-    let groups = GroupRegistry::new(spool.clone(), hub.clone(), callbacks.clone(), group_rx, sink_progress.clone(), inner.clone());
+    let groups = GroupRegistry::new(
+        spool.clone(),
+        hub.clone(),
+        callbacks.clone(),
+        group_rx,
+        sink_progress.clone(),
+        inner.clone(),
+    );
     groups.start_configured(&c.groups);
 
     let stats = Arc::new(StreamStats::default());
@@ -207,13 +237,25 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
         max_line: c.limits.max_line_bytes.get() as usize,
         shutdown: inner.clone(),
     };
-    tokio::spawn(crate::sink::accept_loop(stream_listener, peer_env, c.limits.max_consumers as usize));
-    tokio::spawn(crate::control::serve(control_listener, shared.clone(), inner.clone()));
+    tokio::spawn(crate::sink::accept_loop(
+        stream_listener,
+        peer_env,
+        c.limits.max_consumers as usize,
+    ));
+    tokio::spawn(crate::control::serve(
+        control_listener,
+        shared.clone(),
+        inner.clone(),
+    ));
     tokio::spawn(callbacks.clone().run_expiry(inner.clone()));
     if let Some(m) = &c.metrics {
         match tokio::net::TcpListener::bind(m.listen).await {
             Ok(l) => {
-                tokio::spawn(crate::control::serve_metrics(l, shared.clone(), inner.clone()));
+                tokio::spawn(crate::control::serve_metrics(
+                    l,
+                    shared.clone(),
+                    inner.clone(),
+                ));
             }
             Err(e) => warn!(address = %m.listen, error = %e, "metrics endpoint not available"),
         }
@@ -226,13 +268,24 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
         let health = spool.health.clone();
         let g = groups.clone();
         Watchdog::new(vec![
-            Part::new("WebSocket reader", reader_progress.clone(), Box::new(move || !link.borrow().state.is_open())),
+            Part::new(
+                "WebSocket reader",
+                reader_progress.clone(),
+                Box::new(move || !link.borrow().state.is_open()),
+            ),
             Part::new(
                 "spool writer",
                 writer_progress,
-                Box::new(move || inbound.capacity() == inbound.max_capacity() && !health.busy.load(Ordering::Relaxed)),
+                Box::new(move || {
+                    inbound.capacity() == inbound.max_capacity()
+                        && !health.busy.load(Ordering::Relaxed)
+                }),
             ),
-            Part::new("consumer sink", sink_progress, Box::new(move || g.snapshots().is_empty())),
+            Part::new(
+                "consumer sink",
+                sink_progress,
+                Box::new(move || g.snapshots().is_empty()),
+            ),
         ])
     };
     let (liveness_tx, liveness_rx) = watch::channel(Liveness::from(&c.keepalive));
@@ -244,7 +297,11 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
         stats,
         link: link_tx,
         liveness: liveness_rx,
-        policy: Policy::new(c.reconnect.initial_delay.get(), c.reconnect.max_delay.get(), c.reconnect.stable_after.get()),
+        policy: Policy::new(
+            c.reconnect.initial_delay.get(),
+            c.reconnect.max_delay.get(),
+            c.reconnect.stable_after.get(),
+        ),
         reader_progress,
         watchdog,
         commands: cmd_rx,
@@ -270,10 +327,12 @@ async fn run_inner(loaded: Loaded, shutdown: CancellationToken, inner: Cancellat
     };
     let sup_task = sup.run(inner.clone());
     tokio::pin!(sup_task);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|source| Error::Io {
-        context: "installing the SIGHUP handler".into(),
-        source,
-    })?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| Error::Io {
+            context: "installing the SIGHUP handler".into(),
+            source,
+        },
+    )?;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut last_status = String::new();
     // Sticks to STATUS= until a reload succeeds: the running config is not the file's.
@@ -341,7 +400,10 @@ impl Live {
     async fn reload(&mut self) -> Result<(), ()> {
         notify::reloading();
         let path = self.current.path.clone();
-        match Config::load(&path).map_err(Error::from).and_then(|l| clients(&l).map(|c| (l, c))) {
+        match Config::load(&path)
+            .map_err(Error::from)
+            .and_then(|l| clients(&l).map(|c| (l, c)))
+        {
             Err(e) => {
                 error!(error = %e, "reload rejected: keeping the running configuration");
                 Err(())
@@ -355,14 +417,29 @@ impl Live {
                 self.spool.set_options(store_options(n));
                 self.groups.start_configured(&n.groups);
                 for (what, changed) in [
-                    ("socket.path", o.socket.path != n.socket.path || o.socket.mode != n.socket.mode),
+                    (
+                        "socket.path",
+                        o.socket.path != n.socket.path || o.socket.mode != n.socket.mode,
+                    ),
                     ("control.path", o.control.path != n.control.path),
                     ("spool.dir", o.spool.dir != n.spool.dir),
-                    ("limits", o.limits.max_pending_acks != n.limits.max_pending_acks || o.limits.max_consumers != n.limits.max_consumers || o.limits.max_line_bytes != n.limits.max_line_bytes),
-                    ("metrics", o.metrics.as_ref().map(|m| m.listen) != n.metrics.as_ref().map(|m| m.listen)),
+                    (
+                        "limits",
+                        o.limits.max_pending_acks != n.limits.max_pending_acks
+                            || o.limits.max_consumers != n.limits.max_consumers
+                            || o.limits.max_line_bytes != n.limits.max_line_bytes,
+                    ),
+                    (
+                        "metrics",
+                        o.metrics.as_ref().map(|m| m.listen)
+                            != n.metrics.as_ref().map(|m| m.listen),
+                    ),
                 ] {
                     if changed {
-                        warn!(key = what, "changed in the config; takes effect after a restart");
+                        warn!(
+                            key = what,
+                            "changed in the config; takes effect after a restart"
+                        );
                     }
                 }
                 let relink = o.dingtalk.client_id != n.dingtalk.client_id
@@ -372,12 +449,22 @@ impl Live {
                     || o.tls.ca_file != n.tls.ca_file
                     || o.proxy != n.proxy;
                 let cmd = if relink {
-                    info!(cause = "reload", "credentials or endpoint changed: reconnecting make-before-break");
-                    Command::Rebuild { ticket: Box::new(ticket), connect: Box::new(params) }
+                    info!(
+                        cause = "reload",
+                        "credentials or endpoint changed: reconnecting make-before-break"
+                    );
+                    Command::Rebuild {
+                        ticket: Box::new(ticket),
+                        connect: Box::new(params),
+                    }
                 } else {
                     Command::Tune {
                         connect: Box::new(params),
-                        reconnect: (n.reconnect.initial_delay.get(), n.reconnect.max_delay.get(), n.reconnect.stable_after.get()),
+                        reconnect: (
+                            n.reconnect.initial_delay.get(),
+                            n.reconnect.max_delay.get(),
+                            n.reconnect.stable_after.get(),
+                        ),
                     }
                 };
                 let _ = self.commands.send(cmd);
@@ -388,4 +475,3 @@ impl Live {
         }
     }
 }
-

@@ -30,18 +30,51 @@ const HEAD: &str = "dingtalk:\n  client_id: dingabc\n  client_secret: s3\n";
 async fn config_errors_name_the_file_and_line_and_exit_78() {
     // (what, config, line, what the message must also say)
     let cases: &[(&str, String, usize, &[&str])] = &[
-        ("YAML syntax", format!("{HEAD} bad_indent: 1\n"), 4, &["did not find expected key"]),
-        ("unterminated quote", format!("{HEAD}log:\n  level: \"info\n"), 6, &["while scanning a quoted scalar at line 5 column 10"]),
-        ("unknown key", format!("{HEAD}keepalive:\n  ping_intervall: 1s\n"), 5, &["unknown field `ping_intervall`", "ping_interval"]),
-        ("unknown top-level key", format!("{HEAD}sockets:\n  path: /tmp/x\n"), 4, &["unknown field `sockets`"]),
+        (
+            "YAML syntax",
+            format!("{HEAD} bad_indent: 1\n"),
+            4,
+            &["did not find expected key"],
+        ),
+        (
+            "unterminated quote",
+            format!("{HEAD}log:\n  level: \"info\n"),
+            6,
+            &["while scanning a quoted scalar at line 5 column 10"],
+        ),
+        (
+            "unknown key",
+            format!("{HEAD}keepalive:\n  ping_intervall: 1s\n"),
+            5,
+            &["unknown field `ping_intervall`", "ping_interval"],
+        ),
+        (
+            "unknown top-level key",
+            format!("{HEAD}sockets:\n  path: /tmp/x\n"),
+            4,
+            &["unknown field `sockets`"],
+        ),
         (
             "missing client_id",
             "dingtalk:\n  client_secret: s3\n".to_string(),
             2,
-            &["missing field `client_id`", "not configured: set dingtalk.client_id in"],
+            &[
+                "missing field `client_id`",
+                "not configured: set dingtalk.client_id in",
+            ],
         ),
-        ("bad duration", format!("{HEAD}reconnect:\n  max_delay: 10 parsecs\n"), 5, &["invalid duration \"10 parsecs\"", "10s"]),
-        ("bad size", format!("{HEAD}limits:\n  max_line_bytes: lots\n"), 5, &["invalid size"]),
+        (
+            "bad duration",
+            format!("{HEAD}reconnect:\n  max_delay: 10 parsecs\n"),
+            5,
+            &["invalid duration \"10 parsecs\"", "10s"],
+        ),
+        (
+            "bad size",
+            format!("{HEAD}limits:\n  max_line_bytes: lots\n"),
+            5,
+            &["invalid size"],
+        ),
     ];
     for (what, text, line, needles) in cases {
         let (_dir, p) = config_file(text);
@@ -49,9 +82,17 @@ async fn config_errors_name_the_file_and_line_and_exit_78() {
         for sub in ["check-config", "run"] {
             let o = output(&["--config", path_str(&p), sub], &[]).await;
             assert_eq!(o.code, Some(78), "{what} / {sub}: stderr:\n{}", o.stderr);
-            assert!(o.stderr.contains(&prefix), "{what} / {sub}: no {prefix:?} in:\n{}", o.stderr);
+            assert!(
+                o.stderr.contains(&prefix),
+                "{what} / {sub}: no {prefix:?} in:\n{}",
+                o.stderr
+            );
             for n in *needles {
-                assert!(o.stderr.contains(n), "{what} / {sub}: no {n:?} in:\n{}", o.stderr);
+                assert!(
+                    o.stderr.contains(n),
+                    "{what} / {sub}: no {n:?} in:\n{}",
+                    o.stderr
+                );
             }
             if *what == "missing client_id" {
                 let want = format!("not configured: set dingtalk.client_id in {}", p.display());
@@ -69,14 +110,26 @@ async fn cross_field_and_missing_secret_errors_exit_78_naming_the_key() {
             format!("{HEAD}keepalive:\n  ping_interval: 1s\n  pong_timeout: 2s\n"),
             "keepalive.pong_timeout",
         ),
-        ("no secret at all", "dingtalk:\n  client_id: dingabc\n".to_string(), "secret"),
+        (
+            "no secret at all",
+            "dingtalk:\n  client_id: dingabc\n".to_string(),
+            "secret",
+        ),
     ];
     for (what, text, needle) in cases {
         let (_dir, p) = config_file(text);
         for sub in ["check-config", "run"] {
-            let o = output(&["--config", path_str(&p), sub], &[("CREDENTIALS_DIRECTORY", "/nonexistent-creds")]).await;
+            let o = output(
+                &["--config", path_str(&p), sub],
+                &[("CREDENTIALS_DIRECTORY", "/nonexistent-creds")],
+            )
+            .await;
             assert_eq!(o.code, Some(78), "{what} / {sub}: {}", o.stderr);
-            assert!(o.stderr.contains(&p.display().to_string()), "{what} / {sub}: {}", o.stderr);
+            assert!(
+                o.stderr.contains(&p.display().to_string()),
+                "{what} / {sub}: {}",
+                o.stderr
+            );
             assert!(o.stderr.contains(needle), "{what} / {sub}: {}", o.stderr);
         }
     }
@@ -92,13 +145,26 @@ async fn comment_only_and_shipped_configs_are_not_configured() {
             let o = output(&["--config", path_str(p), sub], &[]).await;
             assert_eq!(o.code, Some(78), "{} / {sub}: {}", p.display(), o.stderr);
             let want = format!("not configured: set dingtalk.client_id in {}", p.display());
-            assert!(o.stderr.contains(&want), "{} / {sub}: {}", p.display(), o.stderr);
+            assert!(
+                o.stderr.contains(&want),
+                "{} / {sub}: {}",
+                p.display(),
+                o.stderr
+            );
         }
     }
     // A missing file is a config error too.
-    let o = output(&["--config", "/nonexistent/dingtalk-streamd.yml", "run"], &[]).await;
+    let o = output(
+        &["--config", "/nonexistent/dingtalk-streamd.yml", "run"],
+        &[],
+    )
+    .await;
     assert_eq!(o.code, Some(78), "{}", o.stderr);
-    assert!(o.stderr.contains("/nonexistent/dingtalk-streamd.yml"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("/nonexistent/dingtalk-streamd.yml"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[tokio::test]
@@ -114,7 +180,9 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
     std::fs::write(creds.join("client_secret"), CRED).unwrap();
     let creds_s = path_str(&creds).to_owned();
 
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str, String)> = vec![
+    type Envs<'a> = Vec<(&'a str, &'a str)>;
+    // (source, config head, environment, the secret, how check-config names the source)
+    let cases: Vec<(&str, String, Envs, &str, String)> = vec![
         (
             "inline",
             format!("dingtalk:\n  client_id: dingabc\n  client_secret: \"{INLINE}\"\n"),
@@ -124,7 +192,10 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
         ),
         (
             "file",
-            format!("dingtalk:\n  client_id: dingabc\n  client_secret_file: {}\n", secret_file.display()),
+            format!(
+                "dingtalk:\n  client_id: dingabc\n  client_secret_file: {}\n",
+                secret_file.display()
+            ),
             vec![],
             FILE,
             format!("file {}", secret_file.display()),
@@ -134,25 +205,58 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
             "dingtalk:\n  client_id: dingabc\n".into(),
             vec![("CREDENTIALS_DIRECTORY", creds_s.as_str())],
             CRED,
-            format!("systemd credential {}", creds.join("client_secret").display()),
+            format!(
+                "systemd credential {}",
+                creds.join("client_secret").display()
+            ),
         ),
     ];
     for (what, text, envs, secret, source) in cases {
-        let (_d, p) = config_file(&format!("{text}keepalive:\n  ping_interval: 2s\n  pong_timeout: 1s\n"));
+        let (_d, p) = config_file(&format!(
+            "{text}keepalive:\n  ping_interval: 2s\n  pong_timeout: 1s\n"
+        ));
         let o = output(&["--config", path_str(&p), "check-config"], &envs).await;
         assert_eq!(o.code, Some(0), "{what}: {}", o.stderr);
         for s in [&o.stdout, &o.stderr] {
             assert!(!s.contains(secret), "{what}: the secret was printed:\n{s}");
         }
-        assert!(o.stdout.contains(&source), "{what}: source {source:?} not named:\n{}", o.stdout);
+        assert!(
+            o.stdout.contains(&source),
+            "{what}: source {source:?} not named:\n{}",
+            o.stdout
+        );
         // The effective config: valid YAML with the defaults filled in and our values kept.
-        let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&o.stdout).unwrap_or_else(|e| panic!("{what}: not YAML ({e}):\n{}", o.stdout));
-        assert_eq!(y["dingtalk"]["client_id"].as_str(), Some("dingabc"), "{what}");
-        assert_eq!(y["keepalive"]["ping_interval"].as_str(), Some("2s"), "{what}: {}", o.stdout);
-        assert_eq!(y["reconnect"]["max_delay"].as_str(), Some("1m"), "{what}: {}", o.stdout);
-        assert_eq!(y["socket"]["path"].as_str(), Some(dingtalk_streamd::config::DEFAULT_SOCKET_PATH), "{what}");
+        let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&o.stdout)
+            .unwrap_or_else(|e| panic!("{what}: not YAML ({e}):\n{}", o.stdout));
+        assert_eq!(
+            y["dingtalk"]["client_id"].as_str(),
+            Some("dingabc"),
+            "{what}"
+        );
+        assert_eq!(
+            y["keepalive"]["ping_interval"].as_str(),
+            Some("2s"),
+            "{what}: {}",
+            o.stdout
+        );
+        assert_eq!(
+            y["reconnect"]["max_delay"].as_str(),
+            Some("1m"),
+            "{what}: {}",
+            o.stdout
+        );
+        assert_eq!(
+            y["socket"]["path"].as_str(),
+            Some(dingtalk_streamd::config::DEFAULT_SOCKET_PATH),
+            "{what}"
+        );
         if what == "inline" {
-            assert_eq!(y["dingtalk"]["client_secret"].as_str(), Some(dingtalk_streamd::secret::REDACTED), "{}", o.stdout);
+            assert_eq!(
+                y["dingtalk"]["client_secret"].as_str(),
+                Some(dingtalk_streamd::secret::REDACTED),
+                "{}",
+                o.stdout
+            );
         }
     }
 }
@@ -172,8 +276,26 @@ async fn start(paths: &Paths) -> Proc {
 #[tokio::test]
 async fn credentials_rejected_before_the_first_connection_exit_78_with_what_to_check() {
     for (status, needles) in [
-        (401u16, &["401", "authFailed", "dingtalk.client_id", "secret", "developer console"][..]),
-        (400, &["400", "systemError", "published", "Stream", "dingtalk.client_id"][..]),
+        (
+            401u16,
+            &[
+                "401",
+                "authFailed",
+                "dingtalk.client_id",
+                "secret",
+                "developer console",
+            ][..],
+        ),
+        (
+            400,
+            &[
+                "400",
+                "systemError",
+                "published",
+                "Stream",
+                "dingtalk.client_id",
+            ][..],
+        ),
     ] {
         let gw = gateway(false).await;
         gw.set_ticket_fault(Some(TicketFault::status(status)));
@@ -186,10 +308,16 @@ async fn credentials_rejected_before_the_first_connection_exit_78_with_what_to_c
         for n in needles {
             assert!(err.contains(n), "HTTP {status}: no {n:?} in:\n{err}");
         }
-        assert!(!err.contains(SECRET), "HTTP {status}: secret printed:\n{err}");
+        assert!(
+            !err.contains(SECRET),
+            "HTTP {status}: secret printed:\n{err}"
+        );
         assert_eq!(gw.tickets_issued(), 0);
         assert!(!gw.ticket_requests().is_empty());
-        assert!(!paths.socket.exists() && !paths.control.exists(), "socket files left behind");
+        assert!(
+            !paths.socket.exists() && !paths.control.exists(),
+            "socket files left behind"
+        );
     }
 }
 
@@ -205,17 +333,32 @@ async fn sigterm_and_sigint_close_the_websocket_remove_the_sockets_and_exit_0() 
         let mut closed = gw.subscribe();
         p.signal(sig);
         let ev = closed
-            .wait_for(|e| matches!(e, GatewayEvent::Closed { conn: c, .. } if *c == conn), WAIT)
+            .wait_for(
+                |e| matches!(e, GatewayEvent::Closed { conn: c, .. } if *c == conn),
+                WAIT,
+            )
             .await
             .unwrap_or_else(|e| panic!("{sig}: no close: {e}\n{}", p.stderr()));
         assert!(
-            matches!(&ev.event, GatewayEvent::Closed { reason: CloseReason::ClientClose { .. }, .. }),
+            matches!(
+                &ev.event,
+                GatewayEvent::Closed {
+                    reason: CloseReason::ClientClose { .. },
+                    ..
+                }
+            ),
             "{sig}: not a client Close frame: {ev:?}"
         );
         let st = p.wait_exit(WAIT).await;
         assert_eq!(st.code(), Some(0), "{sig}: {}", p.stderr());
-        assert!(!paths.socket.exists(), "{sig}: stream socket file left behind");
-        assert!(!paths.control.exists(), "{sig}: control socket file left behind");
+        assert!(
+            !paths.socket.exists(),
+            "{sig}: stream socket file left behind"
+        );
+        assert!(
+            !paths.control.exists(),
+            "{sig}: control socket file left behind"
+        );
     }
 }
 
@@ -245,9 +388,15 @@ async fn a_stale_socket_file_is_replaced_but_a_regular_file_is_refused() {
     let err = p.stderr();
     assert!(!st.success(), "started over a regular file: {err}");
     assert_eq!(st.code(), Some(1), "{err}");
-    assert!(err.contains(&paths.socket.display().to_string()), "the path is not named:\n{err}");
+    assert!(
+        err.contains(&paths.socket.display().to_string()),
+        "the path is not named:\n{err}"
+    );
     assert!(err.contains("not a socket"), "{err}");
-    assert_eq!(std::fs::read_to_string(&paths.socket).unwrap(), "not a socket");
+    assert_eq!(
+        std::fs::read_to_string(&paths.socket).unwrap(),
+        "not a socket"
+    );
 }
 
 #[tokio::test]
@@ -259,11 +408,19 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     let cfg = path_str(&paths.config).to_owned();
     let o = output(&["--config", &cfg, "status"], &[]).await;
     assert_eq!(o.code, Some(3), "{}", o.stderr);
-    assert!(o.stderr.contains(&paths.control.display().to_string()), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&paths.control.display().to_string()),
+        "{}",
+        o.stderr
+    );
     let other = paths.dir.path().join("elsewhere.sock");
     let o = output(&["status", "--control", path_str(&other)], &[]).await;
     assert_eq!(o.code, Some(3), "{}", o.stderr);
-    assert!(o.stderr.contains(&other.display().to_string()), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&other.display().to_string()),
+        "{}",
+        o.stderr
+    );
 
     // Running and connected.
     let mut p = start(&paths).await;
@@ -274,7 +431,8 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     assert!(o.stdout.contains("link:      connected"), "{}", o.stdout);
     let o = output(&["--config", &cfg, "status", "--json"], &[]).await;
     assert_eq!(o.code, Some(0), "{}", o.stderr);
-    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("status --json is JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(o.stdout.trim()).expect("status --json is JSON");
     assert_eq!(v["state"], "connected");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     let o = output(&["status", "--control", path_str(&paths.control)], &[]).await;
@@ -289,7 +447,12 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     write_config(&gw, &paths, "");
     let cfg = path_str(&paths.config).to_owned();
     let mut p = start(&paths).await;
-    gw.wait_for(|e| matches!(e, GatewayEvent::TicketRejected { status: 503 }), WAIT).await.unwrap();
+    gw.wait_for(
+        |e| matches!(e, GatewayEvent::TicketRejected { status: 503 }),
+        WAIT,
+    )
+    .await
+    .unwrap();
     wait_for_socket(&paths.control).await;
     let o = output(&["--config", &cfg, "status", "--json"], &[]).await;
     assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);

@@ -88,7 +88,7 @@ impl fmt::Display for ByteSize {
             ("B", 1),
         ];
         for (name, factor) in UNITS {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{name}", self.0 / factor);
             }
         }

@@ -25,15 +25,24 @@ pub async fn status(control: &Path, json: bool) -> u8 {
     let line = match tokio::time::timeout(std::time::Duration::from_secs(10), reply).await {
         Ok(Ok(l)) if !l.trim().is_empty() => l,
         Ok(Ok(_)) => {
-            eprintln!("dingtalk-streamd is not running: {} closed without an answer", control.display());
+            eprintln!(
+                "dingtalk-streamd is not running: {} closed without an answer",
+                control.display()
+            );
             return STATUS_NOT_RUNNING;
         }
         Ok(Err(e)) => {
-            eprintln!("dingtalk-streamd is not running: no answer on {}: {e}", control.display());
+            eprintln!(
+                "dingtalk-streamd is not running: no answer on {}: {e}",
+                control.display()
+            );
             return STATUS_NOT_RUNNING;
         }
         Err(_) => {
-            eprintln!("dingtalk-streamd is not running: {} did not answer within 10s", control.display());
+            eprintln!(
+                "dingtalk-streamd is not running: {} did not answer within 10s",
+                control.display()
+            );
             return STATUS_NOT_RUNNING;
         }
     };
@@ -69,27 +78,50 @@ fn human(v: &serde_json::Value) -> String {
     out += &format!("summary:   {}\n", s(&v["summary"]));
     let mut link = format!("link:      {}", s(&v["state"]));
     if v["state"] == "connected" {
-        link += &format!(" since {} ({} to {})", s(&l["since"]), s(&l["connection"]), s(&l["peer"]));
+        link += &format!(
+            " since {} ({} to {})",
+            s(&l["since"]),
+            s(&l["connection"]),
+            s(&l["peer"])
+        );
     }
     if let Some(c) = l["cause"].as_str().or(l["last_cause"].as_str()) {
         link += &format!("; last cause: {c}");
     }
-    out += &format!("{link}\n           {} connections opened, {} disconnect handovers\n", u(&l["connections_opened"]), u(&l["handovers"]));
+    out += &format!(
+        "{link}\n           {} connections opened, {} disconnect handovers\n",
+        u(&l["connections_opened"]),
+        u(&l["handovers"])
+    );
     let st = &v["stream"];
     out += &format!(
         "stream:    {} frames in, {} ACKs sent, {} pings answered, {} malformed\n",
-        u(&st["frames_in"]), u(&st["acks_sent"]), u(&st["pings_answered"]), u(&st["malformed_frames"])
+        u(&st["frames_in"]),
+        u(&st["acks_sent"]),
+        u(&st["pings_answered"]),
+        u(&st["malformed_frames"])
     );
     let sp = &v["spool"];
     out += &format!(
         "spool:     {} messages, {} bytes, newest seq {}, {} pending ACKs, {} duplicates, {}\n",
-        u(&sp["messages"]), u(&sp["bytes"]), u(&sp["newest_seq"]), u(&sp["pending_acks"]), u(&sp["duplicates"]),
-        if sp["degraded"] == true { format!("DEGRADED: {}", s(&sp["last_error"])) } else { "healthy".into() }
+        u(&sp["messages"]),
+        u(&sp["bytes"]),
+        u(&sp["newest_seq"]),
+        u(&sp["pending_acks"]),
+        u(&sp["duplicates"]),
+        if sp["degraded"] == true {
+            format!("DEGRADED: {}", s(&sp["last_error"]))
+        } else {
+            "healthy".into()
+        }
     );
     let c = &v["consumers"];
     out += &format!(
         "consumers: {} connected ({} taps), {} slow taps dropped, {} refused\n",
-        u(&c["connected"]), u(&c["taps"]), u(&c["taps_dropped_slow"]), u(&c["refused"])
+        u(&c["connected"]),
+        u(&c["taps"]),
+        u(&c["taps_dropped_slow"]),
+        u(&c["refused"])
     );
     if let Some(groups) = v["groups"].as_object() {
         for (name, g) in groups {
@@ -103,7 +135,11 @@ fn human(v: &serde_json::Value) -> String {
                 u(&g["backlog"]),
                 u(&g["in_flight"]),
                 parked.len(),
-                if parked.is_empty() { String::new() } else { format!(" (seqs {})", parked.join(", ")) }
+                if parked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (seqs {})", parked.join(", "))
+                }
             );
         }
     }
@@ -139,13 +175,23 @@ pub async fn tail(socket: &Path, group: Option<&str>, json: bool) -> u8 {
             }
         };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
-        let text = if json { line.clone() } else { describe(&v, &line) };
-        if writeln!(stdout, "{text}").and_then(|_| stdout.flush()).is_err() {
+        let text = if json {
+            line.clone()
+        } else {
+            describe(&v, &line)
+        };
+        if writeln!(stdout, "{text}")
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             return 0;
         }
         if group.is_some()
             && let Some(seq) = v["seq"].as_u64()
-            && wr.write_all(format!("{{\"ack\":{seq}}}\n").as_bytes()).await.is_err()
+            && wr
+                .write_all(format!("{{\"ack\":{seq}}}\n").as_bytes())
+                .await
+                .is_err()
         {
             return 1;
         }
@@ -159,15 +205,29 @@ fn describe(v: &serde_json::Value, raw: &str) -> String {
     if let Some(e) = v.get("error") {
         return format!("error {}: {}", e["code"], e["message"]);
     }
-    let Some(seq) = v["seq"].as_u64() else { return raw.to_owned() };
+    let Some(seq) = v["seq"].as_u64() else {
+        return raw.to_owned();
+    };
     let data = &v["data"];
     let what = if let Some(t) = data["text"]["content"].as_str() {
-        format!("{}: {}", data["senderNick"].as_str().unwrap_or("?"), t.trim())
+        format!(
+            "{}: {}",
+            data["senderNick"].as_str().unwrap_or("?"),
+            t.trim()
+        )
     } else if let Some(et) = v["headers"]["eventType"].as_str() {
         format!("event {et}")
     } else {
         data.to_string().chars().take(120).collect()
     };
-    let again = if v["redelivered"] == true { " (redelivered)" } else { "" };
-    format!("#{seq} {} {} {what}{again}", v["type"].as_str().unwrap_or("?"), v["topic"].as_str().unwrap_or("?"))
+    let again = if v["redelivered"] == true {
+        " (redelivered)"
+    } else {
+        ""
+    };
+    format!(
+        "#{seq} {} {} {what}{again}",
+        v["type"].as_str().unwrap_or("?"),
+        v["topic"].as_str().unwrap_or("?")
+    )
 }

@@ -31,12 +31,20 @@ pub async fn serve(listener: UnixListener, shared: Shared, shutdown: Cancellatio
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), BufReader::new(rd.take_limited()).read_line(&mut line)).await;
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                BufReader::new(rd.take_limited()).read_line(&mut line),
+            )
+            .await;
             let reply = match read {
                 Ok(Ok(_)) => match serde_json::from_str::<serde_json::Value>(line.trim()) {
                     Ok(v) if v["cmd"] == "status" => shared.status().await,
-                    Ok(_) => serde_json::json!({"error":{"code":"bad_request","message":"supported: {\"cmd\":\"status\"}"}}),
-                    Err(e) => serde_json::json!({"error":{"code":"bad_json","message":e.to_string()}}),
+                    Ok(_) => {
+                        serde_json::json!({"error":{"code":"bad_request","message":"supported: {\"cmd\":\"status\"}"}})
+                    }
+                    Err(e) => {
+                        serde_json::json!({"error":{"code":"bad_json","message":e.to_string()}})
+                    }
                 },
                 _ => return,
             };
@@ -54,7 +62,11 @@ trait TakeLimited: tokio::io::AsyncRead + Sized {
 impl<T: tokio::io::AsyncRead> TakeLimited for T {}
 
 /// Serves `GET /metrics` (Prometheus text) on `addr` until shutdown.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Shared, shutdown: CancellationToken) {
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    shutdown: CancellationToken,
+) {
     use http_body_util::Full;
     use hyper::body::Bytes;
     loop {
@@ -67,19 +79,22 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Shared, sh
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(shared.metrics().await)))
-                    } else {
-                        hyper::Response::builder().status(404).body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                    };
-                    Ok::<_, std::convert::Infallible>(resp.unwrap_or_default())
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let shared = shared.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(shared.metrics().await)))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.unwrap_or_default())
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;

@@ -34,7 +34,8 @@ pub struct Shared {
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -77,12 +78,22 @@ impl Shared {
         let now = SystemTime::now();
         let head = match &link.state {
             LinkState::Open { since, .. } => {
-                format!("connected {}", short_duration(now.duration_since(*since).unwrap_or_default()))
+                format!(
+                    "connected {}",
+                    short_duration(now.duration_since(*since).unwrap_or_default())
+                )
             }
             LinkState::Connecting { attempt, .. } => format!("connecting (attempt {attempt})"),
-            LinkState::Backoff { attempt, until, cause, credentials_rejected } => {
+            LinkState::Backoff {
+                attempt,
+                until,
+                cause,
+                credentials_rejected,
+            } => {
                 // Rounded up: "backing off 0s" would read as "stuck".
-                let left = short_duration(until.duration_since(now).unwrap_or_default() + Duration::from_millis(999));
+                let left = short_duration(
+                    until.duration_since(now).unwrap_or_default() + Duration::from_millis(999),
+                );
                 // `ticket_503` reads as "ticket 503" for a person; the log keeps CAUSE=ticket_503.
                 let cause = cause.replace('_', " ");
                 if *credentials_rejected {
@@ -123,10 +134,16 @@ impl Shared {
                 link_json["attempt"] = json!(attempt);
                 link_json["since"] = json!(rfc3339(*since));
             }
-            LinkState::Backoff { attempt, until, cause, .. } => {
+            LinkState::Backoff {
+                attempt,
+                until,
+                cause,
+                ..
+            } => {
                 link_json["attempt"] = json!(attempt);
                 link_json["until"] = json!(rfc3339(*until));
-                link_json["retry_in_ms"] = json!(until.duration_since(now).unwrap_or_default().as_millis() as u64);
+                link_json["retry_in_ms"] =
+                    json!(until.duration_since(now).unwrap_or_default().as_millis() as u64);
                 link_json["cause"] = json!(cause);
             }
             _ => {}
@@ -200,26 +217,106 @@ impl Shared {
             out.push_str(&format!("# HELP dingtalk_streamd_{name} {help}\n# TYPE dingtalk_streamd_{name} gauge\ndingtalk_streamd_{name}{labels} {v}\n"));
         };
         let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        gauge("connected", "1 while a DingTalk connection is open", u64::from(s["state"] == "connected"), "");
-        gauge("connections_opened", "Connections opened since start", u(&s["link"]["connections_opened"]), "");
-        gauge("handovers", "Server disconnect handovers since start", u(&s["link"]["handovers"]), "");
-        gauge("frames_in", "EVENT/CALLBACK frames received", u(&s["stream"]["frames_in"]), "");
-        gauge("acks_sent", "ACK frames sent to DingTalk", u(&s["stream"]["acks_sent"]), "");
-        gauge("malformed_frames", "Frames skipped as malformed", u(&s["stream"]["malformed_frames"]), "");
-        gauge("spool_degraded", "1 while the spool cannot write (not ACKing)", u64::from(s["spool"]["degraded"] == true), "");
-        gauge("spool_messages", "Messages in the spool", u(&s["spool"]["messages"]), "");
-        gauge("spool_bytes", "Accounted spool bytes", u(&s["spool"]["bytes"]), "");
-        gauge("spool_duplicates", "Redeliveries recognised", u(&s["spool"]["duplicates"]), "");
-        gauge("spool_forced_out_unacked", "Unacked messages forced out by bounds", u(&s["spool"]["forced_out_unacked"]), "");
-        gauge("pending_acks", "Frames waiting to become durable", u(&s["spool"]["pending_acks"]), "");
-        gauge("consumers", "Connected consumers", u(&s["consumers"]["connected"]), "");
-        gauge("taps_dropped_slow", "Taps disconnected for not keeping up", u(&s["consumers"]["taps_dropped_slow"]), "");
+        gauge(
+            "connected",
+            "1 while a DingTalk connection is open",
+            u64::from(s["state"] == "connected"),
+            "",
+        );
+        gauge(
+            "connections_opened",
+            "Connections opened since start",
+            u(&s["link"]["connections_opened"]),
+            "",
+        );
+        gauge(
+            "handovers",
+            "Server disconnect handovers since start",
+            u(&s["link"]["handovers"]),
+            "",
+        );
+        gauge(
+            "frames_in",
+            "EVENT/CALLBACK frames received",
+            u(&s["stream"]["frames_in"]),
+            "",
+        );
+        gauge(
+            "acks_sent",
+            "ACK frames sent to DingTalk",
+            u(&s["stream"]["acks_sent"]),
+            "",
+        );
+        gauge(
+            "malformed_frames",
+            "Frames skipped as malformed",
+            u(&s["stream"]["malformed_frames"]),
+            "",
+        );
+        gauge(
+            "spool_degraded",
+            "1 while the spool cannot write (not ACKing)",
+            u64::from(s["spool"]["degraded"] == true),
+            "",
+        );
+        gauge(
+            "spool_messages",
+            "Messages in the spool",
+            u(&s["spool"]["messages"]),
+            "",
+        );
+        gauge(
+            "spool_bytes",
+            "Accounted spool bytes",
+            u(&s["spool"]["bytes"]),
+            "",
+        );
+        gauge(
+            "spool_duplicates",
+            "Redeliveries recognised",
+            u(&s["spool"]["duplicates"]),
+            "",
+        );
+        gauge(
+            "spool_forced_out_unacked",
+            "Unacked messages forced out by bounds",
+            u(&s["spool"]["forced_out_unacked"]),
+            "",
+        );
+        gauge(
+            "pending_acks",
+            "Frames waiting to become durable",
+            u(&s["spool"]["pending_acks"]),
+            "",
+        );
+        gauge(
+            "consumers",
+            "Connected consumers",
+            u(&s["consumers"]["connected"]),
+            "",
+        );
+        gauge(
+            "taps_dropped_slow",
+            "Taps disconnected for not keeping up",
+            u(&s["consumers"]["taps_dropped_slow"]),
+            "",
+        );
         if let Some(groups) = s["groups"].as_object() {
             for (name, g) in groups {
                 let l = format!("{{group=\"{name}\"}}");
-                gauge("group_backlog", "Messages not yet acked by the group", u(&g["backlog"]), &l);
+                gauge(
+                    "group_backlog",
+                    "Messages not yet acked by the group",
+                    u(&g["backlog"]),
+                    &l,
+                );
                 gauge("group_members", "Members connected", u(&g["members"]), &l);
-                gauge("group_parked", "Messages parked since start", u(&g["parked"]), &l);
+                gauge(
+                    "group_parked",
+                    "Messages parked since start",
+                    u(&g["parked"]),
+                    &l,
+                );
             }
         }
         out

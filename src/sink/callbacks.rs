@@ -1,7 +1,8 @@
 //! Held ACKs for CALLBACK topics listed under `callbacks:`: the ACK waits until a member of the
 //! named group answers `{"ack":seq,"response":{...}}` (sent to DingTalk as the `response`), or
-//! the topic's timeout passes (then `{"response":null}`, logged). A redelivery that arrives
-//! while the original is held waits for the same answer.
+//! the topic's timeout passes (then `{"response":null}`, logged). An ack without a response
+//! releases it at once with `{"response":null}`. A redelivery that arrives while the original
+//! is held waits for the same answer.
 
 use crate::config::CallbackRoute;
 use crate::stream::frame::Ack;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 struct Pending {
     group: String,
@@ -85,8 +86,10 @@ impl Callbacks {
         }
     }
 
-    /// A member's response: ACKs with it. False when the seq is not held for that group.
-    pub fn respond(&self, seq: u64, group: &str, response: Box<RawValue>) -> bool {
+    /// A member's answer: ACKs with its `response`, or with `{"response":null}` when it acked
+    /// without one (it will not answer again: acked messages are not given again, so waiting
+    /// for the timeout would only delay DingTalk). False when the seq is not held for that group.
+    pub fn respond(&self, seq: u64, group: &str, response: Option<Box<RawValue>>) -> bool {
         let p = {
             let mut inner = self.lock();
             match inner.pending.get(&seq) {
@@ -95,9 +98,13 @@ impl Callbacks {
             }
         };
         let Some(p) = p else { return false };
-        debug!(seq, message_id = %p.message_id, "callback answered by a consumer");
+        if response.is_some() {
+            debug!(seq, message_id = %p.message_id, "callback answered by a consumer");
+        } else {
+            info!(seq, message_id = %p.message_id, group = %p.group, "callback acked without a response; ACKing with a null response");
+        }
         for r in p.replies {
-            let _ = r.send(Ack::callback(&p.message_id, Some(&response)));
+            let _ = r.send(Ack::callback(&p.message_id, response.as_deref()));
         }
         true
     }

@@ -82,6 +82,8 @@ pub struct GroupSnapshot {
 struct GroupHandle {
     tx: mpsc::UnboundedSender<GroupMsg>,
     snapshot: Arc<Mutex<GroupSnapshot>>,
+    /// True once the group's position is open in the spool.
+    ready: watch::Receiver<bool>,
 }
 
 /// All groups, started on first use (configured groups at startup).
@@ -131,16 +133,17 @@ impl GroupRegistry {
     pub fn start_configured(&self, names: &[String]) {
         *self.env.configured.lock().unwrap_or_else(|p| p.into_inner()) = names.to_vec();
         for n in names {
-            self.handle(n);
+            let _ = self.handle(n);
         }
     }
 
-    fn handle(&self, name: &str) -> mpsc::UnboundedSender<GroupMsg> {
+    fn handle(&self, name: &str) -> (mpsc::UnboundedSender<GroupMsg>, watch::Receiver<bool>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = map.get(name).filter(|h| !h.tx.is_closed()) {
-            return h.tx.clone();
+            return (h.tx.clone(), h.ready.clone());
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = watch::channel(false);
         let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
         let configured = self
             .env
@@ -149,9 +152,9 @@ impl GroupRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|g| g == name);
-        tokio::spawn(run_group(name.to_owned(), configured, rx, self.env.clone(), snapshot.clone()));
-        map.insert(name.to_owned(), GroupHandle { tx: tx.clone(), snapshot });
-        tx
+        tokio::spawn(run_group(name.to_owned(), configured, rx, self.env.clone(), snapshot.clone(), ready_tx));
+        map.insert(name.to_owned(), GroupHandle { tx: tx.clone(), snapshot, ready: ready.clone() });
+        (tx, ready)
     }
 
     /// Status of every group.
@@ -170,7 +173,14 @@ impl GroupRegistry {
         let id = self.next_member.fetch_add(1, Ordering::Relaxed);
         let in_flight = self.env.settings.borrow().in_flight;
         let (tx, mut rx) = mpsc::channel::<Out>(in_flight + 16);
-        let gtx = self.handle(group);
+        let (gtx, mut ready) = self.handle(group);
+        // Welcome only once the group's position exists: an ad-hoc group then starts exactly
+        // after what was committed before the welcome, and nothing after it is missed.
+        if ready.wait_for(|r| *r).await.is_err() {
+            let e = LineError::new("unavailable", format!("group {group:?} cannot be opened in the spool (see the daemon's log)"));
+            let _ = write_line(&mut io.writer, &e.to_line()).await;
+            return;
+        }
         if write_line(&mut io.writer, &protocol::welcome(group)).await.is_err() {
             return;
         }
@@ -257,6 +267,7 @@ async fn run_group(
     mut rx: mpsc::UnboundedReceiver<GroupMsg>,
     env: Arc<GroupEnv>,
     snapshot: Arc<Mutex<GroupSnapshot>>,
+    ready: watch::Sender<bool>,
 ) {
     let start = if configured { StartAt::Oldest } else { StartAt::Newest };
     let state = match env.spool.ensure_group(&name, start).await {
@@ -286,6 +297,7 @@ async fn run_group(
         },
     };
     let mut newest = env.hub.newest();
+    ready.send_replace(true);
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         g.fill().await;
@@ -349,9 +361,8 @@ impl Group {
         self.done.insert(seq);
         self.snap.acked += 1;
         self.env.spool.ack(&self.name, seq);
-        if let Some(r) = response
-            && !self.env.callbacks.respond(seq, &self.name, r)
-        {
+        let had_response = response.is_some();
+        if !self.env.callbacks.respond(seq, &self.name, response) && had_response {
             self.tell(id, LineError::new("response_ignored", format!("seq {seq} is not an open callback of this group (not a callback topic, or its timeout passed)")));
         }
         self.prune();
@@ -413,9 +424,14 @@ impl Group {
 
     async fn next_fresh_message(&mut self) -> Option<(u64, Arc<str>)> {
         loop {
+            // Messages a spool bound forced out are gone (and counted): never from a cache.
+            let floor = self.env.spool.floor();
+            if self.next_fresh < floor {
+                self.next_fresh = floor;
+            }
             if let Some((seq, line)) = self.ahead.pop_front() {
-                self.next_fresh = seq + 1;
-                if self.done.contains(&seq) || self.flights.contains_key(&seq) || self.retry.contains(&seq) {
+                self.next_fresh = self.next_fresh.max(seq + 1);
+                if seq < floor || self.done.contains(&seq) || self.flights.contains_key(&seq) || self.retry.contains(&seq) {
                     continue;
                 }
                 return Some((seq, line));
@@ -451,6 +467,12 @@ impl Group {
     async fn fill(&mut self) {
         while let Some(idx) = self.pick_member() {
             let (seq, line, again) = if let Some(seq) = self.retry.pop_first() {
+                if seq < self.env.spool.floor() {
+                    self.lines.remove(&seq);
+                    self.deliveries.remove(&seq);
+                    self.done.insert(seq);
+                    continue;
+                }
                 let Some(line) = self.lines.get(&seq).cloned() else { continue };
                 (seq, redelivered(&line, seq), true)
             } else if let Some((seq, line)) = self.next_fresh_message().await {

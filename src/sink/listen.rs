@@ -109,7 +109,12 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
     // The config may spell the directory differently (relative, symlinked): compare the
     // canonical directory plus the file name.
-    let canon = |p: &Path| Some((std::fs::canonicalize(p.parent()?).ok()?, p.file_name()?.to_owned()));
+    let canon = |p: &Path| {
+        Some((
+            std::fs::canonicalize(p.parent()?).ok()?,
+            p.file_name()?.to_owned(),
+        ))
+    };
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
@@ -131,23 +136,38 @@ impl Inherited {
             // is checked by sd_notify::listen_fds) and nothing else in the process owns them;
             // each fd is adopted exactly once here. We verify below that it is a listening
             // AF_UNIX stream socket before using it.
-            let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            use nix::sys::socket::{SockType, SockaddrLike, SockaddrStorage, UnixAddr, getsockname, getsockopt, sockopt};
+            let owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            use nix::sys::socket::{
+                SockType, SockaddrLike, SockaddrStorage, UnixAddr, getsockname, getsockopt, sockopt,
+            };
             use std::os::fd::AsRawFd;
-            let is_stream = getsockopt(&owned, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+            let is_stream =
+                getsockopt(&owned, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
             let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
             let addr = getsockname::<SockaddrStorage>(owned.as_raw_fd()).ok();
-            let is_unix = addr.as_ref().and_then(|a| a.family()) == Some(nix::sys::socket::AddressFamily::Unix);
+            let is_unix = addr.as_ref().and_then(|a| a.family())
+                == Some(nix::sys::socket::AddressFamily::Unix);
             if !(is_stream && listening && is_unix) {
                 return Err(ListenError::BadInherited { fd, name });
             }
-            let path = addr.as_ref().and_then(|a| a.as_unix_addr()).and_then(UnixAddr::path).map(Path::to_owned);
+            let path = addr
+                .as_ref()
+                .and_then(|a| a.as_unix_addr())
+                .and_then(UnixAddr::path)
+                .map(Path::to_owned);
             let listener = std::os::unix::net::UnixListener::from(owned);
-            listener.set_nonblocking(true).map_err(|source| ListenError::Io {
-                path: PathBuf::from(format!("LISTEN_FDS:{fd}")),
-                source,
-            })?;
-            out.fds.push(Some(Fd { name, path, listener }));
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| ListenError::Io {
+                    path: PathBuf::from(format!("LISTEN_FDS:{fd}")),
+                    source,
+                })?;
+            out.fds.push(Some(Fd {
+                name,
+                path,
+                listener,
+            }));
         }
         Ok(out)
     }
@@ -165,7 +185,10 @@ impl Inherited {
         let pos = self
             .fds
             .iter()
-            .position(|f| f.as_ref().is_some_and(|f| f.path.as_deref().is_some_and(|p| same_path(p, path))))
+            .position(|f| {
+                f.as_ref()
+                    .is_some_and(|f| f.path.as_deref().is_some_and(|p| same_path(p, path)))
+            })
             .map(|i| (i, Matched::Path))
             .or_else(|| {
                 self.fds
@@ -175,7 +198,10 @@ impl Inherited {
             })
             .or_else(|| {
                 let f = self.fds.get(index)?.as_ref()?;
-                let belongs_elsewhere = f.path.as_deref().is_some_and(|p| others.iter().any(|o| same_path(p, o)))
+                let belongs_elsewhere = f
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| others.iter().any(|o| same_path(p, o)))
                     || ["stream", "control"].contains(&f.name.as_str());
                 (!belongs_elsewhere).then_some((index, Matched::Order))
             });
@@ -189,7 +215,15 @@ impl Inherited {
         self.fds
             .iter()
             .flatten()
-            .map(|f| format!("{} ({})", f.path.as_deref().map_or("unnamed".into(), |p| p.display().to_string()), f.name))
+            .map(|f| {
+                format!(
+                    "{} ({})",
+                    f.path
+                        .as_deref()
+                        .map_or("unnamed".into(), |p| p.display().to_string()),
+                    f.name
+                )
+            })
             .collect()
     }
 }
@@ -210,7 +244,10 @@ mod tests {
         drop(l);
         let f = dir.path().join("file");
         std::fs::write(&f, "x").unwrap();
-        assert!(matches!(bind(&f, 0o600), Err(ListenError::NotASocket { .. })));
+        assert!(matches!(
+            bind(&f, 0o600),
+            Err(ListenError::NotASocket { .. })
+        ));
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "x");
     }
 }

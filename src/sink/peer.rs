@@ -4,15 +4,17 @@
 
 use super::group::{GroupRegistry, MemberIo};
 use super::hub::{Hub, TapFeed};
-use super::protocol::{self, LineError, Request};
-use futures_util::StreamExt;
+use super::protocol::{self, Line, LineCodec, LineError, Request};
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{FramedRead, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,14 +36,37 @@ pub struct PeerEnv {
     pub shutdown: CancellationToken,
 }
 
-/// Reads lines, bounded; a too-long line yields an error and the codec skips to the next one.
-pub type Lines = FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>;
+/// A consumer's lines, bounded: a too-long line is one `MaxLineLengthExceeded` item and is
+/// skipped to its newline; the stream goes on after it (and after bytes that are not UTF-8).
+/// It ends only at EOF, or after an `Io` item.
+pub struct Lines(FramedRead<tokio::net::unix::OwnedReadHalf, LineCodec>);
+
+impl Lines {
+    /// Reads lines of at most `max` bytes from `rd`.
+    pub fn new(rd: tokio::net::unix::OwnedReadHalf, max: usize) -> Lines {
+        Lines(FramedRead::new(rd, LineCodec::new(max)))
+    }
+}
+
+impl Stream for Lines {
+    type Item = Result<String, LinesCodecError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_next_unpin(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(Line::Text(s)) => Ok(s),
+                Ok(Line::TooLong) => Err(LinesCodecError::MaxLineLengthExceeded),
+                Err(e) => Err(LinesCodecError::Io(e)),
+            })
+        })
+    }
+}
 
 /// Serves one accepted consumer until it leaves.
 pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
     let (tap_id, feed) = env.hub.add_tap();
     let (rd, mut wr) = stream.into_split();
-    let mut lines: Lines = FramedRead::new(rd, LinesCodec::new_with_max_length(env.max_line));
+    let mut lines = Lines::new(rd, env.max_line);
     let first = tokio::time::timeout(HELLO_WAIT, lines.next()).await;
     match first {
         Ok(None) => env.hub.remove_tap(tap_id),
@@ -88,7 +113,10 @@ async fn run_tap(id: u64, mut feed: TapFeed, mut lines: Lines, mut wr: OwnedWrit
             _ = env.shutdown.cancelled() => return,
             _ = feed.kill.cancelled() => {
                 info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
-                let _ = wr.write_all(LineError::new("too_slow", "disconnected: this tap did not keep up").to_line().as_bytes()).await;
+                // Best effort and never waiting: a stuck tap's socket buffer is full, and waiting
+                // on it would keep this task (and its max_consumers slot) forever.
+                let notice = format!("{}\n", LineError::new("too_slow", "disconnected: this tap did not keep up").to_line());
+                let _ = wr.try_write(notice.as_bytes());
                 return;
             }
             line = feed.rx.recv() => {

@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio_util::bytes::{Buf, BytesMut};
+use tokio_util::codec::Decoder;
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -104,6 +106,98 @@ pub fn parse(line: &str) -> Result<Request, LineError> {
     ))
 }
 
+/// One line read from a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A line without its `\n` (and `\r`); bytes that are not UTF-8 become U+FFFD, so the
+    /// line is answered as bad JSON instead of ending the connection.
+    Text(String),
+    /// A line longer than the limit; it is skipped up to its newline.
+    TooLong,
+}
+
+/// Splits consumer input into lines, bounded. Unlike `LinesCodec` it never returns an error
+/// for what a consumer sent (a decoder error ends a `FramedRead` stream): a too-long line is
+/// [`Line::TooLong`], invalid UTF-8 is decoded lossily. Only I/O errors are errors.
+#[derive(Debug)]
+pub struct LineCodec {
+    max: usize,
+    next_index: usize,
+    discarding: bool,
+}
+
+impl LineCodec {
+    /// A codec for lines of at most `max` bytes.
+    pub fn new(max: usize) -> LineCodec {
+        LineCodec {
+            max,
+            next_index: 0,
+            discarding: false,
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> Line {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    Line::Text(String::from_utf8_lossy(bytes).into_owned())
+}
+
+impl Decoder for LineCodec {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        loop {
+            let read_to = self.max.saturating_add(1).min(buf.len());
+            let newline = buf[self.next_index.min(read_to)..read_to]
+                .iter()
+                .position(|b| *b == b'\n');
+            match (self.discarding, newline) {
+                (true, Some(offset)) => {
+                    buf.advance(self.next_index + offset + 1);
+                    self.discarding = false;
+                    self.next_index = 0;
+                }
+                (true, None) => {
+                    buf.advance(read_to);
+                    self.next_index = 0;
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                (false, Some(offset)) => {
+                    let end = self.next_index + offset;
+                    self.next_index = 0;
+                    let line = buf.split_to(end + 1);
+                    return Ok(Some(text(&line[..end])));
+                }
+                (false, None) if buf.len() > self.max => {
+                    self.discarding = true;
+                    self.next_index = 0;
+                    return Ok(Some(Line::TooLong));
+                }
+                (false, None) => {
+                    self.next_index = read_to;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        if let Some(line) = self.decode(buf)? {
+            return Ok(Some(line));
+        }
+        self.next_index = 0;
+        if buf.is_empty() || self.discarding || buf[..] == b"\r"[..] {
+            buf.clear();
+            return Ok(None);
+        }
+        let rest = buf.split_to(buf.len());
+        Ok(Some(text(&rest)))
+    }
+}
+
 /// The `welcome` reply.
 pub fn welcome(group: &str) -> String {
     serde_json::json!({"welcome": {"group": group, "protocol": PROTOCOL_VERSION}}).to_string()
@@ -131,5 +225,39 @@ mod tests {
         let e: serde_json::Value = serde_json::from_str(&LineError::new("too_long", "x").to_line()).unwrap();
         assert_eq!(e["error"]["code"], "too_long");
         assert_eq!(welcome("bot"), r#"{"welcome":{"group":"bot","protocol":1}}"#);
+    }
+
+    fn lines(codec: &mut LineCodec, input: &[u8]) -> Vec<Line> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(l) = codec.decode(&mut buf).unwrap() {
+            out.push(l);
+        }
+        while let Some(l) = codec.decode_eof(&mut buf).unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[test]
+    fn line_codec_survives_long_lines_and_bad_utf8() {
+        let t = |s: &str| Line::Text(s.into());
+        let mut c = LineCodec::new(8);
+        assert_eq!(lines(&mut c, b"a\r\nbb\n\n"), [t("a"), t("bb"), t("")]);
+        let mut c = LineCodec::new(8);
+        assert_eq!(lines(&mut c, b"0123456789abc\nok\n"), [Line::TooLong, t("ok")]);
+        let mut c = LineCodec::new(8);
+        assert_eq!(lines(&mut c, b"\xff\xfe{}\nlast"), [t("\u{fffd}\u{fffd}{}"), t("last")]);
+        let mut c = LineCodec::new(8);
+        assert_eq!(lines(&mut c, b"12345678\n123456789"), [t("12345678"), Line::TooLong]);
+        // A long line arriving in pieces is reported once and skipped to its end.
+        let mut c = LineCodec::new(4);
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"defgh");
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Line::TooLong));
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"ijk\nxy\n");
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(t("xy")));
     }
 }

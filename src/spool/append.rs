@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use std::path::Path;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
 use super::error::{SpoolError, SqlContext};
 use super::store::Store;
 use super::types::{
-    Appended, NewMessage, duration_ms, get_u64, int, key_cost, len_u64, message_cost, to_ms,
+    Appended, NewMessage, StoreOptions, duration_ms, get_u64, int, key_cost, len_u64, message_cost, to_ms,
 };
 
 impl Store {
@@ -28,97 +30,122 @@ impl Store {
             return Ok(Vec::new());
         }
         let path = self.path.as_path();
-        let now_ms = to_ms(now);
-        let keep_keys = !self.opts.dedupe_window.is_zero();
-        let expires = now_ms.saturating_add(duration_ms(self.opts.dedupe_window));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<&str, u64> = HashMap::new();
-        let mut seq = self.last_seq;
-        let (mut add_bytes, mut add_msgs, mut add_keys) = (0u64, 0u64, 0u64);
-        {
-            let mut lookup = tx
-                .prepare_cached("SELECT seq, expires_at FROM dedupe WHERE key = ?1")
-                .at(path)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO messages (seq, stored_at, size, topic, body) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .at(path)?;
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO dedupe (key, seq, expires_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, \
-                     expires_at = excluded.expires_at",
-                )
-                .at(path)?;
-            let mut fresh: Vec<(&str, bool)> = Vec::new();
-            for msg in batch {
-                fresh.clear();
-                let mut duplicate_of = None;
-                for key in msg.dedupe_keys.iter().map(String::as_str) {
-                    if key.is_empty() || fresh.iter().any(|(k, _)| *k == key) {
-                        continue;
-                    }
-                    if let Some(&orig) = in_batch.get(key) {
+        let done = append_in(&tx, path, &self.opts, self.last_seq, batch, now)?;
+        tx.commit().at(path)?;
+        self.last_seq = done.last_seq;
+        self.bytes += done.added_bytes;
+        Ok(done.outcomes)
+    }
+}
+
+/// What [`append_in`] did; the caller applies `last_seq` and `added_bytes` after its commit.
+pub(super) struct AppendDone {
+    pub(super) outcomes: Vec<Appended>,
+    pub(super) last_seq: u64,
+    pub(super) added_bytes: u64,
+}
+
+/// [`Store::append_batch`] inside the caller's transaction.
+pub(super) fn append_in(
+    tx: &Transaction<'_>,
+    path: &Path,
+    opts: &StoreOptions,
+    last_seq: u64,
+    batch: &[NewMessage],
+    now: SystemTime,
+) -> Result<AppendDone, SpoolError> {
+    let now_ms = to_ms(now);
+    let keep_keys = !opts.dedupe_window.is_zero();
+    let expires = now_ms.saturating_add(duration_ms(opts.dedupe_window));
+    let mut out = Vec::with_capacity(batch.len());
+    let mut in_batch: HashMap<&str, u64> = HashMap::new();
+    let mut seq = last_seq;
+    let (mut add_bytes, mut add_msgs, mut add_keys) = (0u64, 0u64, 0u64);
+    {
+        let mut lookup = tx
+            .prepare_cached("SELECT seq, expires_at FROM dedupe WHERE key = ?1")
+            .at(path)?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO messages (seq, stored_at, size, topic, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .at(path)?;
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO dedupe (key, seq, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, \
+                 expires_at = excluded.expires_at",
+            )
+            .at(path)?;
+        let mut fresh: Vec<(&str, bool)> = Vec::new();
+        for msg in batch {
+            fresh.clear();
+            let mut duplicate_of = None;
+            for key in msg.dedupe_keys.iter().map(String::as_str) {
+                if key.is_empty() || fresh.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                if let Some(&orig) = in_batch.get(key) {
+                    duplicate_of = Some(orig);
+                    break;
+                }
+                let row: Option<(u64, i64)> = lookup
+                    .query_row([key], |r| Ok((get_u64(r, 0)?, r.get(1)?)))
+                    .optional()
+                    .at(path)?;
+                match row {
+                    Some((orig, exp)) if exp > now_ms => {
                         duplicate_of = Some(orig);
                         break;
                     }
-                    let row: Option<(u64, i64)> = lookup
-                        .query_row([key], |r| Ok((get_u64(r, 0)?, r.get(1)?)))
-                        .optional()
-                        .at(path)?;
-                    match row {
-                        Some((orig, exp)) if exp > now_ms => {
-                            duplicate_of = Some(orig);
-                            break;
-                        }
-                        Some(_) => fresh.push((key, true)),
-                        None => fresh.push((key, false)),
-                    }
+                    Some(_) => fresh.push((key, true)),
+                    None => fresh.push((key, false)),
                 }
-                if let Some(orig) = duplicate_of {
-                    out.push(Appended::Duplicate { seq: orig });
-                    continue;
-                }
-                seq += 1;
-                let size = message_cost(&msg.topic, &msg.body);
-                insert
-                    .execute((int(seq), now_ms, int(size), &msg.topic, &msg.body))
-                    .at(path)?;
-                add_msgs += 1;
-                add_bytes += size;
-                if keep_keys {
-                    for &(key, expired_row) in &fresh {
-                        upsert.execute((key, int(seq), expires)).at(path)?;
-                        if !expired_row {
-                            add_keys += 1;
-                            add_bytes += key_cost(len_u64(key));
-                        }
-                    }
-                }
-                for &(key, _) in &fresh {
-                    in_batch.insert(key, seq);
-                }
-                out.push(Appended::Stored { seq });
             }
+            if let Some(orig) = duplicate_of {
+                out.push(Appended::Duplicate { seq: orig });
+                continue;
+            }
+            seq += 1;
+            let size = message_cost(&msg.topic, &msg.body);
+            insert
+                .execute((int(seq), now_ms, int(size), &msg.topic, &msg.body))
+                .at(path)?;
+            add_msgs += 1;
+            add_bytes += size;
+            if keep_keys {
+                for &(key, expired_row) in &fresh {
+                    upsert.execute((key, int(seq), expires)).at(path)?;
+                    if !expired_row {
+                        add_keys += 1;
+                        add_bytes += key_cost(len_u64(key));
+                    }
+                }
+            }
+            for &(key, _) in &fresh {
+                in_batch.insert(key, seq);
+            }
+            out.push(Appended::Stored { seq });
         }
-        if add_msgs > 0 {
-            tx.prepare_cached(
-                "UPDATE meta SET last_seq = ?1, bytes = bytes + ?2, messages = messages + ?3, \
-                 dedupe_keys = dedupe_keys + ?4 WHERE id = 1",
-            )
-            .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs), int(add_keys))))
-            .at(path)?;
-        }
-        tx.commit().at(path)?;
-        self.last_seq = seq;
-        Ok(out)
     }
+    if add_msgs > 0 {
+        tx.prepare_cached(
+            "UPDATE meta SET last_seq = ?1, bytes = bytes + ?2, messages = messages + ?3, \
+             dedupe_keys = dedupe_keys + ?4 WHERE id = 1",
+        )
+        .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs), int(add_keys))))
+        .at(path)?;
+    }
+    Ok(AppendDone {
+        outcomes: out,
+        last_seq: seq,
+        added_bytes: add_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -100,42 +100,13 @@ impl Store {
     /// (nothing is left to deliver, and a repeated ack must not turn into an error because
     /// retention ran in between).
     pub fn ack(&mut self, group: &str, seqs: &[u64]) -> Result<AckOutcome, SpoolError> {
-        let mut seqs = seqs.to_vec();
-        seqs.sort_unstable();
-        seqs.dedup();
         let path = self.path.as_path();
         let last_seq = self.last_seq;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let cursor = group_cursor(&tx, group)
-            .at(path)?
-            .ok_or_else(|| unknown_group(path, group))?;
-        let mut out = AckOutcome::default();
-        {
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM messages WHERE seq = ?1")
-                .at(path)?;
-            let mut record = tx
-                .prepare_cached("INSERT OR IGNORE INTO group_acks (grp, seq) VALUES (?1, ?2)")
-                .at(path)?;
-            let mut unpark = tx
-                .prepare_cached("DELETE FROM parked WHERE grp = ?1 AND seq = ?2")
-                .at(path)?;
-            for seq in seqs {
-                if seq == 0 || seq > last_seq {
-                    out.unknown.push(seq);
-                } else {
-                    if seq > cursor && exists.exists([int(seq)]).at(path)? {
-                        record.execute((group, int(seq))).at(path)?;
-                    }
-                    unpark.execute((group, int(seq))).at(path)?;
-                    out.acked.push(seq);
-                }
-            }
-        }
-        out.cursor = advance_cursor(&tx, group, cursor, last_seq).at(path)?;
+        let out = ack_in(&tx, path, group, seqs, last_seq)?;
         tx.commit().at(path)?;
         Ok(out)
     }
@@ -150,36 +121,12 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let cursor = group_cursor(&tx, group)
-            .at(path)?
-            .ok_or_else(|| unknown_group(path, group))?;
-        let acked: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM group_acks WHERE grp = ?1 AND seq = ?2)",
-                (group, int(seq)),
-                |r| r.get(0),
-            )
-            .at(path)?;
-        let present: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE seq = ?1)",
-                [int(seq)],
-                |r| r.get(0),
-            )
-            .at(path)?;
-        if seq <= cursor || acked || !present {
-            return Ok(false);
+        let parked = park_in(&tx, path, group, seq, deliveries, last_seq)?;
+        if parked {
+            tx.commit().at(path)?;
+            tracing::debug!(group, seq, deliveries, "message parked");
         }
-        tx.execute(
-            "INSERT INTO parked (grp, seq, deliveries, parked_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (grp, seq) DO UPDATE SET deliveries = excluded.deliveries",
-            (group, int(seq), deliveries, to_ms(SystemTime::now())),
-        )
-        .at(path)?;
-        advance_cursor(&tx, group, cursor, last_seq).at(path)?;
-        tx.commit().at(path)?;
-        tracing::debug!(group, seq, deliveries, "message parked");
-        Ok(true)
+        Ok(parked)
     }
 
     /// The group's parked messages still in the spool, ascending.
@@ -247,11 +194,92 @@ impl Store {
     }
 }
 
-fn unknown_group(path: &std::path::Path, group: &str) -> SpoolError {
+pub(super) fn unknown_group(path: &std::path::Path, group: &str) -> SpoolError {
     SpoolError::UnknownGroup {
         path: path.to_path_buf(),
         group: group.to_string(),
     }
+}
+
+/// [`Store::ack`] inside the caller's transaction (also used by the writer's combined commit).
+pub(super) fn ack_in(
+    tx: &Transaction<'_>,
+    path: &std::path::Path,
+    group: &str,
+    seqs: &[u64],
+    last_seq: u64,
+) -> Result<AckOutcome, SpoolError> {
+    let mut seqs = seqs.to_vec();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let cursor = group_cursor(tx, group)
+        .at(path)?
+        .ok_or_else(|| unknown_group(path, group))?;
+    let mut out = AckOutcome::default();
+    {
+        let mut exists = tx
+            .prepare_cached("SELECT 1 FROM messages WHERE seq = ?1")
+            .at(path)?;
+        let mut record = tx
+            .prepare_cached("INSERT OR IGNORE INTO group_acks (grp, seq) VALUES (?1, ?2)")
+            .at(path)?;
+        let mut unpark = tx
+            .prepare_cached("DELETE FROM parked WHERE grp = ?1 AND seq = ?2")
+            .at(path)?;
+        for seq in seqs {
+            if seq == 0 || seq > last_seq {
+                out.unknown.push(seq);
+            } else {
+                if seq > cursor && exists.exists([int(seq)]).at(path)? {
+                    record.execute((group, int(seq))).at(path)?;
+                }
+                unpark.execute((group, int(seq))).at(path)?;
+                out.acked.push(seq);
+            }
+        }
+    }
+    out.cursor = advance_cursor(tx, group, cursor, last_seq).at(path)?;
+    Ok(out)
+}
+
+/// [`Store::park`] inside the caller's transaction; false (and nothing written) when there was
+/// nothing to park.
+pub(super) fn park_in(
+    tx: &Transaction<'_>,
+    path: &std::path::Path,
+    group: &str,
+    seq: u64,
+    deliveries: u32,
+    last_seq: u64,
+) -> Result<bool, SpoolError> {
+    let cursor = group_cursor(tx, group)
+        .at(path)?
+        .ok_or_else(|| unknown_group(path, group))?;
+    let acked: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM group_acks WHERE grp = ?1 AND seq = ?2)",
+            (group, int(seq)),
+            |r| r.get(0),
+        )
+        .at(path)?;
+    let present: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE seq = ?1)",
+            [int(seq)],
+            |r| r.get(0),
+        )
+        .at(path)?;
+    if seq <= cursor || acked || !present {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO parked (grp, seq, deliveries, parked_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (grp, seq) DO UPDATE SET deliveries = excluded.deliveries",
+        (group, int(seq), deliveries, to_ms(SystemTime::now())),
+    )
+    .at(path)?;
+    advance_cursor(tx, group, cursor, last_seq).at(path)?;
+    Ok(true)
 }
 
 pub(super) fn group_cursor(

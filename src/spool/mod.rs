@@ -8,6 +8,8 @@
 //! Layout:
 //! - `store.rs`: open and directory checks, reads, stats
 //! - `append.rs`: `append_batch`, group commit and persisted dedupe
+//! - `commit.rs`: `commit`, the writer's one transaction for frames, acks and parks
+//! - `checkpoint.rs`: the WAL checkpoint thread (keeps checkpoints out of commits)
 //! - `groups.rs`: consumer groups, acks, parking, the contiguous cursor
 //! - `retention.rs`: deleting what all groups acked, forcing out by the bounds
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
@@ -16,6 +18,8 @@
 //! - `writer.rs`: the async writer task (batches, ACK after commit, publish) and [`SpoolHandle`]
 
 mod append;
+mod checkpoint;
+mod commit;
 mod error;
 mod groups;
 mod reader;
@@ -27,6 +31,7 @@ mod test_support;
 mod types;
 pub mod writer;
 
+pub use commit::CommitOutcome;
 pub use error::SpoolError;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;

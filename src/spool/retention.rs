@@ -57,6 +57,7 @@ impl Store {
             .and_then(|pass| pass.run(to_ms(now), &self.opts))
             .at(path)?;
         tx.commit().at(path)?;
+        self.bytes = report.bytes_after;
         if report.forced_out_unacked > 0 {
             tracing::warn!(
                 forced_out_unacked = report.forced_out_unacked,

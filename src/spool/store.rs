@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
+use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 use super::error::{SpoolError, SqlContext};
 use super::reader::{self, Reader};
 use super::schema;
@@ -23,12 +24,18 @@ const PROBE_FILE: &str = ".spool-write-probe";
 /// The durable spool. Not `Sync`: the daemon calls it from one dedicated writer thread.
 #[derive(Debug)]
 pub struct Store {
+    /// Declared first so it stops before the writer's connection closes (the last connection
+    /// to close checkpoints and removes the WAL).
+    _checkpointer: Option<Checkpointer>,
     pub(super) conn: Connection,
     pub(super) dir: PathBuf,
     pub(super) path: PathBuf,
     pub(super) opts: StoreOptions,
     /// Highest committed seq (mirrors `meta.last_seq`).
     pub(super) last_seq: u64,
+    /// Accounted bytes (mirrors `meta.bytes`), so the writer can tell cheaply when `max_bytes`
+    /// is exceeded.
+    pub(super) bytes: u64,
 }
 
 impl Store {
@@ -50,14 +57,41 @@ impl Store {
         schema::configure_writer(&conn, &path)?;
         schema::migrate(&mut conn, &path)?;
         let last_seq = reader::newest_seq(&conn, &path)?;
+        let bytes: u64 = conn
+            .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))
+            .at(&path)?;
+        // Checkpoints run on their own thread; commits then only append to the WAL. Without the
+        // thread SQLite's automatic checkpoint stays on, so the WAL is bounded either way.
+        let checkpointer = match Checkpointer::start(&path, CHECKPOINT_EVERY) {
+            Ok(c) => {
+                conn.pragma_update(None, "wal_autocheckpoint", 0).at(&path)?;
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no checkpoint thread: SQLite checkpoints inside commits");
+                None
+            }
+        };
         tracing::debug!(path = %path.display(), last_seq, "spool opened");
         Ok(Store {
+            _checkpointer: checkpointer,
             conn,
             dir: dir.to_path_buf(),
             path,
             opts,
             last_seq,
+            bytes,
         })
+    }
+
+    /// Accounted bytes (messages and dedupe keys) now; O(1).
+    pub fn accounted_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True when the accounted bytes exceed a non-zero `max_bytes`: retention should run.
+    pub fn over_max_bytes(&self) -> bool {
+        self.opts.max_bytes > 0 && self.bytes > self.opts.max_bytes
     }
 
     /// A read-only connection for backlog reads that must not stall the writer.

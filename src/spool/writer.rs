@@ -1,9 +1,10 @@
 //! The one spool writer: takes frames in batches, appends and commits them (one fsync for the
 //! whole batch), and only then sends their ACKs to DingTalk (on the connection each came on) and
 //! their lines to consumers. Redeliveries are ACKed again but not stored or delivered. Group
-//! acks and parks are batched through here too, so SQLite has a single writer. When the disk is
-//! full the batch is kept and retried: nothing is ACKed, nothing new is delivered, and the
-//! connection is shed once `limits.max_pending_acks` frames wait (see the connection loop).
+//! acks and parks that arrived meanwhile go into the same transaction ([`Store::commit`]), so
+//! SQLite has a single writer and a consumer's acks never cost an fsync of their own. When the
+//! disk is full the batch is kept and retried: nothing is ACKed, nothing new is delivered, and
+//! the connection is shed once `limits.max_pending_acks` frames wait (see the connection loop).
 
 use super::{Appended, GroupState, NewMessage, ParkedEntry, Reader, SpoolError, SpoolStats, StartAt, Store, StoreOptions, StoredMessage};
 use crate::notify::Progress;
@@ -16,13 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Most frames committed in one transaction.
 pub const MAX_BATCH: usize = 2048;
-/// How often retention runs.
-const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// How often retention runs at most apart: each pass then deletes about a second's worth of
+/// acked messages, a few milliseconds of work, instead of a burst that would delay ACKs.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// The shortest retention period (a tiny `max_age`, or `max_bytes` exceeded after a commit).
+const RETENTION_MIN: Duration = Duration::from_millis(50);
 /// How often a failed commit is retried (disk full).
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -88,6 +93,9 @@ pub struct SpoolHealth {
     pub forced_out: AtomicU64,
     /// Frames waiting to become durable.
     pub pending: AtomicU64,
+    /// No seq below this is in the spool any more because a bound forced it out: groups must
+    /// not give such a message from a memory cache (it was counted as forced out).
+    pub floor: AtomicU64,
 }
 
 /// A cheap handle for the rest of the daemon.
@@ -140,6 +148,11 @@ impl SpoolHandle {
         let _ = self.cmds.send(Cmd::SetOptions(opts));
     }
 
+    /// The lowest seq still in the spool after bounds forced messages out (0 before that).
+    pub fn floor(&self) -> u64 {
+        self.health.floor.load(Ordering::Relaxed)
+    }
+
     /// Messages after `after`, on the read connection (does not stall the writer).
     pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredMessage>, SpoolError> {
         let reader = self.reader.clone();
@@ -177,52 +190,80 @@ pub fn spawn(w: Writer, dir: &std::path::Path, shutdown: CancellationToken) -> R
     Ok((handle, task))
 }
 
+/// Time between retention passes for these bounds: [`RETENTION_EVERY`], or an eighth of
+/// `max_age` when that is shorter, so nothing outlives `max_age` by much.
+fn retention_period(opts: &StoreOptions) -> Duration {
+    if opts.max_age.is_zero() {
+        RETENTION_EVERY
+    } else {
+        (opts.max_age / 8).clamp(RETENTION_MIN, RETENTION_EVERY)
+    }
+}
+
 struct State {
     store: Arc<Mutex<Store>>,
-    busy: Arc<SpoolHealth>,
     hub: Arc<Hub>,
     callbacks: Callbacks,
     health: Arc<SpoolHealth>,
+    opts: StoreOptions,
     /// A batch whose commit failed, retried until it succeeds.
     stuck: Vec<Inbound>,
+    /// Group acks and parks waiting for the next commit.
     acks: BTreeMap<String, Vec<u64>>,
     parks: Vec<(String, u64, u32)>,
+    /// Set by a commit that left the accounted bytes above `max_bytes`.
+    over_bytes: bool,
+    next_retention: Instant,
+    last_retention: Instant,
 }
 
 impl State {
     /// Runs one SQLite call off the async threads, marked busy for the watchdog.
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> T + Send + 'static) -> T {
         let store = self.store.clone();
-        self.busy.busy.store(true, Ordering::Relaxed);
+        self.health.busy.store(true, Ordering::Relaxed);
         let r = tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))).await;
-        self.busy.busy.store(false, Ordering::Relaxed);
+        self.health.busy.store(false, Ordering::Relaxed);
         match r {
             Ok(v) => v,
             // A panic inside rusqlite would be a bug; surface it instead of hiding it.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
+
+    fn degraded(&self) -> bool {
+        self.health.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Something failed to commit and waits for the retry tick.
+    fn must_retry(&self) -> bool {
+        !self.stuck.is_empty() || (self.degraded() && (!self.acks.is_empty() || !self.parks.is_empty()))
+    }
 }
 
 async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<SpoolHealth>, shutdown: CancellationToken) {
     let Writer { store, mut inbound, hub, callbacks, progress } = w;
+    let opts = store.options().clone();
     let mut st = State {
         store: Arc::new(Mutex::new(store)),
-        busy: health.clone(),
         hub,
         callbacks,
         health,
+        next_retention: Instant::now() + retention_period(&opts),
+        last_retention: Instant::now(),
+        opts,
         stuck: Vec::new(),
         acks: BTreeMap::new(),
         parks: Vec::new(),
+        over_bytes: false,
     };
-    let mut retention = tokio::time::interval(RETENTION_EVERY);
     let mut retry = tokio::time::interval(RETRY_EVERY);
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         crate::notify::wedge_point("writer", st.health.batches.load(Ordering::Relaxed) > 0).await;
         progress.beat();
         st.health.pending.store(inbound.len() as u64 + st.stuck.len() as u64, Ordering::Relaxed);
+        let must_retry = st.must_retry();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -235,31 +276,68 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
                         Err(_) => break,
                     }
                 }
+                // Acks that arrived meanwhile ride along in the same transaction; a stream of
+                // frames can never starve them (or a status query).
+                st.drain_cmds(&mut cmds).await;
                 st.commit(batch).await;
             }
             Some(cmd) = cmds.recv() => {
                 st.on_cmd(cmd).await;
-                while let Ok(cmd) = cmds.try_recv() {
-                    st.on_cmd(cmd).await;
+                st.drain_cmds(&mut cmds).await;
+                if !st.must_retry() {
+                    st.commit(Vec::new()).await;
                 }
-                st.flush_group_writes().await;
             }
-            _ = retry.tick(), if !st.stuck.is_empty() => {
+            _ = retry.tick(), if must_retry => {
                 let batch = std::mem::take(&mut st.stuck);
                 st.commit(batch).await;
             }
-            _ = retention.tick() => st.retention().await,
+            _ = tokio::time::sleep_until(st.next_retention) => {}
             _ = beat.tick() => {}
         }
+        let now = Instant::now();
+        if st.over_bytes {
+            // Bytes over the bound are looked at again soon, never in a tight loop.
+            st.next_retention = st.next_retention.min(st.last_retention + RETENTION_MIN);
+        }
+        if now >= st.next_retention {
+            // A full disk cannot delete either (deletes go through the WAL): wait for recovery.
+            if !st.degraded() {
+                st.retention().await;
+                st.last_retention = now;
+            }
+            st.next_retention = now + retention_period(&st.opts);
+        }
     }
-    st.flush_group_writes().await;
+    // Acks a member sent before the stop still count: record them with the last commit.
+    while let Ok(cmd) = cmds.try_recv() {
+        match cmd {
+            Cmd::Ack { .. } | Cmd::Park { .. } => st.on_cmd(cmd).await,
+            _ => {}
+        }
+    }
+    if !st.degraded() {
+        st.commit(Vec::new()).await;
+    }
     if !st.stuck.is_empty() {
         warn!(frames = st.stuck.len(), "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again");
     }
 }
 
 impl State {
+    async fn drain_cmds(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
+        while let Ok(cmd) = cmds.try_recv() {
+            self.on_cmd(cmd).await;
+        }
+    }
+
+    /// One transaction: pending acks and parks, then `batch`. On success the batch's ACKs go
+    /// out (or are held for a callback response) and its lines are published; on failure
+    /// everything is kept for the retry and nothing is ACKed.
     async fn commit(&mut self, batch: Vec<Inbound>) {
+        if batch.is_empty() && self.acks.is_empty() && self.parks.is_empty() {
+            return;
+        }
         let msgs: Vec<NewMessage> = batch
             .iter()
             .map(|i| NewMessage {
@@ -268,12 +346,17 @@ impl State {
                 topic: i.frame.topic().to_owned(),
             })
             .collect();
-        let (msgs, res) = self.blocking(move |s| {
-            let r = s.append_batch(&msgs, SystemTime::now());
-            (msgs, r)
-        })
-        .await;
-        let outcomes = match res {
+        let acks = std::mem::take(&mut self.acks);
+        let parks = std::mem::take(&mut self.parks);
+        let (msgs, acks, parks, res, over) = self
+            .blocking(move |s| {
+                let r = s.commit(&msgs, &acks, &parks, SystemTime::now());
+                let over = s.over_max_bytes();
+                (msgs, acks, parks, r, over)
+            })
+            .await;
+        self.over_bytes = over;
+        let outcome = match res {
             Ok(o) => o,
             Err(e) => {
                 let first = !self.health.degraded.swap(true, Ordering::Relaxed);
@@ -286,6 +369,8 @@ impl State {
                 }
                 *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 self.stuck = batch;
+                self.acks = acks;
+                self.parks = parks;
                 return;
             }
         };
@@ -293,11 +378,17 @@ impl State {
             info!(cause = "spool_recovered", "spool writable again: ACKing and delivering resumed");
             *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
+        if !outcome.unknown_groups.is_empty() {
+            warn!(groups = ?outcome.unknown_groups, "acks or parks for consumer groups the spool does not know were dropped");
+        }
+        if batch.is_empty() {
+            return;
+        }
         self.health.batches.fetch_add(1, Ordering::Relaxed);
         let mut committed = Vec::with_capacity(batch.len());
-        for ((inbound, outcome), msg) in batch.into_iter().zip(outcomes).zip(msgs) {
+        for ((inbound, appended), msg) in batch.into_iter().zip(outcome.appended).zip(msgs) {
             let mid = inbound.frame.message_id().to_owned();
-            match outcome {
+            match appended {
                 Appended::Stored { seq } => {
                     self.health.stored.fetch_add(1, Ordering::Relaxed);
                     committed.push(Committed {
@@ -334,6 +425,10 @@ impl State {
             Cmd::Ack { group, seq } => self.acks.entry(group).or_default().push(seq),
             Cmd::Park { group, seq, deliveries } => self.parks.push((group, seq, deliveries)),
             Cmd::EnsureGroup { name, start, reply } => {
+                // A group's position read from disk must include the acks still buffered.
+                if !self.must_retry() {
+                    self.commit(Vec::new()).await;
+                }
                 let r = self.blocking(move |s| s.ensure_group(&name, start)).await;
                 let _ = reply.send(r);
             }
@@ -345,42 +440,30 @@ impl State {
                 let r = self.blocking(move |s| s.parked(&group)).await;
                 let _ = reply.send(r);
             }
-            Cmd::SetOptions(o) => self.blocking(move |s| s.set_options(o)).await,
-        }
-    }
-
-    async fn flush_group_writes(&mut self) {
-        if self.acks.is_empty() && self.parks.is_empty() {
-            return;
-        }
-        let acks = std::mem::take(&mut self.acks);
-        let parks = std::mem::take(&mut self.parks);
-        let (acks, parks, err) = self.blocking(move |s| {
-            for (g, seqs) in &acks {
-                if let Err(e) = s.ack(g, seqs) {
-                    return (acks, parks, Some(e));
-                }
+            Cmd::SetOptions(o) => {
+                self.next_retention = self.next_retention.min(Instant::now() + retention_period(&o));
+                self.opts = o.clone();
+                self.blocking(move |s| s.set_options(o)).await
             }
-            for (g, seq, n) in &parks {
-                if let Err(e) = s.park(g, *seq, *n) {
-                    return (BTreeMap::new(), parks, Some(e));
-                }
-            }
-            (BTreeMap::new(), Vec::new(), None)
-        })
-        .await;
-        if let Some(e) = err {
-            // Acks are idempotent: keep them and try again with the next command or tick.
-            warn!(error = %e, "cannot record group acks yet; keeping them in memory");
-            self.acks = acks;
-            self.parks = parks;
         }
     }
 
     async fn retention(&mut self) {
-        self.flush_group_writes().await;
-        match self.blocking(|s| s.enforce_retention(SystemTime::now())).await {
-            Ok(r) => {
+        let pass = self
+            .blocking(|s| {
+                let r = s.enforce_retention(SystemTime::now());
+                let forced = r.as_ref().is_ok_and(|r| r.forced_out_unacked + r.forced_out_other > 0);
+                // The first seq still stored (or the next one to be assigned).
+                let floor = if forced { s.stats().ok().map(|st| if st.messages == 0 { st.newest_seq + 1 } else { st.oldest_seq }) } else { None };
+                (r, s.over_max_bytes(), floor)
+            })
+            .await;
+        if let (_, _, Some(floor)) = pass {
+            self.health.floor.fetch_max(floor, Ordering::Relaxed);
+        }
+        match (pass.0, pass.1) {
+            (Ok(r), over) => {
+                self.over_bytes = over;
                 if r.forced_out_unacked > 0 {
                     self.health.forced_out.fetch_add(r.forced_out_unacked, Ordering::Relaxed);
                 }
@@ -388,7 +471,10 @@ impl State {
                     debug!(deleted = r.deleted_acked, expired_keys = r.expired_keys, "spool retention");
                 }
             }
-            Err(e) => warn!(error = %e, "spool retention failed; will try again"),
+            (Err(e), _) => {
+                self.over_bytes = false;
+                warn!(error = %e, "spool retention failed; will try again");
+            }
         }
     }
 }

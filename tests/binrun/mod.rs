@@ -17,7 +17,10 @@ pub struct Proc {
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn collect(mut r: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> std::thread::JoinHandle<()> {
+fn collect(
+    mut r: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
@@ -39,7 +42,12 @@ impl Proc {
             collect(child.stdout.take().expect("stdout piped"), out.clone()),
             collect(child.stderr.take().expect("stderr piped"), err.clone()),
         ];
-        Proc { child, out, err, readers }
+        Proc {
+            child,
+            out,
+            err,
+            readers,
+        }
     }
 
     /// Everything written to stdout so far.
@@ -59,7 +67,11 @@ impl Proc {
             if pred(&self.stderr()) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "stderr never showed {what}:\n{}", self.stderr());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stderr never showed {what}:\n{}",
+                self.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -75,7 +87,10 @@ impl Proc {
             if tokio::time::Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("the binary did not exit within {d:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "the binary did not exit within {d:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };

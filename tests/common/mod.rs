@@ -111,13 +111,20 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(dingtalk_streamd::run(loaded, shutdown.clone()));
         wait_for_socket(&paths.socket).await;
-        Daemon { paths, shutdown, task }
+        Daemon {
+            paths,
+            shutdown,
+            task,
+        }
     }
 
     /// Stops it and returns its result and paths.
     pub async fn stop(self) -> (Result<(), dingtalk_streamd::Error>, Paths) {
         self.shutdown.cancel();
-        let r = tokio::time::timeout(WAIT, self.task).await.expect("daemon stops in time").expect("daemon task");
+        let r = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task");
         (r, self.paths)
     }
 
@@ -140,7 +147,10 @@ pub async fn status(control: &Path) -> Value {
     let mut s = UnixStream::connect(control).await.expect("control socket");
     s.write_all(b"{\"cmd\":\"status\"}\n").await.expect("write");
     let mut line = String::new();
-    tokio::time::timeout(WAIT, BufReader::new(s).read_line(&mut line)).await.expect("status in time").expect("read");
+    tokio::time::timeout(WAIT, BufReader::new(s).read_line(&mut line))
+        .await
+        .expect("status in time")
+        .expect("read");
     serde_json::from_str(&line).expect("status JSON")
 }
 
@@ -151,7 +161,11 @@ pub async fn wait_for_socket(path: &Path) {
         if UnixStream::connect(path).await.is_ok() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} never accepted", path.display());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never accepted",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -167,20 +181,27 @@ impl Consumer {
     pub async fn tap(path: &Path) -> Consumer {
         let s = UnixStream::connect(path).await.expect("connect tap");
         let (rd, wr) = s.into_split();
-        Consumer { lines: BufReader::new(rd).lines(), wr }
+        Consumer {
+            lines: BufReader::new(rd).lines(),
+            wr,
+        }
     }
 
     /// A group member: hello, then waits for the welcome.
     pub async fn member(path: &Path, group: &str) -> Consumer {
         let mut c = Consumer::tap(path).await;
-        c.send(&format!("{{\"hello\":{{\"group\":\"{group}\"}}}}")).await;
+        c.send(&format!("{{\"hello\":{{\"group\":\"{group}\"}}}}"))
+            .await;
         let w = c.next().await;
         assert_eq!(w["welcome"]["group"], group, "welcome: {w}");
         c
     }
 
     pub async fn send(&mut self, line: &str) {
-        self.wr.write_all(format!("{line}\n").as_bytes()).await.expect("send line");
+        self.wr
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("send line");
     }
 
     pub async fn ack(&mut self, seq: u64) {
@@ -195,7 +216,9 @@ impl Consumer {
     /// The next line within `d`, or None on timeout.
     pub async fn next_within(&mut self, d: Duration) -> Option<Value> {
         match tokio::time::timeout(d, self.lines.next_line()).await {
-            Ok(Ok(Some(l))) => Some(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))),
+            Ok(Ok(Some(l))) => {
+                Some(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            }
             Ok(Ok(None)) => panic!("the daemon closed the consumer connection"),
             Ok(Err(e)) => panic!("read error: {e}"),
             Err(_) => None,
@@ -211,8 +234,14 @@ pub fn bin() -> &'static str {
 /// Runs the binary with `args`, capturing stdout and stderr.
 pub fn spawn_bin(args: &[&str], envs: &[(&str, &str)]) -> Child {
     let mut c = Command::new(bin());
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM").env_remove("LISTEN_FDS");
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c.env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("LISTEN_FDS");
     for (k, v) in envs {
         c.env(k, v);
     }

@@ -35,7 +35,9 @@ pub struct LogChild {
 impl LogChild {
     /// Spawns `cmd` with piped stdout/stderr and null stdin.
     pub fn spawn(name: &str, mut cmd: Command) -> LogChild {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, seq) = watch::channel(0u64);
@@ -44,7 +46,12 @@ impl LogChild {
         let err = child.stderr.take().expect("stderr piped");
         pump(out, "out", lines.clone(), tx.clone());
         pump(err, "err", lines.clone(), tx);
-        LogChild { child, lines, seq, name: name.to_owned() }
+        LogChild {
+            child,
+            lines,
+            seq,
+            name: name.to_owned(),
+        }
     }
 
     /// Every line so far.
@@ -54,7 +61,10 @@ impl LogChild {
 
     /// All output as one text.
     pub fn text(&self) -> String {
-        self.lines().iter().map(|l| format!("[{}] {}\n", l.stream, l.text)).collect()
+        self.lines()
+            .iter()
+            .map(|l| format!("[{}] {}\n", l.stream, l.text))
+            .collect()
     }
 
     /// Waits for the first line at index `>= from` matching `pred`; returns its index and line.
@@ -70,7 +80,12 @@ impl LogChild {
             seq.borrow_and_update();
             let found = {
                 let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-                lines.iter().enumerate().skip(from).find(|(_, l)| pred(&l.text)).map(|(i, l)| (i, l.clone()))
+                lines
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, l)| pred(&l.text))
+                    .map(|(i, l)| (i, l.clone()))
             };
             if let Some(f) = found {
                 return Ok(f);
@@ -80,13 +95,26 @@ impl LogChild {
                 Ok(Err(_)) => {
                     // Both pipes closed: one last look, then give up.
                     let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some((i, l)) = lines.iter().enumerate().skip(from).find(|(_, l)| pred(&l.text)) {
+                    if let Some((i, l)) = lines
+                        .iter()
+                        .enumerate()
+                        .skip(from)
+                        .find(|(_, l)| pred(&l.text))
+                    {
                         return Ok((i, l.clone()));
                     }
-                    return Err(format!("{} exited without the expected line; output:\n{}", self.name, self.text()));
+                    return Err(format!(
+                        "{} exited without the expected line; output:\n{}",
+                        self.name,
+                        self.text()
+                    ));
                 }
                 Err(_) => {
-                    return Err(format!("{} printed no expected line within {timeout:?}; output:\n{}", self.name, self.text()));
+                    return Err(format!(
+                        "{} printed no expected line within {timeout:?}; output:\n{}",
+                        self.name,
+                        self.text()
+                    ));
                 }
             }
         }
@@ -94,7 +122,10 @@ impl LogChild {
 
     /// Waits for a line containing `needle` (from the start).
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> Line {
-        match self.wait_line_from(0, |t| t.contains(needle), timeout).await {
+        match self
+            .wait_line_from(0, |t| t.contains(needle), timeout)
+            .await
+        {
             Ok((_, l)) => l,
             Err(e) => panic!("waiting for {needle:?}: {e}"),
         }
@@ -130,7 +161,12 @@ impl LogChild {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {d:?}; output:\n{}", self.name, self.text());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {d:?}; output:\n{}",
+                self.name,
+                self.text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -145,11 +181,20 @@ impl Drop for LogChild {
     }
 }
 
-fn pump(r: impl Read + Send + 'static, stream: &'static str, lines: Arc<Mutex<Vec<Line>>>, tx: Arc<watch::Sender<u64>>) {
+fn pump(
+    r: impl Read + Send + 'static,
+    stream: &'static str,
+    lines: Arc<Mutex<Vec<Line>>>,
+    tx: Arc<watch::Sender<u64>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(text) = line else { break };
-            lines.lock().unwrap_or_else(|e| e.into_inner()).push(Line { at: Instant::now(), stream, text });
+            lines.lock().unwrap_or_else(|e| e.into_inner()).push(Line {
+                at: Instant::now(),
+                stream,
+                text,
+            });
             tx.send_modify(|n| *n += 1);
         }
     });
@@ -169,15 +214,22 @@ pub async fn try_status(control: &Path) -> Option<Value> {
     let mut s = tokio::net::UnixStream::connect(control).await.ok()?;
     s.write_all(b"{\"cmd\":\"status\"}\n").await.ok()?;
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tokio::io::BufReader::new(s).read_line(&mut line))
-        .await
-        .ok()?
-        .ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::BufReader::new(s).read_line(&mut line),
+    )
+    .await
+    .ok()?
+    .ok()?;
     serde_json::from_str(&line).ok()
 }
 
 /// Polls status until `pred` holds (every 10 ms, within `timeout`); returns that status.
-pub async fn status_until(control: &Path, mut pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Value {
+pub async fn status_until(
+    control: &Path,
+    mut pred: impl FnMut(&Value) -> bool,
+    timeout: Duration,
+) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = Value::Null;
     loop {
@@ -187,7 +239,10 @@ pub async fn status_until(control: &Path, mut pred: impl FnMut(&Value) -> bool, 
             }
             last = v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "status never matched within {timeout:?}; last: {last}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never matched within {timeout:?}; last: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -196,8 +251,20 @@ pub async fn status_until(control: &Path, mut pred: impl FnMut(&Value) -> bool, 
 pub fn daemon_cmd(config: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dingtalk-streamd"));
     c.arg("--config").arg(config).arg("run");
-    c.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM").env_remove("LISTEN_FDS");
-    for k in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"] {
+    c.env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("LISTEN_FDS");
+    for k in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
         c.env_remove(k);
     }
     c

@@ -1,0 +1,122 @@
+//! `Store::commit`: the writer's one transaction per round. A batch of new frames, the group
+//! acks and parks that arrived meanwhile, all in one IMMEDIATE transaction with one fsync, so
+//! consumer acks never cost a commit of their own and never wait behind a stream of frames.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use rusqlite::TransactionBehavior;
+
+use super::append::append_in;
+use super::error::{SpoolError, SqlContext};
+use super::groups::{ack_in, park_in};
+use super::store::Store;
+use super::types::{Appended, NewMessage};
+
+/// What one [`Store::commit`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// One entry per message of the batch, in order (as from `append_batch`).
+    pub appended: Vec<Appended>,
+    /// `(group, seq)` actually parked (a park of something acked meanwhile is dropped).
+    pub parked: Vec<(String, u64)>,
+    /// Groups named by acks or parks that the spool does not know; those writes were skipped.
+    pub unknown_groups: Vec<String>,
+}
+
+impl Store {
+    /// Records `acks` (group → seqs), then `parks` (group, seq, deliveries), then appends
+    /// `batch`, in one transaction. On error nothing is written and the same call can be retried
+    /// (acks and parks are idempotent). An unknown group's writes are skipped, not fatal.
+    pub fn commit(
+        &mut self,
+        batch: &[NewMessage],
+        acks: &BTreeMap<String, Vec<u64>>,
+        parks: &[(String, u64, u32)],
+        now: SystemTime,
+    ) -> Result<CommitOutcome, SpoolError> {
+        let mut out = CommitOutcome::default();
+        if batch.is_empty() && acks.is_empty() && parks.is_empty() {
+            return Ok(out);
+        }
+        let path = self.path.as_path();
+        let last_seq = self.last_seq;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        for (group, seqs) in acks {
+            match ack_in(&tx, path, group, seqs, last_seq) {
+                Ok(_) => {}
+                Err(SpoolError::UnknownGroup { .. }) => out.unknown_groups.push(group.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        for (group, seq, deliveries) in parks {
+            match park_in(&tx, path, group, *seq, *deliveries, last_seq) {
+                Ok(true) => out.parked.push((group.clone(), *seq)),
+                Ok(false) => {}
+                Err(SpoolError::UnknownGroup { .. }) => out.unknown_groups.push(group.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        let done = append_in(&tx, path, &self.opts, last_seq, batch, now)?;
+        tx.commit().at(path)?;
+        self.last_seq = done.last_seq;
+        self.bytes += done.added_bytes;
+        out.appended = done.outcomes;
+        out.unknown_groups.sort();
+        out.unknown_groups.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::StartAt;
+    use crate::spool::test_support::{assert_accounting, at, fill, msg, open_tmp};
+
+    #[test]
+    fn acks_parks_and_appends_share_one_transaction() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        fill(&mut store, 3, at(0));
+        let acks = BTreeMap::from([("g".to_string(), vec![1, 2]), ("nope".to_string(), vec![1])]);
+        let parks = vec![("g".to_string(), 3, 5), ("g".to_string(), 2, 5)];
+        let out = store
+            .commit(&[msg("new", &["m:new"])], &acks, &parks, at(1))
+            .expect("commit");
+        assert_eq!(out.appended, vec![Appended::Stored { seq: 4 }]);
+        assert_eq!(out.parked, vec![("g".to_string(), 3)], "seq 2 was acked first");
+        assert_eq!(out.unknown_groups, vec!["nope".to_string()]);
+        let g = store.load_groups().expect("load").remove(0);
+        assert_eq!((g.cursor, g.parked), (3, vec![3]));
+        assert_eq!(store.newest_seq().expect("newest"), 4);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn disk_full_keeps_nothing_and_the_retry_applies_everything() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        fill(&mut store, 2, at(0));
+        store.set_max_page_count_for_test(1).expect("cap");
+        let acks = BTreeMap::from([("g".to_string(), vec![1])]);
+        let big: Vec<NewMessage> = (0..50)
+            .map(|i| NewMessage {
+                dedupe_keys: vec![format!("m:{i}")],
+                body: "x".repeat(4000),
+                topic: "/t".into(),
+            })
+            .collect();
+        let err = store.commit(&big, &acks, &[], at(1)).expect_err("full");
+        assert!(err.is_disk_full(), "{err:?}");
+        assert_eq!(store.load_groups().expect("load")[0].cursor, 0);
+        store.set_max_page_count_for_test(1 << 30).expect("uncap");
+        let out = store.commit(&big, &acks, &[], at(2)).expect("retry");
+        assert_eq!(out.appended.len(), 50);
+        assert_eq!(store.load_groups().expect("load")[0].cursor, 1);
+        assert_accounting(&store);
+    }
+}

@@ -1,0 +1,870 @@
+//! Connection health under faults, over real sockets against the fake gateway with sub-second
+//! timers: zombie links, dropped TCP, ticket 503 storms (with and without Retry-After), refused
+//! handshakes, a hanging ticket endpoint or a silent TLS/WebSocket peer, credentials rejected
+//! after a success, and the make-before-break handover on `disconnect` with nothing lost.
+//! Timing asserts use the bounds the issue states, plus slack for a loaded 2-core machine.
+
+mod common;
+mod health_common;
+
+use common::*;
+use dingtalk_streamd::sim::{
+    CloseReason, GatewayEvent, HandshakeFault, OutFrame, Route, TicketFault,
+};
+use health_common::*;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Scheduling slack on a shared 2-core machine, added to every upper time bound.
+const SLACK: Duration = Duration::from_millis(1000);
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn keepalive(ping: &str, pong: &str) -> String {
+    format!(
+        "keepalive:\n  ping_interval: {ping}\n  pong_timeout: {pong}\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n"
+    )
+}
+
+fn reconnect(initial: &str, max: &str, connect_timeout: &str) -> String {
+    format!(
+        "reconnect:\n  initial_delay: {initial}\n  max_delay: {max}\n  stable_after: 1s\n  connect_timeout: {connect_timeout}\n"
+    )
+}
+
+fn is_connected(e: &GatewayEvent) -> bool {
+    matches!(e, GatewayEvent::Connected { .. })
+}
+
+fn connected_conn(e: &GatewayEvent) -> dingtalk_streamd::sim::ConnId {
+    match e {
+        GatewayEvent::Connected { conn, .. } => *conn,
+        other => panic!("not a Connected event: {other:?}"),
+    }
+}
+
+async fn zombie_case(ping: Duration, pong: Duration) {
+    let gw = gateway(false).await;
+    let extra = keepalive(&format!("{}ms", ms(ping)), &format!("{}ms", ms(pong)))
+        + &reconnect("50ms", "400ms", "2s");
+    let d = Daemon::start(&gw, &extra).await;
+    let c1 = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    // Let a ping/pong round happen first so the zombie starts mid-cycle.
+    gw.wait_for(
+        |e| matches!(e, GatewayEvent::ClientWsPing { conn } if *conn == c1),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let mut cur = gw.subscribe();
+    gw.set_zombie(c1, true).unwrap();
+    let z = cur
+        .wait_for(
+            |e| matches!(e, GatewayEvent::ZombieSet { on: true, .. }),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let t = cur
+        .wait_for(|e| matches!(e, GatewayEvent::TicketRequested(_)), WAIT)
+        .await
+        .unwrap();
+    let c = cur.wait_for(is_connected, WAIT).await.unwrap();
+    let detected = t.at - z.at;
+    // The reconnect starts after a random 0..initial_delay (50 ms) once the pong deadline passes.
+    let bound = ping + pong + Duration::from_millis(50) + SLACK;
+    assert!(
+        detected <= bound,
+        "zombie found after {detected:?}, bound {bound:?}"
+    );
+    assert!(
+        detected >= pong,
+        "reconnected after {detected:?}: before any pong deadline could pass"
+    );
+    assert_ne!(connected_conn(&c.event), c1);
+    let st = d.status().await;
+    assert_eq!(st["link"]["last_cause"], "pong_timeout", "{st}");
+    assert_eq!(st["state"], "connected", "{st}");
+    assert_eq!(st["link"]["connections_opened"], 2, "{st}");
+    eprintln!(
+        "zombie with ping {ping:?} + pong {pong:?}: new ticket requested {detected:?} after the link went silent"
+    );
+    d.stop().await.0.unwrap();
+}
+
+#[tokio::test]
+async fn zombie_is_detected_within_ping_interval_plus_pong_timeout() {
+    zombie_case(Duration::from_millis(300), Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn zombie_is_detected_at_another_setting() {
+    zombie_case(Duration::from_millis(800), Duration::from_millis(150)).await;
+}
+
+/// Over an in-memory pipe: a peer that never answers pings but keeps sending
+/// frames is alive; once it falls silent, the pong deadline ends the connection.
+#[tokio::test]
+async fn any_inbound_frame_counts_as_life_and_silence_is_a_pong_timeout() {
+    use dingtalk_streamd::stream::connection::{self, ConnCtx, End, Liveness};
+    use dingtalk_streamd::stream::{ConnId, StreamStats};
+    use futures_util::SinkExt;
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (client_io, server_io) = tokio::io::duplex(1 << 20);
+    let server =
+        tokio::spawn(async move { tokio_tungstenite::accept_async(server_io).await.unwrap() });
+    let (client, _) = tokio_tungstenite::client_async("ws://gw.test/connect", client_io)
+        .await
+        .unwrap();
+    let mut server = server.await.unwrap();
+
+    let (_live_tx, live_rx) = tokio::sync::watch::channel(Liveness {
+        ping_interval: Duration::from_millis(300),
+        pong_timeout: Duration::from_millis(150),
+    });
+    let (inbound, _inbound_rx) = tokio::sync::mpsc::channel(16);
+    let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = ConnCtx {
+        id: ConnId(1),
+        liveness: live_rx,
+        inbound,
+        events,
+        cancel: tokio_util::sync::CancellationToken::new(),
+        stats: Arc::new(StreamStats::default()),
+        progress: dingtalk_streamd::notify::Progress::new(),
+    };
+    let mut conn = tokio::spawn(connection::run(client, ctx));
+    // The server never reads (so never pongs) but sends an unknown SYSTEM frame every 30 ms,
+    // for 5 ping intervals.
+    let frame = r#"{"specVersion":"1.0","type":"SYSTEM","headers":{"topic":"KEEPALIVE","messageId":"m1","contentType":"application/json","time":"1"},"data":"{}"}"#;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        server.send(Message::text(frame)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !conn.is_finished(),
+            "connection ended although frames kept arriving"
+        );
+    }
+    let silent_at = tokio::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), &mut conn)
+        .await
+        .expect("pong deadline fired")
+        .unwrap();
+    assert_eq!(end, End::PongTimeout);
+    let took = silent_at.elapsed();
+    assert!(
+        took <= Duration::from_millis(450) + SLACK,
+        "ended {took:?} after the last frame"
+    );
+    drop(server);
+}
+
+#[tokio::test]
+async fn dropped_tcp_reconnects_with_a_fresh_ticket_through_one_path() {
+    let gw = gateway(false).await;
+    let d = Daemon::start(&gw, "").await;
+    let mut conn = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    let mut tickets = HashSet::new();
+    tickets.insert(gw.connection_ticket(conn).unwrap());
+    const ROUNDS: usize = 4;
+    for round in 0..ROUNDS {
+        let mut cur = gw.subscribe();
+        gw.drop_connection(conn).unwrap();
+        let closed = cur
+            .wait_for(|e| matches!(e, GatewayEvent::Closed { conn: c, reason: CloseReason::Dropped } if *c == conn), WAIT)
+            .await
+            .unwrap();
+        let c = cur.wait_for(is_connected, WAIT).await.unwrap();
+        let GatewayEvent::Connected { conn: new, ticket } = c.event else {
+            unreachable!()
+        };
+        assert!(tickets.insert(ticket), "round {round}: a ticket was reused");
+        let took = c.at - closed.at;
+        // Quick drops do not reset the backoff: the ceiling doubles up to max_delay (400 ms).
+        assert!(
+            took <= Duration::from_millis(400) + SLACK,
+            "round {round}: new connection after {took:?}"
+        );
+        eprintln!("round {round}: dropped → new live connection in {took:?}");
+        conn = new;
+    }
+    // A full round trip on the last connection, then count: one ticket and one connection per
+    // reconnect, never two.
+    let p = gw.push_bot_text("after the drops").await.unwrap();
+    gw.wait_until(|g| !g.acks(&p.message_id).is_empty(), WAIT)
+        .await
+        .unwrap();
+    let connects = gw
+        .events()
+        .iter()
+        .filter(|e| is_connected(&e.event))
+        .count();
+    assert_eq!(connects, ROUNDS + 1);
+    assert_eq!(gw.tickets_issued(), ROUNDS + 1);
+    assert_eq!(gw.open_connections(), vec![conn]);
+    let st = d.status().await;
+    assert_eq!(st["link"]["connections_opened"], ROUNDS as u64 + 1, "{st}");
+    let cause = st["link"]["last_cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cause == "io_error" || cause == "eof", "{st}");
+    d.stop().await.0.unwrap();
+}
+
+/// The n-th wait (n from 0) lies in [0, min(max_delay, initial_delay·2^n)]; the waits are
+/// jittered and grow to the cap; the daemon recovers when the 503s stop. Uses the real binary to
+/// read the exact delays it logs, and the gateway's clock for what it really waited.
+#[tokio::test]
+async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
+    let gw = gateway(false).await;
+    gw.set_ticket_fault(Some(TicketFault::status(503)));
+    let p = Paths::new();
+    let (initial, max) = (20u64, 320u64);
+    let extra = reconnect(&format!("{initial}ms"), &format!("{max}ms"), "2s");
+    std::fs::write(&p.config, config_yaml(&gw, &p, &extra)).unwrap();
+    let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
+
+    const FAILURES: usize = 14;
+    let mut delays = Vec::new();
+    let mut from = 0;
+    for k in 1..=FAILURES {
+        let (i, l) = d
+            .wait_line_from(
+                from,
+                |t| t.contains("connection attempt failed; backing off"),
+                WAIT,
+            )
+            .await
+            .unwrap();
+        from = i + 1;
+        let attempt: u32 = field(&l.text, "attempt").unwrap().parse().unwrap();
+        let delay: u64 = field(&l.text, "delay_ms").unwrap().parse().unwrap();
+        assert_eq!(attempt as usize, k, "{}", l.text);
+        assert_eq!(field(&l.text, "cause"), Some("ticket_503"), "{}", l.text);
+        let n = k as u32 - 1;
+        let ceiling = max.min(initial << n.min(20));
+        assert!(
+            delay <= ceiling,
+            "wait {n} = {delay} ms above min({max}, {initial}·2^{n}) = {ceiling} ms"
+        );
+        delays.push(delay);
+    }
+    // Status shows the backoff with its cause while the storm lasts.
+    let st = status_until(&p.control, |s| s["state"] == "backing_off", WAIT).await;
+    assert_eq!(st["link"]["cause"], "ticket_503", "{st}");
+    assert!(
+        st["link"]["attempt"].as_u64().unwrap() >= FAILURES as u64,
+        "{st}"
+    );
+
+    // What the daemon really waited, on the gateway's clock (the request after the last wait).
+    let count_requests = |g: &dingtalk_streamd::sim::FakeGateway| {
+        g.events()
+            .iter()
+            .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
+            .count()
+    };
+    gw.wait_until(|g| count_requests(g) > FAILURES, WAIT)
+        .await
+        .unwrap();
+    let requests: Vec<Instant> = gw
+        .events()
+        .iter()
+        .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
+        .map(|e| e.at)
+        .collect();
+    for (k, delay) in delays.iter().enumerate() {
+        let gap = ms(requests[k + 1] - requests[k]);
+        assert!(
+            gap + 2 >= *delay,
+            "request {k}→{}: {gap} ms < logged wait {delay} ms",
+            k + 1
+        );
+        assert!(
+            gap <= delay + 300,
+            "request {k}→{}: {gap} ms ≫ logged wait {delay} ms",
+            k + 1
+        );
+    }
+    let capped = &delays[5..];
+    let (lo, hi) = (capped.iter().min().unwrap(), capped.iter().max().unwrap());
+    assert!(hi - lo >= 20, "capped waits are not jittered: {delays:?}");
+    assert!(*hi > 2 * initial, "waits did not grow: {delays:?}");
+    eprintln!("503 storm waits (ms): {delays:?}");
+
+    gw.set_ticket_fault(None);
+    let at = Instant::now();
+    d.wait_for("connected to DingTalk", Duration::from_millis(max) + WAIT)
+        .await;
+    assert!(
+        at.elapsed() <= Duration::from_millis(max) + SLACK,
+        "recovered only after {:?}",
+        at.elapsed()
+    );
+    let st = status_until(&p.control, |s| s["state"] == "connected", WAIT).await;
+    assert_eq!(st["link"]["last_cause"], "ticket_503", "{st}");
+    let status = d.stop(WAIT).expect("daemon stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", d.text());
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let gw = gateway(false).await;
+    gw.set_ticket_fault(Some(
+        TicketFault::status(503)
+            .retry_after(Duration::from_secs(1))
+            .times(2),
+    ));
+    let d = Daemon::start(&gw, &reconnect("50ms", "3s", "2s")).await;
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let requests: Vec<Instant> = gw
+        .events()
+        .iter()
+        .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(requests.len(), 3);
+    for w in requests.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(1000),
+            "retried after {gap:?} despite Retry-After: 1"
+        );
+        assert!(
+            gap <= Duration::from_millis(1000) + SLACK,
+            "retried after {gap:?}"
+        );
+    }
+    assert_eq!(d.status().await["link"]["last_cause"], "ticket_503");
+    d.stop().await.0.unwrap();
+}
+
+#[tokio::test]
+async fn rejected_handshake_backs_off_with_a_fresh_ticket_each_time() {
+    let gw = gateway(false).await;
+    gw.set_handshake_fault(Some(HandshakeFault::status(403).times(3)));
+    let p = Paths::new();
+    std::fs::write(
+        &p.config,
+        config_yaml(&gw, &p, &reconnect("40ms", "400ms", "2s")),
+    )
+    .unwrap();
+    let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let rejected = gw
+        .events()
+        .iter()
+        .filter(|e| matches!(e.event, GatewayEvent::HandshakeRejected { status: 403, .. }))
+        .count();
+    assert_eq!(rejected, 3);
+    let issued: HashSet<String> = gw
+        .events()
+        .iter()
+        .filter_map(|e| match &e.event {
+            GatewayEvent::TicketIssued { ticket } => Some(ticket.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued.len(), 4, "every attempt needs its own ticket");
+    d.wait_for("connected to DingTalk", WAIT).await;
+    let backoffs: Vec<String> = d
+        .lines()
+        .into_iter()
+        .map(|l| l.text)
+        .filter(|t| t.contains("connection attempt failed; backing off"))
+        .collect();
+    assert_eq!(backoffs.len(), 3, "{}", d.text());
+    for (n, l) in backoffs.iter().enumerate() {
+        assert_eq!(field(l, "cause"), Some("ws_rejected_403"), "{l}");
+        let delay: u64 = field(l, "delay_ms").unwrap().parse().unwrap();
+        assert!(delay <= 400u64.min(40 << n), "{l}");
+    }
+    let st = status_until(&p.control, |s| s["state"] == "connected", WAIT).await;
+    assert_eq!(st["link"]["last_cause"], "ws_rejected_403", "{st}");
+    assert!(
+        !d.text().contains("ticket="),
+        "the ticket URL was logged:\n{}",
+        d.text()
+    );
+    d.stop(WAIT);
+}
+
+/// The server's `disconnect`: ACKed, a replacement opened at once on a new ticket, the old one
+/// kept reading and ACKing until the server closes it. Messages flow before, during and after;
+/// consumers see each one once and every one is ACKed once, on the connection it came on.
+#[tokio::test]
+async fn disconnect_hands_over_make_before_break_with_nothing_lost_or_duplicated() {
+    let gw = gateway(false).await;
+    let d = Daemon::start(&gw, "").await;
+    let c1 = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    let old_ticket = gw.connection_ticket(c1).unwrap();
+    let mut tap = d.tap().await;
+    let mut member = d.member("bot").await;
+
+    const BEFORE: usize = 150;
+    const AFTER: usize = 150;
+    let mut sent = Vec::new();
+    for i in 0..BEFORE {
+        sent.push(
+            gw.push(OutFrame::bot_text(&format!("m{i}")), Route::To(c1))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut cur = gw.subscribe();
+    let disc = gw
+        .send_disconnect_with_grace(c1, Duration::from_millis(800))
+        .unwrap();
+    // DingTalk routes new messages elsewhere; they wait for a deliverable connection.
+    for i in BEFORE..BEFORE + AFTER {
+        sent.push(
+            gw.push(OutFrame::bot_text(&format!("m{i}")), Route::Wait(WAIT))
+                .await
+                .unwrap(),
+        );
+    }
+    let disc_at = cur
+        .wait_for(|e| matches!(e, GatewayEvent::DisconnectSent { .. }), WAIT)
+        .await
+        .unwrap()
+        .at;
+    let new = cur.wait_for(is_connected, WAIT).await.unwrap();
+    let GatewayEvent::Connected { conn: c2, ticket } = new.event.clone() else {
+        unreachable!()
+    };
+    assert_ne!(ticket, old_ticket);
+    let closed = cur
+        .wait_for(
+            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            closed.event,
+            GatewayEvent::Closed {
+                reason: CloseReason::AfterDisconnect,
+                ..
+            }
+        ),
+        "the daemon closed the old connection before the server did: {:?}",
+        closed.event
+    );
+    assert!(
+        new.at < closed.at,
+        "the replacement opened after the old connection closed: a gap"
+    );
+    eprintln!(
+        "disconnect: replacement open {:?} after the frame, {:?} before the old connection closed",
+        new.at - disc_at,
+        closed.at - new.at
+    );
+
+    // The disconnect frame was ACKed on c1; every message once, on its own connection.
+    gw.wait_until(|g| !g.acks(&disc.message_id).is_empty(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(gw.acks(&disc.message_id)[0].conn, c1);
+    for p in &sent {
+        gw.wait_until(|g| !g.acks(&p.message_id).is_empty(), WAIT)
+            .await
+            .unwrap();
+    }
+    let mut late_acks_on_old = 0;
+    for p in &sent {
+        let acks = gw.acks(&p.message_id);
+        assert_eq!(acks.len(), 1, "{} ACKed {} times", p.message_id, acks.len());
+        assert_eq!(acks[0].code, 200);
+        assert_eq!(
+            acks[0].conn, p.conn,
+            "ACK on another connection than the delivery"
+        );
+        if acks[0].conn == c1 && acks[0].at > disc_at {
+            late_acks_on_old += 1;
+        }
+    }
+    assert!(sent[..BEFORE].iter().all(|p| p.conn == c1));
+    assert!(sent[BEFORE..].iter().all(|p| p.conn == c2));
+    eprintln!(
+        "{late_acks_on_old} ACKs went out on the draining connection after the disconnect frame"
+    );
+    // The old connection kept reading and ACKing after the disconnect (the burst is still being
+    // committed when the frame arrives, so its ACKs follow it).
+    assert!(
+        late_acks_on_old > 0,
+        "no ACK went out on the draining connection"
+    );
+    assert!(gw.unacked().is_empty(), "{:?}", gw.unacked());
+
+    let want: Vec<&str> = sent.iter().map(|p| p.message_id.as_str()).collect();
+    let mut got_tap = Vec::new();
+    for _ in 0..want.len() {
+        got_tap.push(tap.next().await["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut got_member = HashSet::new();
+    for _ in 0..want.len() {
+        let v = member.next().await;
+        assert!(
+            got_member.insert(v["message_id"].as_str().unwrap().to_owned()),
+            "duplicate: {v}"
+        );
+        member.ack(v["seq"].as_u64().unwrap()).await;
+    }
+    assert_eq!(got_tap, want, "taps see each message once, in order");
+    assert_eq!(got_member.len(), want.len());
+    assert!(
+        tap.next_within(Duration::from_millis(300)).await.is_none(),
+        "a tap saw an extra line"
+    );
+    assert!(
+        member
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a member saw an extra line"
+    );
+
+    let st = d.status().await;
+    assert_eq!(st["link"]["handovers"], 1, "{st}");
+    assert_eq!(st["link"]["connection"], "c2", "{st}");
+    assert_eq!(st["state"], "connected", "{st}");
+    d.stop().await.0.unwrap();
+}
+
+/// If the server never closes the old connection, the daemon closes it after 10 s.
+#[tokio::test]
+async fn a_draining_connection_is_closed_after_ten_seconds() {
+    let gw = gateway(false).await;
+    let d = Daemon::start(&gw, "").await;
+    let c1 = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    let mut cur = gw.subscribe();
+    gw.send_disconnect_with_grace(c1, Duration::from_secs(60))
+        .unwrap();
+    let disc_at = cur
+        .wait_for(|e| matches!(e, GatewayEvent::DisconnectSent { .. }), WAIT)
+        .await
+        .unwrap()
+        .at;
+    let new = cur.wait_for(is_connected, WAIT).await.unwrap();
+    let closed = cur
+        .wait_for(
+            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            closed.event,
+            GatewayEvent::Closed {
+                reason: CloseReason::ClientClose { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        closed.event
+    );
+    let after = closed.at - disc_at;
+    assert!(
+        after >= Duration::from_millis(9_900) && after <= Duration::from_secs(10) + SLACK,
+        "closed {after:?} after disconnect"
+    );
+    assert!(new.at < closed.at);
+    assert_eq!(d.status().await["state"], "connected");
+    d.stop().await.0.unwrap();
+}
+
+/// After a successful connection, 401 is not fatal: retried every max_delay, shown as
+/// `credentials_rejected`, and the daemon reconnects when DingTalk accepts again.
+#[tokio::test]
+async fn credentials_rejected_after_a_success_are_retried_at_max_delay() {
+    let gw = gateway(false).await;
+    let d = Daemon::start(&gw, &reconnect("50ms", "500ms", "2s")).await;
+    let c1 = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    gw.set_ticket_fault(Some(TicketFault::status(401)));
+    let mut cur = gw.subscribe();
+    gw.drop_connection(c1).unwrap();
+    let mut rejections = Vec::new();
+    for _ in 0..3 {
+        let e = cur
+            .wait_for(
+                |e| matches!(e, GatewayEvent::TicketRejected { status: 401 }),
+                WAIT,
+            )
+            .await
+            .unwrap();
+        rejections.push(e.at);
+    }
+    for w in rejections.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(500),
+            "401 retried after {gap:?} < max_delay"
+        );
+        assert!(
+            gap <= Duration::from_millis(500) + SLACK,
+            "401 retried after {gap:?}"
+        );
+    }
+    let st = status_until(
+        &d.paths.control,
+        |s| s["state"] == "credentials_rejected",
+        WAIT,
+    )
+    .await;
+    assert_eq!(st["link"]["cause"], "ticket_401", "{st}");
+    assert!(
+        !d.task.is_finished(),
+        "401 after a success must not end the daemon"
+    );
+    gw.set_ticket_fault(None);
+    cur.wait_for(is_connected, WAIT).await.unwrap();
+    let st = status_until(&d.paths.control, |s| s["state"] == "connected", WAIT).await;
+    assert_eq!(st["link"]["last_cause"], "ticket_401", "{st}");
+    d.stop().await.0.unwrap();
+}
+
+/// Before any success, 401 and 400 end the run with exit 78 (systemd then stops restarting).
+#[tokio::test]
+async fn credentials_rejected_before_any_success_exit_78() {
+    for status in [401u16, 400] {
+        let gw = gateway(false).await;
+        gw.set_ticket_fault(Some(TicketFault::status(status)));
+        let p = Paths::new();
+        std::fs::write(&p.config, config_yaml(&gw, &p, "")).unwrap();
+        let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
+        let st = d.wait_exit(WAIT).await;
+        assert_eq!(st.code(), Some(78), "HTTP {status}:\n{}", d.text());
+        assert!(!d.text().contains(SECRET), "secret in the output");
+        assert_eq!(
+            gw.ticket_requests().len(),
+            1,
+            "HTTP {status} was retried before the first success"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_ticket_endpoint_is_bounded_by_connect_timeout() {
+    let gw = gateway(false).await;
+    gw.set_ticket_fault(Some(TicketFault::hang()));
+    let d = Daemon::start(&gw, &reconnect("50ms", "200ms", "500ms")).await;
+    let mut cur = gw.cursor_from_start();
+    let mut hung = Vec::new();
+    for _ in 0..3 {
+        hung.push(
+            cur.wait_for(|e| matches!(e, GatewayEvent::TicketHung), WAIT)
+                .await
+                .unwrap()
+                .at,
+        );
+    }
+    for w in hung.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(500),
+            "next attempt after {gap:?}: before connect_timeout"
+        );
+        assert!(
+            gap <= Duration::from_millis(500 + 200) + SLACK,
+            "the hung request was not cut at connect_timeout: {gap:?}"
+        );
+    }
+    let st = status_until(
+        &d.paths.control,
+        |s| s["link"]["last_cause"] == "ticket_timeout",
+        WAIT,
+    )
+    .await;
+    assert_ne!(st["state"], "connected");
+    gw.set_ticket_fault(None);
+    gw.wait_connected(1, Duration::from_millis(500 + 200) + SLACK * 2)
+        .await
+        .unwrap();
+    d.stop().await.0.unwrap();
+}
+
+/// A ticket server of our own whose endpoint points at a peer that accepts TCP and then says
+/// nothing: the TLS handshake, or the WebSocket upgrade, must be cut at connect_timeout.
+async fn silent_peer_case(tls: bool) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (acc_tx, mut acc_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            let _ = acc_tx.send(Instant::now());
+            held.push(s);
+        }
+    });
+    let scheme = if tls { "wss" } else { "ws" };
+    let endpoint = format!("{scheme}://127.0.0.1:{silent_port}/connect");
+    let tickets = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ticket_port = tickets.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok((mut s, _)) = tickets.accept().await {
+            n += 1;
+            let body = format!(r#"{{"endpoint":"{endpoint}","ticket":"t-{n}"}}"#);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let mut have = 0;
+                // Read the head and the body (Content-Length), then answer.
+                loop {
+                    let Ok(k) = s.read(&mut buf[have..]).await else {
+                        return;
+                    };
+                    if k == 0 {
+                        return;
+                    }
+                    have += k;
+                    let text = String::from_utf8_lossy(&buf[..have]).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let len = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if have >= head_end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    // A TLS gateway only to get a CA file the config can trust.
+    let gw = gateway(true).await;
+    let p = Paths::new();
+    let yaml = config_yaml(&gw, &p, &reconnect("50ms", "100ms", "500ms")).replace(
+        &gw.open_url(),
+        &format!("http://127.0.0.1:{ticket_port}/v1.0/gateway/connections/open"),
+    );
+    std::fs::write(&p.config, yaml).unwrap();
+    let loaded = dingtalk_streamd::config::Config::load(&p.config).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(dingtalk_streamd::run(loaded, shutdown.clone()));
+    let mut accepts = Vec::new();
+    for _ in 0..3 {
+        accepts.push(
+            tokio::time::timeout(WAIT, acc_rx.recv())
+                .await
+                .expect("an attempt in time")
+                .unwrap(),
+        );
+    }
+    for w in accepts.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(500),
+            "next attempt after {gap:?}"
+        );
+        assert!(
+            gap <= Duration::from_millis(600) + SLACK,
+            "stage not cut at connect_timeout: {gap:?}"
+        );
+    }
+    let want = if tls {
+        "tls_timeout"
+    } else {
+        "websocket_timeout"
+    };
+    let st = status_until(&p.control, |s| s["link"]["last_cause"] == want, WAIT).await;
+    assert!(
+        st["state"] == "connecting" || st["state"] == "backing_off",
+        "{st}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_websocket_upgrade_is_bounded_by_connect_timeout() {
+    silent_peer_case(false).await;
+}
+
+#[tokio::test]
+async fn a_silent_tls_handshake_is_bounded_by_connect_timeout() {
+    silent_peer_case(true).await;
+}
+
+const CUSTOM_KEEPALIVE: &str = "keepalive:\n  ping_interval: 2s\n  pong_timeout: 1s\n  tcp_keepalive_idle: 7s\n  tcp_keepalive_interval: 3s\n  tcp_keepalive_count: 4\n  tcp_user_timeout: 12500ms\n";
+
+fn expected_socket() -> serde_json::Value {
+    serde_json::json!({
+        "keepalive": true,
+        "keepalive_idle_s": 7,
+        "keepalive_interval_s": 3,
+        "keepalive_count": 4,
+        "user_timeout_ms": 12500,
+        "nodelay": true,
+    })
+}
+
+/// The options are read back with getsockopt from the daemon's live connection (status JSON).
+#[tokio::test]
+async fn socket_options_of_the_live_connection_are_in_status() {
+    let gw = gateway(true).await;
+    let d = Daemon::start(&gw, CUSTOM_KEEPALIVE).await;
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let st = status_until(&d.paths.control, |s| s["state"] == "connected", WAIT).await;
+    assert_eq!(st["link"]["socket"], expected_socket(), "{st}");
+    d.stop().await.0.unwrap();
+}
+
+/// The same through the library: establish a WebSocket with the daemon's code and read the
+/// options back from the live TCP socket underneath it.
+#[tokio::test]
+async fn socket_options_read_back_from_an_established_websocket() {
+    use dingtalk_streamd::gateway::proxy::ProxySettings;
+    use dingtalk_streamd::gateway::ticket::TicketClient;
+    use dingtalk_streamd::gateway::tls;
+    use dingtalk_streamd::stream::connect::{ConnectParams, establish};
+    use dingtalk_streamd::stream::socket;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    std::fs::write(&p.config, config_yaml(&gw, &p, CUSTOM_KEEPALIVE)).unwrap();
+    let loaded = dingtalk_streamd::config::Config::load(&p.config).unwrap();
+    let c = &loaded.config;
+    let proxies = ProxySettings::from_env(None);
+    let http_tls = tls::client_config(None, &[b"http/1.1"]).unwrap();
+    let ticket = TicketClient::new(c, loaded.secret.clone(), http_tls, &proxies).unwrap();
+    let params = ConnectParams {
+        keepalive: c.keepalive.clone(),
+        timeout: Duration::from_secs(5),
+        tls: tls::client_config(None, &[]).unwrap(),
+        proxies,
+        max_frame_bytes: 1 << 20,
+    };
+    let t = ticket.fetch().await.unwrap();
+    let est = establish(&t, &params).await.unwrap();
+    let MaybeTlsStream::Plain(tcp) = est.ws.get_ref() else {
+        panic!("expected plain ws")
+    };
+    let live = socket::report(tcp).unwrap();
+    assert_eq!(serde_json::to_value(&live).unwrap(), expected_socket());
+    assert_eq!(live, est.socket);
+    gw.wait_connected(1, WAIT).await.unwrap();
+}
