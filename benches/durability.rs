@@ -42,8 +42,14 @@ fn main() {
     let root = std::env::var_os("DURABILITY_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("durability-bench"));
-    let n: u64 = std::env::var("DURABILITY_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let n: u64 = std::env::var("DURABILITY_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if let Err(e) = rt.block_on(run(&root, n)) {
         eprintln!("durability bench failed in {}: {e}", root.display());
         std::process::exit(1);
@@ -56,7 +62,12 @@ async fn run(root: &Path, n: u64) -> Result<(), BoxError> {
     let fsync = fsync_latencies(root)?;
     let sat = saturation(&root.join("saturation"), n).await?;
     let lat = latency(&root.join("latency")).await?;
-    println!("directory: {} ({}), {} CPUs", root.display(), fs_name(root), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "directory: {} ({}), {} CPUs",
+        root.display(),
+        fs_name(root),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!();
     println!("| measurement | result | p50 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
@@ -80,12 +91,26 @@ async fn run(root: &Path, n: u64) -> Result<(), BoxError> {
         fmt(pct(&lat, 100))
     );
     println!();
-    println!("saturation run: {} commits ({:.1} frames per commit)", sat.batches, sat.messages as f64 / sat.batches.max(1) as f64);
+    println!(
+        "saturation run: {} commits ({:.1} frames per commit)",
+        sat.batches,
+        sat.messages as f64 / sat.batches.max(1) as f64
+    );
     Ok(())
 }
 
 /// The daemon in-process with its spool in `dir`, and a gateway; returns both and the token.
-async fn daemon(dir: &Path) -> Result<(FakeGateway, PathBuf, CancellationToken, tokio::task::JoinHandle<()>), BoxError> {
+async fn daemon(
+    dir: &Path,
+) -> Result<
+    (
+        FakeGateway,
+        PathBuf,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ),
+    BoxError,
+> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("spool"))?;
     let gw = FakeGateway::start(GatewayConfig {
@@ -125,7 +150,10 @@ async fn daemon(dir: &Path) -> Result<(FakeGateway, PathBuf, CancellationToken, 
 }
 
 /// A `bench` group member that acks every line; counts lines.
-async fn member(socket: &Path, lines: Arc<AtomicU64>) -> Result<tokio::task::JoinHandle<()>, BoxError> {
+async fn member(
+    socket: &Path,
+    lines: Arc<AtomicU64>,
+) -> Result<tokio::task::JoinHandle<()>, BoxError> {
     let s = UnixStream::connect(socket).await?;
     let (rd, mut wr) = s.into_split();
     wr.write_all(b"{\"hello\":{\"group\":\"bench\"}}\n").await?;
@@ -137,7 +165,11 @@ async fn member(socket: &Path, lines: Arc<AtomicU64>) -> Result<tokio::task::Joi
     Ok(tokio::spawn(async move {
         let mut acks = Vec::with_capacity(64 * 1024);
         while let Ok(Some(line)) = rd.next_line().await {
-            let Some(seq) = line.strip_prefix("{\"seq\":").and_then(|r| r.split([',', '}']).next()).and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(seq) = line
+                .strip_prefix("{\"seq\":")
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             acks.clear();
@@ -161,7 +193,9 @@ async fn saturation(dir: &Path, n: u64) -> Result<Saturation, BoxError> {
     let lines = Arc::new(AtomicU64::new(0));
     let consumer = member(&socket, lines.clone()).await?;
     let conn = gw.open_connections()[0];
-    let frames: Vec<OutFrame> = (0..n).map(|i| OutFrame::bot_text(&format!("saturation {i}"))).collect();
+    let frames: Vec<OutFrame> = (0..n)
+        .map(|i| OutFrame::bot_text(&format!("saturation {i}")))
+        .collect();
     let mut cursor = gw.subscribe();
     let mut acked = 0u64;
     let mut pushed = 0u64;
@@ -173,9 +207,17 @@ async fn saturation(dir: &Path, n: u64) -> Result<Saturation, BoxError> {
             gw.push(f, Route::To(conn)).await?;
             pushed += 1;
         }
-        acked += cursor.drain().iter().filter(|e| matches!(e.event, GatewayEvent::Ack { .. })).count() as u64;
+        acked += cursor
+            .drain()
+            .iter()
+            .filter(|e| matches!(e.event, GatewayEvent::Ack { .. }))
+            .count() as u64;
         if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!("stalled: {acked} ACKs, {} lines of {n}", lines.load(Ordering::Relaxed)).into());
+            return Err(format!(
+                "stalled: {acked} ACKs, {} lines of {n}",
+                lines.load(Ordering::Relaxed)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
@@ -215,11 +257,14 @@ async fn latency(dir: &Path) -> Result<Vec<Duration>, BoxError> {
     // Warm-up outside the measurement: caches, the first WAL pages, the group's first reads.
     for i in 0..200 {
         tick.tick().await;
-        gw.push(OutFrame::bot_text(&format!("warm-up {i}")), Route::To(conn)).await?;
+        gw.push(OutFrame::bot_text(&format!("warm-up {i}")), Route::To(conn))
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     cursor.drain();
-    let collect = |cursor: &mut dingtalk_streamd::sim::EventCursor, sent_at: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>| {
+    let collect = |cursor: &mut dingtalk_streamd::sim::EventCursor,
+                   sent_at: &mut HashMap<String, Instant>,
+                   lat: &mut Vec<Duration>| {
         for e in cursor.drain() {
             if let GatewayEvent::Ack { message_id, .. } = &e.event
                 && let Some(t0) = sent_at.remove(message_id)
@@ -255,7 +300,11 @@ async fn latency(dir: &Path) -> Result<Vec<Duration>, BoxError> {
 /// 4 KiB appends to one file, each followed by `fdatasync`, as the WAL does.
 fn fsync_latencies(dir: &Path) -> std::io::Result<Vec<Duration>> {
     let path = dir.join("fsync-probe");
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let block = vec![0x5au8; 4096];
     let mut out = Vec::with_capacity(FSYNC_SAMPLES);
     for _ in 0..FSYNC_SAMPLES {

@@ -30,6 +30,12 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// A bare `WATCHDOG=1`, for a phase where the daemon is healthy by definition (waiting for
+/// disk space at start, before its parts run).
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
 /// `STOPPING=1`.
 pub fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);

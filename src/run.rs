@@ -153,6 +153,42 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> Result<(), Erro
     result
 }
 
+/// How often a spool that is full at start is tried again.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the spool. A full disk at start is not a config error: the daemon reports READY with
+/// `spool full: not acking` and keeps trying (feeding the watchdog: waiting is its job now),
+/// without connecting to DingTalk, since nothing could be ACKed. `None` when stopped meanwhile.
+async fn open_spool(c: &Config, shutdown: &CancellationToken) -> Result<Option<Store>, Error> {
+    let mut announced = false;
+    loop {
+        match Store::open(&c.spool.dir, store_options(c)) {
+            Ok(store) => {
+                if announced {
+                    info!(cause = "spool_recovered", spool = %c.spool.dir.display(), "spool writable again: starting");
+                }
+                return Ok(Some(store));
+            }
+            Err(e) if e.is_disk_full() => {
+                if !announced {
+                    error!(cause = "spool_full", error = %e, "spool full at start: not connecting to DingTalk until space returns");
+                    notify::ready(&format!(
+                        "spool full: not acking (waiting for space in {})",
+                        c.spool.dir.display()
+                    ));
+                    announced = true;
+                }
+                notify::watchdog();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(SPOOL_RETRY) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn run_inner(
     loaded: Loaded,
     shutdown: CancellationToken,
@@ -162,7 +198,10 @@ async fn run_inner(
     let started = SystemTime::now();
     let (ticket, params) = clients(&loaded)?;
 
-    let store = Store::open(&c.spool.dir, store_options(&c))?;
+    let Some(store) = open_spool(&c, &shutdown).await? else {
+        notify::stopping("stopping");
+        return Ok(());
+    };
     let newest = store.newest_seq()?;
     let hub = Hub::new(newest);
     let callbacks = Callbacks::new(c.callbacks.clone());

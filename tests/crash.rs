@@ -34,8 +34,12 @@ impl Member {
         wait_for_socket(&p.socket).await;
         let s = UnixStream::connect(&p.socket).await.expect("connect");
         let (rd, wr) = s.into_split();
-        let mut m = Member { lines: BufReader::new(rd).lines(), wr };
-        m.send(&format!("{{\"hello\":{{\"group\":\"{group}\"}}}}")).await;
+        let mut m = Member {
+            lines: BufReader::new(rd).lines(),
+            wr,
+        };
+        m.send(&format!("{{\"hello\":{{\"group\":\"{group}\"}}}}"))
+            .await;
         match m.next(WAIT).await {
             Got::Line(v) => assert_eq!(v["welcome"]["group"], group, "{v}"),
             _ => panic!("no welcome"),
@@ -44,12 +48,17 @@ impl Member {
     }
 
     async fn send(&mut self, line: &str) -> bool {
-        self.wr.write_all(format!("{line}\n").as_bytes()).await.is_ok()
+        self.wr
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_ok()
     }
 
     async fn next(&mut self, within: Duration) -> Got {
         match tokio::time::timeout(within, self.lines.next_line()).await {
-            Ok(Ok(Some(l))) => Got::Line(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))),
+            Ok(Ok(Some(l))) => Got::Line(
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")),
+            ),
             Ok(Ok(None)) | Ok(Err(_)) => Got::Closed,
             Err(_) => Got::Quiet,
         }
@@ -63,7 +72,11 @@ fn start(p: &Paths) -> Child {
 fn sigkill(mut child: Child) {
     signal(&child, Signal::SIGKILL);
     let st = child.wait().expect("wait");
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9), "{st:?}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(9),
+        "{st:?}"
+    );
 }
 
 fn sigterm(mut child: Child) {
@@ -83,7 +96,9 @@ struct Seen {
 
 impl Seen {
     fn record(&mut self, v: &Value) -> u64 {
-        let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("not a message: {v}"));
+        let seq = v["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("not a message: {v}"));
         let id = v["message_id"].as_str().unwrap().to_owned();
         self.lines += 1;
         if let Some(old) = self.by_seq.insert(seq, id.clone()) {
@@ -96,11 +111,21 @@ impl Seen {
 }
 
 /// Pushes bot messages until `stop`, waiting for a connection whenever the daemon is down.
-fn pusher(gw: FakeGateway, stop: Arc<AtomicBool>, pushed: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
+fn pusher(
+    gw: FakeGateway,
+    stop: Arc<AtomicBool>,
+    pushed: Arc<Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            match gw.push(dingtalk_streamd::sim::OutFrame::bot_text(&format!("crash {i}")), Route::Wait(Duration::from_secs(30))).await {
+            match gw
+                .push(
+                    dingtalk_streamd::sim::OutFrame::bot_text(&format!("crash {i}")),
+                    Route::Wait(Duration::from_secs(30)),
+                )
+                .await
+            {
                 Ok(p) => pushed.lock().unwrap().push(p.message_id),
                 Err(e) => panic!("push: {e}"),
             }
@@ -146,7 +171,11 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
     stop.store(true, Ordering::Relaxed);
     push_task.await.unwrap();
     let pushed = pushed.lock().unwrap().clone();
-    assert!(pushed.len() > 200, "the test pushed only {} messages", pushed.len());
+    assert!(
+        pushed.len() > 200,
+        "the test pushed only {} messages",
+        pushed.len()
+    );
 
     let mut m = Member::join(&p, "bot").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -154,7 +183,10 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "after the last restart: {} not delivered, {} not ACKed",
-            pushed.iter().filter(|id| !seen.seqs_of.contains_key(*id)).count(),
+            pushed
+                .iter()
+                .filter(|id| !seen.seqs_of.contains_key(*id))
+                .count(),
             gw.unacked().len()
         );
         if let Got::Line(v) = m.next(Duration::from_millis(100)).await {
@@ -168,21 +200,59 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
         assert_eq!(seqs.len(), 1, "{id} was stored under seqs {seqs:?}");
     }
     let pushed_set: BTreeSet<&String> = pushed.iter().collect();
-    assert!(seen.seqs_of.keys().all(|id| pushed_set.contains(id)), "a message nobody pushed");
-    assert_eq!(seen.seqs_of.len(), pushed.len(), "every pushed message reached the group");
+    assert!(
+        seen.seqs_of.keys().all(|id| pushed_set.contains(id)),
+        "a message nobody pushed"
+    );
+    assert_eq!(
+        seen.seqs_of.len(),
+        pushed.len(),
+        "every pushed message reached the group"
+    );
 
     // The spool file itself: every message once, by messageId and by msgId.
-    let db = rusqlite::Connection::open_with_flags(p.spool.join("spool.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let bodies: Vec<String> = db.prepare("SELECT body FROM messages ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let db = rusqlite::Connection::open_with_flags(
+        p.spool.join("spool.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let bodies: Vec<String> = db
+        .prepare("SELECT body FROM messages ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let mut ids = BTreeSet::new();
     let mut msg_ids = BTreeSet::new();
     for b in &bodies {
         let v: Value = serde_json::from_str(b).unwrap();
-        assert!(ids.insert(v["message_id"].as_str().unwrap().to_owned()), "stored twice: {}", v["message_id"]);
-        assert!(msg_ids.insert(v["data"]["msgId"].as_str().unwrap().to_owned()), "msgId stored twice: {}", v["data"]["msgId"]);
+        assert!(
+            ids.insert(v["message_id"].as_str().unwrap().to_owned()),
+            "stored twice: {}",
+            v["message_id"]
+        );
+        assert!(
+            msg_ids.insert(v["data"]["msgId"].as_str().unwrap().to_owned()),
+            "msgId stored twice: {}",
+            v["data"]["msgId"]
+        );
     }
-    assert_eq!(bodies.len(), pushed.len(), "the spool holds each pushed message once");
-    let redelivered = gw.events().iter().filter(|e| matches!(e.event, dingtalk_streamd::sim::GatewayEvent::Redelivered { .. })).count();
+    assert_eq!(
+        bodies.len(),
+        pushed.len(),
+        "the spool holds each pushed message once"
+    );
+    let redelivered = gw
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                dingtalk_streamd::sim::GatewayEvent::Redelivered { .. }
+            )
+        })
+        .count();
     eprintln!(
         "pushed {}, consumer lines {}, same-seq repeats {}, gateway redeliveries {redelivered}",
         pushed.len(),
@@ -201,11 +271,18 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     gw.wait_connected(1, WAIT).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(gw.push_bot_text(&format!("unacked {i}")).await.unwrap().message_id);
+        ids.push(
+            gw.push_bot_text(&format!("unacked {i}"))
+                .await
+                .unwrap()
+                .message_id,
+        );
     }
     let mut first = BTreeMap::new();
     for id in &ids {
-        let Got::Line(v) = m.next(WAIT).await else { panic!("no line") };
+        let Got::Line(v) = m.next(WAIT).await else {
+            panic!("no line")
+        };
         assert_eq!(&v["message_id"], id.as_str());
         first.insert(v["seq"].as_u64().unwrap(), id.clone());
     }
@@ -214,9 +291,14 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     let mut m = Member::join(&p, "bot").await;
     let mut again = BTreeMap::new();
     for _ in &ids {
-        let Got::Line(v) = m.next(WAIT).await else { panic!("not given again") };
+        let Got::Line(v) = m.next(WAIT).await else {
+            panic!("not given again")
+        };
         assert_eq!(v["redelivered"], true, "{v}");
-        again.insert(v["seq"].as_u64().unwrap(), v["message_id"].as_str().unwrap().to_owned());
+        again.insert(
+            v["seq"].as_u64().unwrap(),
+            v["message_id"].as_str().unwrap().to_owned(),
+        );
     }
     assert_eq!(again, first, "the same seqs");
     // Now the daemon dies too, before any ack: after the restart they are still owed.
@@ -225,12 +307,17 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     let mut m = Member::join(&p, "bot").await;
     let mut after = BTreeMap::new();
     for _ in &ids {
-        let Got::Line(v) = m.next(WAIT).await else { panic!("lost in the crash") };
+        let Got::Line(v) = m.next(WAIT).await else {
+            panic!("lost in the crash")
+        };
         let seq = v["seq"].as_u64().unwrap();
         after.insert(seq, v["message_id"].as_str().unwrap().to_owned());
         m.send(&format!("{{\"ack\":{seq}}}")).await;
     }
     assert_eq!(after, first, "the same seqs after the restart");
-    assert!(matches!(m.next(Duration::from_millis(400)).await, Got::Quiet), "acked: nothing more");
+    assert!(
+        matches!(m.next(Duration::from_millis(400)).await, Got::Quiet),
+        "acked: nothing more"
+    );
     sigterm(child);
 }

@@ -17,9 +17,16 @@ const QUIET: Duration = Duration::from_millis(400);
 async fn push_acked(gw: &FakeGateway, n: usize, tag: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(gw.push_bot_text(&format!("{tag} {i}")).await.expect("push").message_id);
+        ids.push(
+            gw.push_bot_text(&format!("{tag} {i}"))
+                .await
+                .expect("push")
+                .message_id,
+        );
     }
-    gw.wait_until(|g| ids.iter().all(|m| !g.acks(m).is_empty()), WAIT).await.expect("all ACKed");
+    gw.wait_until(|g| ids.iter().all(|m| !g.acks(m).is_empty()), WAIT)
+        .await
+        .expect("all ACKed");
     ids
 }
 
@@ -31,7 +38,10 @@ async fn wait_status(d: &Daemon, what: &str, mut pred: impl FnMut(&Value) -> boo
         if pred(&st) {
             return st;
         }
-        assert!(tokio::time::Instant::now() < deadline, "status never showed {what}: {st}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never showed {what}: {st}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -41,7 +51,10 @@ fn seq(v: &Value) -> u64 {
 }
 
 fn mid(v: &Value) -> String {
-    v["message_id"].as_str().unwrap_or_else(|| panic!("no message_id: {v}")).to_owned()
+    v["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message_id: {v}"))
+        .to_owned()
 }
 
 #[tokio::test]
@@ -63,7 +76,10 @@ async fn hello_welcome_and_every_group_gets_everything() {
             m.ack(last).await;
         }
     }
-    let st = wait_status(&d, "both groups acked", |s| s["groups"]["alpha"]["acked"] == 5 && s["groups"]["beta"]["acked"] == 5).await;
+    let st = wait_status(&d, "both groups acked", |s| {
+        s["groups"]["alpha"]["acked"] == 5 && s["groups"]["beta"]["acked"] == 5
+    })
+    .await;
     assert_eq!(st["groups"]["alpha"]["members"], 1, "{st}");
     d.stop().await.0.unwrap();
 }
@@ -80,19 +96,33 @@ async fn members_of_one_group_share_the_load_in_order() {
     let mut per_member: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let deadline = tokio::time::Instant::now() + WAIT;
     while got.len() < ids.len() {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {} delivered", got.len(), ids.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} delivered",
+            got.len(),
+            ids.len()
+        );
         for (i, m) in [&mut m1, &mut m2].into_iter().enumerate() {
             if let Some(v) = m.next_within(Duration::from_millis(20)).await {
-                assert!(got.insert(seq(&v), mid(&v)).is_none(), "seq given twice: {v}");
+                assert!(
+                    got.insert(seq(&v), mid(&v)).is_none(),
+                    "seq given twice: {v}"
+                );
                 per_member[i].push(seq(&v));
                 m.ack(seq(&v)).await;
             }
         }
     }
-    assert_eq!(got.values().cloned().collect::<BTreeSet<_>>(), ids.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        got.values().cloned().collect::<BTreeSet<_>>(),
+        ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
     for (i, seqs) in per_member.iter().enumerate() {
         assert!(!seqs.is_empty(), "member {i} got nothing: {per_member:?}");
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "member {i} out of order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "member {i} out of order: {seqs:?}"
+        );
     }
     assert!(m1.next_within(QUIET).await.is_none() && m2.next_within(QUIET).await.is_none());
     d.stop().await.0.unwrap();
@@ -107,8 +137,14 @@ async fn in_flight_limits_unacked_messages_per_member() {
     let ids = push_acked(&gw, 5, "flight").await;
     let first = m.next().await;
     let second = m.next().await;
-    assert_eq!((mid(&first), mid(&second)), (ids[0].clone(), ids[1].clone()));
-    assert!(m.next_within(QUIET).await.is_none(), "a third message while two are unacked");
+    assert_eq!(
+        (mid(&first), mid(&second)),
+        (ids[0].clone(), ids[1].clone())
+    );
+    assert!(
+        m.next_within(QUIET).await.is_none(),
+        "a third message while two are unacked"
+    );
     m.ack(seq(&first)).await;
     assert_eq!(mid(&m.next().await), ids[2]);
     assert!(m.next_within(QUIET).await.is_none(), "in_flight is 2 again");
@@ -125,12 +161,18 @@ async fn unacked_message_comes_again_after_ack_wait_with_the_same_seq() {
     let v = m.next().await;
     let started = tokio::time::Instant::now();
     let again = m.next().await;
-    assert!(started.elapsed() >= Duration::from_millis(250), "came back before ack_wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "came back before ack_wait"
+    );
     assert_eq!((seq(&again), mid(&again)), (seq(&v), ids[0].clone()));
     assert_eq!(again["redelivered"], true, "{again}");
     assert_eq!(again["data"], v["data"], "the same message");
     m.ack(seq(&again)).await;
-    assert!(m.next_within(Duration::from_millis(700)).await.is_none(), "acked: not given again");
+    assert!(
+        m.next_within(Duration::from_millis(700)).await.is_none(),
+        "acked: not given again"
+    );
     d.stop().await.0.unwrap();
 }
 
@@ -145,12 +187,22 @@ async fn a_leaving_member_hands_its_messages_to_another_at_once() {
     let ids = push_acked(&gw, 2, "handover").await;
     let a = m1.next().await;
     let b = m2.next().await;
-    assert_eq!(BTreeSet::from([mid(&a), mid(&b)]), ids.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        BTreeSet::from([mid(&a), mid(&b)]),
+        ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
     drop(m1);
     // m2 has b in flight (in_flight 1): once it acks b, a comes to it, long before ack_wait.
     m2.ack(seq(&b)).await;
-    let again = m2.next_within(Duration::from_secs(5)).await.expect("a handed over to m2");
-    assert_eq!((seq(&again), again["redelivered"].clone()), (seq(&a), Value::Bool(true)), "{again}");
+    let again = m2
+        .next_within(Duration::from_secs(5))
+        .await
+        .expect("a handed over to m2");
+    assert_eq!(
+        (seq(&again), again["redelivered"].clone()),
+        (seq(&a), Value::Bool(true)),
+        "{again}"
+    );
     d.stop().await.0.unwrap();
 }
 
@@ -163,9 +215,15 @@ async fn after_max_deliveries_a_message_is_parked_and_shown_in_status() {
     let ids = push_acked(&gw, 1, "poison").await;
     let first = m.next().await;
     let second = m.next().await;
-    assert_eq!((seq(&second), second["redelivered"].clone()), (seq(&first), Value::Bool(true)));
+    assert_eq!(
+        (seq(&second), second["redelivered"].clone()),
+        (seq(&first), Value::Bool(true))
+    );
     let s = seq(&first);
-    let st = wait_status(&d, "a parked seq", |st| st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s])).await;
+    let st = wait_status(&d, "a parked seq", |st| {
+        st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s])
+    })
+    .await;
     assert_eq!(st["groups"]["picky"]["parked"], 1, "{st}");
     assert_eq!(st["spool"]["parked"], 1, "{st}");
     assert!(m.next_within(QUIET).await.is_none(), "parked: skipped");
@@ -192,7 +250,11 @@ async fn configured_group_keeps_its_backlog_and_ad_hoc_group_starts_at_newest() 
         bot.ack(seq(&v)).await;
     }
     let v = adhoc.next().await;
-    assert_eq!(mid(&v), late[0], "an ad-hoc group starts at the newest message: {v}");
+    assert_eq!(
+        mid(&v),
+        late[0],
+        "an ad-hoc group starts at the newest message: {v}"
+    );
     assert!(adhoc.next_within(QUIET).await.is_none());
     d.stop().await.0.unwrap();
 }
@@ -222,23 +284,38 @@ async fn a_group_that_was_away_gets_its_backlog_also_after_a_restart() {
     let unacked = m.next().await;
     assert_eq!(mid(&unacked), away[2]);
     let acked_through = seqs[1];
-    wait_status(&d, "the acks", |st| st["groups"]["bot"]["cursor"] == acked_through).await;
+    wait_status(&d, "the acks", |st| {
+        st["groups"]["bot"]["cursor"] == acked_through
+    })
+    .await;
     drop(m);
     let (r, paths) = d.stop().await;
     r.unwrap();
 
     let d = Daemon::start_at(paths, &gw, "groups: [bot]\n").await;
-    gw.wait_until(|g| g.open_connections().len() == 1, WAIT).await.unwrap();
+    gw.wait_until(|g| g.open_connections().len() == 1, WAIT)
+        .await
+        .unwrap();
     let after = push_acked(&gw, 1, "after restart").await;
     let mut m = d.member("bot").await;
     let v = m.next().await;
-    assert_eq!((mid(&v), seq(&v)), (away[2].clone(), seq(&unacked)), "the unacked one, same seq: {v}");
+    assert_eq!(
+        (mid(&v), seq(&v)),
+        (away[2].clone(), seq(&unacked)),
+        "the unacked one, same seq: {v}"
+    );
     m.ack(seq(&v)).await;
     let v = m.next().await;
     assert_eq!(mid(&v), after[0]);
-    assert!(seq(&v) > seq(&unacked), "seq stable and increasing across the restart");
+    assert!(
+        seq(&v) > seq(&unacked),
+        "seq stable and increasing across the restart"
+    );
     m.ack(seq(&v)).await;
-    assert!(m.next_within(QUIET).await.is_none(), "acked messages are not given again");
+    assert!(
+        m.next_within(QUIET).await.is_none(),
+        "acked messages are not given again"
+    );
     d.stop().await.0.unwrap();
 }
 
@@ -258,7 +335,9 @@ async fn bad_lines_and_unknown_seqs_get_errors_and_the_member_stays() {
     for (line, code) in cases {
         m.send(line).await;
         let v = m.next().await;
-        let got = v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error for {line:?}: {v}"));
+        let got = v["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error for {line:?}: {v}"));
         if !code.is_empty() {
             assert_eq!(got, code, "{line:?}: {v}");
         }

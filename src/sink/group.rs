@@ -23,6 +23,8 @@ use tokio_util::codec::LinesCodecError;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Error replies queued for a member before it counts as not reading them.
+const ERROR_REPLIES: usize = 64;
 /// How many backlog messages are read from the spool at once.
 const READ_BATCH: usize = 512;
 
@@ -187,21 +189,39 @@ impl GroupRegistry {
         if gtx.send(GroupMsg::Join { id, tx }).is_err() {
             return;
         }
-        let bad = &self.env.hub.stats.bad_lines;
-        loop {
-            tokio::select! {
-                _ = self.env.shutdown.cancelled() => break,
-                out = rx.recv() => {
-                    let line = match out {
-                        Some(Out::Line(l)) => l,
-                        Some(Out::Error(e)) => e.to_line().into(),
-                        None => break,
+        // Lines go out from their own task, so acks are read even while a write waits for the
+        // consumer: a consumer that reads and acks in one loop can never deadlock with us.
+        let MemberIo { mut lines, mut writer, peer } = io;
+        let (err_tx, mut err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
+        let done = self.env.shutdown.child_token();
+        let out_task = tokio::spawn({
+            let done = done.clone();
+            async move {
+                loop {
+                    let line: Arc<str> = tokio::select! {
+                        _ = done.cancelled() => break,
+                        out = rx.recv() => match out {
+                            Some(Out::Line(l)) => l,
+                            Some(Out::Error(e)) => e.to_line().into(),
+                            None => break,
+                        },
+                        e = err_rx.recv() => match e {
+                            Some(e) => e.to_line().into(),
+                            None => break,
+                        },
                     };
-                    if write_line(&mut io.writer, &line).await.is_err() {
+                    if write_line(&mut writer, &line).await.is_err() {
                         break;
                     }
                 }
-                incoming = io.lines.next() => {
+                done.cancel();
+            }
+        });
+        let bad = &self.env.hub.stats.bad_lines;
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => break,
+                incoming = lines.next() => {
                     let reply = match incoming {
                         None | Some(Err(LinesCodecError::Io(_))) => break,
                         Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
@@ -219,14 +239,17 @@ impl GroupRegistry {
                     };
                     if let Some(e) = reply {
                         bad.fetch_add(1, Ordering::Relaxed);
-                        if write_line(&mut io.writer, &e.to_line()).await.is_err() {
+                        if err_tx.try_send(e).is_err() {
+                            warn!(peer = %peer, group, "group member sends bad lines without reading the replies; disconnecting it");
                             break;
                         }
                     }
                 }
             }
         }
-        info!(peer = %io.peer, group, "group member left");
+        done.cancel();
+        out_task.abort();
+        info!(peer = %peer, group, "group member left");
         let _ = gtx.send(GroupMsg::Leave { id });
     }
 }

@@ -68,7 +68,11 @@ fn run(conn: Connection, path: PathBuf, stop: mpsc::Receiver<()>, every: Duratio
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         });
         match r {
             Ok((_busy, log, done)) => {

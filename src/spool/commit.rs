@@ -88,7 +88,11 @@ mod tests {
             .commit(&[msg("new", &["m:new"])], &acks, &parks, at(1))
             .expect("commit");
         assert_eq!(out.appended, vec![Appended::Stored { seq: 4 }]);
-        assert_eq!(out.parked, vec![("g".to_string(), 3)], "seq 2 was acked first");
+        assert_eq!(
+            out.parked,
+            vec![("g".to_string(), 3)],
+            "seq 2 was acked first"
+        );
         assert_eq!(out.unknown_groups, vec!["nope".to_string()]);
         let g = store.load_groups().expect("load").remove(0);
         assert_eq!((g.cursor, g.parked), (3, vec![3]));

@@ -216,6 +216,9 @@ pub(super) fn ack_in(
         .at(path)?
         .ok_or_else(|| unknown_group(path, group))?;
     let mut out = AckOutcome::default();
+    // The common case, acks in order: a run starting just above the cursor moves the cursor
+    // and needs no row per ack.
+    let mut run_end = cursor;
     {
         let mut exists = tx
             .prepare_cached("SELECT 1 FROM messages WHERE seq = ?1")
@@ -226,19 +229,35 @@ pub(super) fn ack_in(
         let mut unpark = tx
             .prepare_cached("DELETE FROM parked WHERE grp = ?1 AND seq = ?2")
             .at(path)?;
+        let any_parked: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM parked WHERE grp = ?1)")
+            .and_then(|mut st| st.query_row([group], |r| r.get(0)))
+            .at(path)?;
         for seq in seqs {
             if seq == 0 || seq > last_seq {
                 out.unknown.push(seq);
-            } else {
-                if seq > cursor && exists.exists([int(seq)]).at(path)? {
-                    record.execute((group, int(seq))).at(path)?;
-                }
-                unpark.execute((group, int(seq))).at(path)?;
-                out.acked.push(seq);
+                continue;
             }
+            if seq == run_end + 1 {
+                run_end = seq;
+            } else if seq > cursor && exists.exists([int(seq)]).at(path)? {
+                record.execute((group, int(seq))).at(path)?;
+            }
+            if any_parked {
+                unpark.execute((group, int(seq))).at(path)?;
+            }
+            out.acked.push(seq);
         }
     }
-    out.cursor = advance_cursor(tx, group, cursor, last_seq).at(path)?;
+    if run_end != cursor {
+        tx.prepare_cached("UPDATE groups SET cursor = ?2 WHERE name = ?1")
+            .and_then(|mut st| st.execute((group, int(run_end))))
+            .at(path)?;
+        tx.prepare_cached("DELETE FROM group_acks WHERE grp = ?1 AND seq <= ?2")
+            .and_then(|mut st| st.execute((group, int(run_end))))
+            .at(path)?;
+    }
+    out.cursor = advance_cursor(tx, group, run_end, last_seq).at(path)?;
     Ok(out)
 }
 

@@ -28,6 +28,10 @@ pub const MAX_BATCH: usize = 2048;
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// The shortest retention period (a tiny `max_age`, or `max_bytes` exceeded after a commit).
 const RETENTION_MIN: Duration = Duration::from_millis(50);
+/// How long group acks wait for a frame batch to share its commit before committing alone.
+const ACK_FLUSH: Duration = Duration::from_millis(50);
+/// Buffered group acks and parks that are committed at once, whatever the time.
+const ACK_FLUSH_COUNT: usize = 4096;
 /// How often a failed commit is retried (disk full).
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -215,6 +219,8 @@ struct State {
     over_bytes: bool,
     next_retention: Instant,
     last_retention: Instant,
+    /// When buffered acks are committed on their own if no frame came to carry them.
+    ack_flush: Option<Instant>,
 }
 
 impl State {
@@ -235,6 +241,10 @@ impl State {
         self.health.degraded.load(Ordering::Relaxed)
     }
 
+    fn pending_group_writes(&self) -> usize {
+        self.acks.values().map(Vec::len).sum::<usize>() + self.parks.len()
+    }
+
     /// Something failed to commit and waits for the retry tick.
     fn must_retry(&self) -> bool {
         !self.stuck.is_empty() || (self.degraded() && (!self.acks.is_empty() || !self.parks.is_empty()))
@@ -251,6 +261,7 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
         health,
         next_retention: Instant::now() + retention_period(&opts),
         last_retention: Instant::now(),
+        ack_flush: None,
         opts,
         stuck: Vec::new(),
         acks: BTreeMap::new(),
@@ -284,9 +295,17 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
             Some(cmd) = cmds.recv() => {
                 st.on_cmd(cmd).await;
                 st.drain_cmds(&mut cmds).await;
-                if !st.must_retry() {
+                // Acks alone wait a little for frames to share a commit with; a lost ack only
+                // means a redelivery, while an fsync between two frames costs ACK latency.
+                if st.ack_flush.is_none() && !(st.acks.is_empty() && st.parks.is_empty()) {
+                    st.ack_flush = Some(Instant::now() + ACK_FLUSH);
+                }
+                if st.pending_group_writes() >= ACK_FLUSH_COUNT && !st.must_retry() {
                     st.commit(Vec::new()).await;
                 }
+            }
+            _ = tokio::time::sleep_until(st.ack_flush.unwrap_or(st.next_retention)), if st.ack_flush.is_some() && !must_retry => {
+                st.commit(Vec::new()).await;
             }
             _ = retry.tick(), if must_retry => {
                 let batch = std::mem::take(&mut st.stuck);
@@ -348,6 +367,7 @@ impl State {
             .collect();
         let acks = std::mem::take(&mut self.acks);
         let parks = std::mem::take(&mut self.parks);
+        self.ack_flush = None;
         let (msgs, acks, parks, res, over) = self
             .blocking(move |s| {
                 let r = s.commit(&msgs, &acks, &parks, SystemTime::now());

@@ -239,7 +239,8 @@ impl Supervisor {
                                 wait_until = None;
                                 attempt_no = 1;
                                 info!(connection = %id, cause = "server_disconnect", reason = %reason, "opening the replacement connection now (make-before-break)");
-                                self.publish(|s| s.state = LinkState::Connecting { attempt: 1, since: SystemTime::now() });
+                                // The state stays Open: the draining connection is still live
+                                // and ACKing until the replacement is up.
                                 attempt = Some(self.attempt());
                             }
                         }
@@ -255,6 +256,10 @@ impl Supervisor {
                     };
                     if draining.remove(&id).is_some() {
                         info!(connection = %id, cause = end.cause(), "retired connection closed");
+                        if current.is_none() && attempt.is_some() && draining.is_empty() {
+                            // The handover's replacement is not up yet and nothing is live now.
+                            self.publish(|s| s.state = LinkState::Connecting { attempt: attempt_no.max(1), since: SystemTime::now() });
+                        }
                         continue;
                     }
                     let Some(cur) = current.take_if(|c| c.id == id) else { continue };
