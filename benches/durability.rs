@@ -13,7 +13,7 @@
 //! (default: under the target dir; never tmpfs, where fsync is free). `DURABILITY_BENCH_N` sets
 //! the frames of the throughput run (default 100,000).
 //!
-//! `cargo bench --bench durability`
+//! `cargo bench --bench durability` (`DURABILITY_BENCH_RUNS` latency runs per mode, default 3)
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -59,9 +59,34 @@ fn main() {
 async fn run(root: &Path, n: u64) -> Result<(), BoxError> {
     let _ = fs::remove_dir_all(root);
     fs::create_dir_all(root)?;
+    let runs: usize = std::env::var("DURABILITY_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let fsync = fsync_latencies(root)?;
-    let sat = saturation(&root.join("saturation"), n).await?;
-    let lat = latency(&root.join("latency")).await?;
+    let mut rows = Vec::new();
+    for mode in [Mode::Process, Mode::InProcess] {
+        let sat = saturation(&root.join("saturation"), n, mode).await?;
+        rows.push(format!(
+            "| sustained durable throughput, daemon {} ({} msgs, window {WINDOW}; {:.0} frames per commit) | **{:.0} msg/s** | – | – | – |",
+            mode.name(),
+            sat.messages,
+            sat.messages as f64 / sat.batches.max(1) as f64,
+            sat.rate
+        ));
+        for run in 1..=runs {
+            let lat = latency(&root.join("latency"), mode).await?;
+            rows.push(format!(
+                "| ACK latency at {LATENCY_RATE_PER_S} msg/s, daemon {}, run {run}/{runs} ({} msgs, push → ACK at gateway) | {:.0} msg/s | {} | **{}** | {} |",
+                mode.name(),
+                lat.len(),
+                lat.len() as f64 / LATENCY_SECS as f64,
+                fmt(pct(&lat, 50)),
+                fmt(pct(&lat, 99)),
+                fmt(pct(&lat, 100))
+            ));
+        }
+    }
     println!(
         "directory: {} ({}), {} CPUs",
         root.display(),
@@ -78,30 +103,35 @@ async fn run(root: &Path, n: u64) -> Result<(), BoxError> {
         fmt(pct(&fsync, 99)),
         fmt(pct(&fsync, 100))
     );
-    println!(
-        "| sustained durable throughput ({} msgs, window {WINDOW}) | **{:.0} msg/s** | – | – | – |",
-        sat.messages, sat.rate
-    );
-    println!(
-        "| ACK latency at {LATENCY_RATE_PER_S} msg/s ({} msgs, push → ACK at gateway) | {:.0} msg/s | {} | **{}** | {} |",
-        lat.len(),
-        lat.len() as f64 / LATENCY_SECS as f64,
-        fmt(pct(&lat, 50)),
-        fmt(pct(&lat, 99)),
-        fmt(pct(&lat, 100))
-    );
-    println!();
-    println!(
-        "saturation run: {} commits ({:.1} frames per commit)",
-        sat.batches,
-        sat.messages as f64 / sat.batches.max(1) as f64
-    );
+    for r in rows {
+        println!("{r}");
+    }
     Ok(())
 }
 
-/// The daemon in-process with its spool in `dir`, and a gateway; returns both and the token.
+/// Where the daemon runs during a measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `run()` on the bench's own tokio runtime, beside the fake gateway and the driver.
+    InProcess,
+    /// The real binary (release build) as its own process, as in production.
+    Process,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::InProcess => "in-process",
+            Mode::Process => "own process",
+        }
+    }
+}
+
+/// The daemon with its spool in `dir` (in-process or as the real binary), and a gateway;
+/// returns both and the token.
 async fn daemon(
     dir: &Path,
+    mode: Mode,
 ) -> Result<
     (
         FakeGateway,
@@ -133,11 +163,32 @@ async fn daemon(
     let loaded = Config::load(&config)?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = dingtalk_streamd::run(loaded, token).await {
-            eprintln!("daemon: {e}");
-        }
-    });
+    let task = if mode == Mode::InProcess {
+        tokio::spawn(async move {
+            if let Err(e) = dingtalk_streamd::run(loaded, token).await {
+                eprintln!("daemon: {e}");
+            }
+        })
+    } else {
+        // As in production: the daemon is its own process (the real binary, release build),
+        // so the fake gateway and the load driver do not share its tokio workers.
+        drop(loaded);
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dingtalk-streamd"))
+            .args(["--config", &config.display().to_string(), "run"])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .spawn()?;
+        tokio::spawn(async move {
+            token.cancelled().await;
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            let _ = child.wait().await;
+        })
+    };
     gw.wait_connected(1, Duration::from_secs(10)).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&socket).await.is_err() {
@@ -188,8 +239,8 @@ struct Saturation {
     batches: u64,
 }
 
-async fn saturation(dir: &Path, n: u64) -> Result<Saturation, BoxError> {
-    let (gw, socket, shutdown, task) = daemon(dir).await?;
+async fn saturation(dir: &Path, n: u64, mode: Mode) -> Result<Saturation, BoxError> {
+    let (gw, socket, shutdown, task) = daemon(dir, mode).await?;
     let lines = Arc::new(AtomicU64::new(0));
     let consumer = member(&socket, lines.clone()).await?;
     let conn = gw.open_connections()[0];
@@ -243,8 +294,8 @@ async fn status_batches(control: &Path) -> Result<u64, BoxError> {
     Ok(v["spool"]["batches"].as_u64().unwrap_or(0))
 }
 
-async fn latency(dir: &Path) -> Result<Vec<Duration>, BoxError> {
-    let (gw, socket, shutdown, task) = daemon(dir).await?;
+async fn latency(dir: &Path, mode: Mode) -> Result<Vec<Duration>, BoxError> {
+    let (gw, socket, shutdown, task) = daemon(dir, mode).await?;
     let lines = Arc::new(AtomicU64::new(0));
     let consumer = member(&socket, lines.clone()).await?;
     let conn = gw.open_connections()[0];
@@ -262,6 +313,10 @@ async fn latency(dir: &Path) -> Result<Vec<Duration>, BoxError> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     cursor.drain();
+    // A fresh interval: the old one would fire the ~300 ticks missed during the pause at once
+    // (MissedTickBehavior::Burst), i.e. a burst instead of 1,000 msg/s.
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE_PER_S));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let collect = |cursor: &mut dingtalk_streamd::sim::EventCursor,
                    sent_at: &mut HashMap<String, Instant>,
                    lat: &mut Vec<Duration>| {

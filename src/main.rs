@@ -14,7 +14,10 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dingtalk-streamd: cannot start the async runtime: {e}");
@@ -28,7 +31,11 @@ fn main() -> ExitCode {
             let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
             runtime.block_on(control::client::status(&path, json))
         }
-        Command::Tail { group, json, socket } => {
+        Command::Tail {
+            group,
+            json,
+            socket,
+        } => {
             let path = socket.unwrap_or_else(|| socket_paths(&cli.config).0);
             runtime.block_on(control::client::tail(&path, group.as_deref(), json))
         }
@@ -43,7 +50,12 @@ fn socket_paths(config: &Path) -> (PathBuf, PathBuf) {
         .ok()
         .and_then(|t| Config::parse(&t, config).ok())
         .map(|c| (c.socket.path, c.control.path))
-        .unwrap_or_else(|| (config::DEFAULT_SOCKET_PATH.into(), config::DEFAULT_CONTROL_PATH.into()))
+        .unwrap_or_else(|| {
+            (
+                config::DEFAULT_SOCKET_PATH.into(),
+                config::DEFAULT_CONTROL_PATH.into(),
+            )
+        })
 }
 
 fn check_config(path: &Path) -> u8 {
@@ -52,7 +64,9 @@ fn check_config(path: &Path) -> u8 {
             let source = match &l.secret_source {
                 config::SecretSource::Inline => "dingtalk.client_secret (inline)".to_string(),
                 config::SecretSource::File(p) => format!("file {}", p.display()),
-                config::SecretSource::Credential(p) => format!("systemd credential {}", p.display()),
+                config::SecretSource::Credential(p) => {
+                    format!("systemd credential {}", p.display())
+                }
             };
             println!("# {}: OK; client secret from {source}", path.display());
             print!("{}", l.config.to_redacted_yaml());
@@ -71,7 +85,10 @@ async fn run(path: &Path) -> u8 {
         Err(e) => {
             logging::init("info");
             if matches!(e, ConfigError::NotConfigured { .. }) {
-                notify::status(&format!("not configured: set dingtalk.client_id in {}", path.display()));
+                notify::status(&format!(
+                    "not configured: set dingtalk.client_id in {}",
+                    path.display()
+                ));
             }
             eprintln!("dingtalk-streamd: {e}");
             return EX_CONFIG;
@@ -83,7 +100,10 @@ async fn run(path: &Path) -> u8 {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot install SIGTERM/SIGINT handlers");
                 return;
             };

@@ -61,7 +61,10 @@ mod tests {
     fn never_printed() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), format!("{REDACTED} {REDACTED}"));
-        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{REDACTED}\""));
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{REDACTED}\"")
+        );
         assert_eq!(s.expose(), "hunter2");
     }
 }

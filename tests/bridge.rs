@@ -30,14 +30,19 @@ async fn n_messages_reach_two_taps_complete_and_in_order() {
             assert_eq!(v["type"], "CALLBACK");
             assert_eq!(v["topic"], "/v1.0/im/bot/messages/get");
             assert_eq!(v["connection"], "c1");
-            assert!(v["headers"].get("connectionId").is_none(), "ticket leaked: {v}");
+            assert!(
+                v["headers"].get("connectionId").is_none(),
+                "ticket leaked: {v}"
+            );
             let seq = v["seq"].as_u64().unwrap();
             assert!(seq > last_seq);
             last_seq = seq;
         }
     }
     for mid in &sent {
-        gw.wait_until(|g| !g.acks(mid).is_empty(), WAIT).await.unwrap();
+        gw.wait_until(|g| !g.acks(mid).is_empty(), WAIT)
+            .await
+            .unwrap();
         let ack = &gw.acks(mid)[0];
         assert_eq!(ack.code, 200);
         assert_eq!(ack.data, r#"{"response":null}"#);
@@ -57,24 +62,45 @@ async fn ping_and_ack_shapes_and_malformed_frames_survived() {
         .wait_for(|e| matches!(e, GatewayEvent::PingAcked { message_id, .. } if *message_id == ping.message_id), WAIT)
         .await
         .unwrap();
-    assert!(matches!(ev.event, GatewayEvent::PingAcked { opaque_ok: true, .. }), "{ev:?}");
+    assert!(
+        matches!(
+            ev.event,
+            GatewayEvent::PingAcked {
+                opaque_ok: true,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
 
-    for raw in ["not json", "{\"type\":\"CALLBACK\",\"headers\":{}}", "[1,2,3]", "{\"type\":\"EVENT\",\"headers\":{\"messageId\":5}"] {
+    for raw in [
+        "not json",
+        "{\"type\":\"CALLBACK\",\"headers\":{}}",
+        "[1,2,3]",
+        "{\"type\":\"EVENT\",\"headers\":{\"messageId\":5}",
+    ] {
         gw.push(OutFrame::raw(raw), Route::To(conn)).await.unwrap();
     }
-    let ev = gw.push_event("user_add_org", &serde_json::json!({"userId":["u1"]})).await.unwrap();
+    let ev = gw
+        .push_event("user_add_org", &serde_json::json!({"userId":["u1"]}))
+        .await
+        .unwrap();
     let v = tap.next().await;
     assert_eq!(v["message_id"], ev.message_id.as_str());
     assert_eq!(v["type"], "EVENT");
     assert_eq!(v["headers"]["eventType"], "user_add_org");
-    gw.wait_until(|g| !g.acks(&ev.message_id).is_empty(), WAIT).await.unwrap();
+    gw.wait_until(|g| !g.acks(&ev.message_id).is_empty(), WAIT)
+        .await
+        .unwrap();
     let ack = &gw.acks(&ev.message_id)[0];
     let data: serde_json::Value = serde_json::from_str(&ack.data).unwrap();
     assert_eq!((ack.code, data["status"].as_str()), (200, Some("SUCCESS")));
     assert_eq!(ack.conn, conn);
 
     let disc = gw.send_disconnect(conn).unwrap();
-    gw.wait_until(|g| !g.acks(&disc.message_id).is_empty(), WAIT).await.unwrap();
+    gw.wait_until(|g| !g.acks(&disc.message_id).is_empty(), WAIT)
+        .await
+        .unwrap();
     assert_eq!(gw.acks(&disc.message_id)[0].code, 200);
     let st = d.status().await;
     assert_eq!(st["stream"]["malformed_frames"], 4, "{st}");

@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd::sim::{BotMessage, FakeGateway, GatewayEvent, OutFrame, Route, TOPIC_CARD_CALLBACK};
+use dingtalk_streamd::sim::{
+    BotMessage, FakeGateway, GatewayEvent, OutFrame, Route, TOPIC_CARD_CALLBACK,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -758,16 +760,28 @@ async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
     // While the disk is full nothing could be ACKed, so the daemon does not even ask for a
     // ticket; it does not exit either (exit 78/1 would make systemd give up or loop).
     let asked = gw
-        .wait_for(|e| matches!(e, GatewayEvent::TicketRequested(_)), Duration::from_millis(1500))
+        .wait_for(
+            |e| matches!(e, GatewayEvent::TicketRequested(_)),
+            Duration::from_millis(1500),
+        )
         .await;
-    assert!(asked.is_err(), "asked DingTalk for a ticket with a full spool");
-    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon exited with a full disk at start");
+    assert!(
+        asked.is_err(),
+        "asked DingTalk for a ticket with a full spool"
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited with a full disk at start"
+    );
 
     daemon.free();
     gw.wait_connected(1, WAIT).await.unwrap();
     wait_for_socket(&p.socket).await;
     let mut member = Consumer::member(&p.socket, "bot").await;
-    let pushed = gw.push_bot_text("after the disk had room again").await.unwrap();
+    let pushed = gw
+        .push_bot_text("after the disk had room again")
+        .await
+        .unwrap();
     let v = member.next().await;
     assert_eq!(v["message_id"], pushed.message_id.as_str());
     let err = daemon.stop();

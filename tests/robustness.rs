@@ -92,7 +92,11 @@ async fn signals_at_odd_moments() {
     let pushed = gw.push_bot_text("after the reload storm").await.unwrap();
     let v = tap.next().await;
     assert_eq!(v["message_id"], pushed.message_id.as_str());
-    assert_eq!(gw.open_connections().len(), 1, "a reload without credential changes must not reconnect");
+    assert_eq!(
+        gw.open_connections().len(),
+        1,
+        "a reload without credential changes must not reconnect"
+    );
 
     // Two SIGTERMs in a row: still one clean stop.
     signal(&child, nix::sys::signal::Signal::SIGTERM);

@@ -53,9 +53,9 @@ impl ConfigError {
         // serde_yaml_ng repeats the location in the text; it is printed up front instead. Any
         // other location stays: "while scanning a quoted scalar at line 3 column 18" is where
         // the mistake starts.
-        let mut message = e
-            .to_string()
-            .replacen(&format!(" at line {line} column {column}"), "", 1);
+        let mut message =
+            e.to_string()
+                .replacen(&format!(" at line {line} column {column}"), "", 1);
         if message.starts_with("missing field `dingtalk`") {
             return ConfigError::NotConfigured {
                 file: file.to_owned(),

@@ -427,8 +427,8 @@ impl Config {
                 file: file.to_owned(),
             });
         }
-        let config: Config = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::from_yaml(file, text, e))?;
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(file, text, e))?;
         config.validate(file)?;
         Ok(config)
     }

@@ -77,18 +77,21 @@ fn missing_client_id_says_not_configured() {
 fn comment_only_file_is_not_configured() {
     let e = parse("# nothing here\n\n").unwrap_err();
     assert!(matches!(e, ConfigError::NotConfigured { .. }));
-    assert!(e.to_string().contains("not configured: set dingtalk.client_id in /etc/x.yml"));
+    assert!(
+        e.to_string()
+            .contains("not configured: set dingtalk.client_id in /etc/x.yml")
+    );
 }
 
 #[test]
 fn cross_field_rules_name_key_path() {
-    let e = parse(&format!("{MINIMAL}keepalive:\n  ping_interval: 2s\n  pong_timeout: 2s\n"))
-        .unwrap_err();
-    assert!(e.to_string().contains("keepalive.pong_timeout"), "{e}");
-    let e = parse(
-        "dingtalk:\n  client_id: a\n  client_secret: b\n  client_secret_file: /c\n",
-    )
+    let e = parse(&format!(
+        "{MINIMAL}keepalive:\n  ping_interval: 2s\n  pong_timeout: 2s\n"
+    ))
     .unwrap_err();
+    assert!(e.to_string().contains("keepalive.pong_timeout"), "{e}");
+    let e = parse("dingtalk:\n  client_id: a\n  client_secret: b\n  client_secret_file: /c\n")
+        .unwrap_err();
     assert!(e.to_string().contains("dingtalk.client_secret"), "{e}");
 }
 
@@ -104,7 +107,12 @@ fn plain_http_only_on_loopback() {
 #[test]
 fn event_topic_must_be_star() {
     let text = format!("{MINIMAL}  subscriptions:\n    - {{ type: EVENT, topic: foo }}\n");
-    assert!(parse(&text).unwrap_err().to_string().contains("subscriptions[0].topic"));
+    assert!(
+        parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("subscriptions[0].topic")
+    );
 }
 
 #[test]
@@ -133,7 +141,10 @@ fn secret_sources() {
     assert_eq!(s.expose(), "from-cred");
     assert!(matches!(src, SecretSource::Credential(_)));
     let e = validate::resolve_secret(&c, f, None).unwrap_err();
-    assert!(e.to_string().contains("dingtalk.client_secret: not set"), "{e}");
+    assert!(
+        e.to_string().contains("dingtalk.client_secret: not set"),
+        "{e}"
+    );
 
     let c = parse("dingtalk:\n  client_id: a\n  client_secret: \" padded\"\n").unwrap();
     let e = validate::resolve_secret(&c, f, None).unwrap_err();

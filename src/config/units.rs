@@ -181,7 +181,12 @@ mod tests {
         assert_eq!(dur("500ms").unwrap().get(), Duration::from_millis(500));
         assert_eq!(dur("5m").unwrap().get(), Duration::from_secs(300));
         assert_eq!(dur("7d").unwrap().get(), Duration::from_secs(7 * 86400));
-        assert!(dur("ten seconds").unwrap_err().to_string().contains("invalid duration"));
+        assert!(
+            dur("ten seconds")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid duration")
+        );
         assert_eq!(HumanDuration::from_secs(90).to_string(), "1m 30s");
     }
 

@@ -25,7 +25,8 @@ impl Config {
         if d.client_id.trim() != d.client_id {
             return bad(
                 "dingtalk.client_id",
-                "has leading or trailing whitespace; DingTalk rejects it with 401 authFailed".into(),
+                "has leading or trailing whitespace; DingTalk rejects it with 401 authFailed"
+                    .into(),
             );
         }
         if d.client_secret.is_some() && d.client_secret_file.is_some() {
@@ -36,17 +37,26 @@ impl Config {
         }
         check_url(file, "dingtalk.open_url", &d.open_url, &["https", "http"])?;
         if d.subscriptions.is_empty() {
-            return bad("dingtalk.subscriptions", "must list at least one subscription".into());
+            return bad(
+                "dingtalk.subscriptions",
+                "must list at least one subscription".into(),
+            );
         }
         for (i, s) in d.subscriptions.iter().enumerate() {
             if s.kind == SubscriptionKind::Event && s.topic != "*" {
                 return bad(
                     &format!("dingtalk.subscriptions[{i}].topic"),
-                    format!("EVENT topic must be \"*\" (events are chosen in the developer console), got {:?}", s.topic),
+                    format!(
+                        "EVENT topic must be \"*\" (events are chosen in the developer console), got {:?}",
+                        s.topic
+                    ),
                 );
             }
             if s.topic.is_empty() {
-                return bad(&format!("dingtalk.subscriptions[{i}].topic"), "is empty".into());
+                return bad(
+                    &format!("dingtalk.subscriptions[{i}].topic"),
+                    "is empty".into(),
+                );
             }
         }
 
@@ -64,10 +74,16 @@ impl Config {
         }
         for (key, v) in [
             ("keepalive.tcp_keepalive_idle", k.tcp_keepalive_idle.get()),
-            ("keepalive.tcp_keepalive_interval", k.tcp_keepalive_interval.get()),
+            (
+                "keepalive.tcp_keepalive_interval",
+                k.tcp_keepalive_interval.get(),
+            ),
         ] {
             if v < Duration::from_secs(1) || v.as_secs() > MAX_KEEP_SECS {
-                return bad(key, format!("must be between 1s and {MAX_KEEP_SECS}s (whole seconds)"));
+                return bad(
+                    key,
+                    format!("must be between 1s and {MAX_KEEP_SECS}s (whole seconds)"),
+                );
             }
         }
         if !(1..=MAX_KEEPCNT).contains(&k.tcp_keepalive_count) {
@@ -87,14 +103,23 @@ impl Config {
         if r.max_delay < r.initial_delay {
             return bad(
                 "reconnect.max_delay",
-                format!("must be at least reconnect.initial_delay ({})", r.initial_delay),
+                format!(
+                    "must be at least reconnect.initial_delay ({})",
+                    r.initial_delay
+                ),
             );
         }
 
-        for (key, p) in [("socket.path", &self.socket.path), ("control.path", &self.control.path)] {
+        for (key, p) in [
+            ("socket.path", &self.socket.path),
+            ("control.path", &self.control.path),
+        ] {
             let len = p.as_os_str().len();
             if len == 0 || len > MAX_SOCKET_PATH {
-                return bad(key, format!("must be a path of 1 to {MAX_SOCKET_PATH} bytes"));
+                return bad(
+                    key,
+                    format!("must be a path of 1 to {MAX_SOCKET_PATH} bytes"),
+                );
             }
         }
         if self.socket.path == self.control.path {
@@ -144,7 +169,10 @@ impl Config {
             return bad("limits.max_pending_acks", "must be at least 1".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
-            return bad("log.level", format!("invalid filter {:?}: {e}", self.log.level));
+            return bad(
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            );
         }
         Ok(())
     }
@@ -219,7 +247,11 @@ pub(super) fn resolve_secret(
 ) -> Result<(Secret, SecretSource), ConfigError> {
     let d = &config.dingtalk;
     let (raw, source, key) = if let Some(s) = &d.client_secret {
-        (s.expose().to_owned(), SecretSource::Inline, "dingtalk.client_secret")
+        (
+            s.expose().to_owned(),
+            SecretSource::Inline,
+            "dingtalk.client_secret",
+        )
     } else if let Some(p) = &d.client_secret_file {
         let raw = std::fs::read_to_string(p).map_err(|e| {
             ConfigError::invalid(
@@ -228,7 +260,11 @@ pub(super) fn resolve_secret(
                 format!("cannot read {}: {e}", p.display()),
             )
         })?;
-        (raw, SecretSource::File(p.clone()), "dingtalk.client_secret_file")
+        (
+            raw,
+            SecretSource::File(p.clone()),
+            "dingtalk.client_secret_file",
+        )
     } else if let Some(dir) = credentials_dir {
         let p = dir.join(super::CREDENTIAL_NAME);
         let raw = std::fs::read_to_string(&p).map_err(|e| {
@@ -260,7 +296,11 @@ pub(super) fn resolve_secret(
             .unwrap_or(&raw),
     };
     if value.is_empty() {
-        return Err(ConfigError::invalid(file, key, "the client secret is empty"));
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            "the client secret is empty",
+        ));
     }
     if value.trim() != value {
         return Err(ConfigError::invalid(

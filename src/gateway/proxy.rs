@@ -25,7 +25,11 @@ impl ProxySettings {
                 .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
         };
         let env = var(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]).and_then(|v| {
-            let v = if v.contains("://") { v } else { format!("http://{v}") };
+            let v = if v.contains("://") {
+                v
+            } else {
+                format!("http://{v}")
+            };
             match reqwest::Url::parse(&v) {
                 Ok(u) if u.scheme() == "http" => Some(ProxyUrl(u)),
                 _ => {
@@ -54,10 +58,14 @@ impl ProxySettings {
     /// The proxy for `host`, or `None` to connect directly.
     pub fn for_host(&self, host: &str) -> Option<ProxyChoice> {
         let proxy = self.configured.as_ref().or(self.env.as_ref())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let excluded = self.no_proxy.iter().any(|p| {
-            p == "*" || host == *p || host.ends_with(&format!(".{p}"))
-        });
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let excluded = self
+            .no_proxy
+            .iter()
+            .any(|p| p == "*" || host == *p || host.ends_with(&format!(".{p}")));
         (!excluded).then(|| ProxyChoice(proxy.clone()))
     }
 }

@@ -81,7 +81,10 @@ pub enum TicketError {
 impl TicketError {
     /// Credentials or app setup rejected: fatal before the first successful connection.
     pub fn is_credentials(&self) -> bool {
-        matches!(self, TicketError::AuthFailed { .. } | TicketError::Rejected { .. })
+        matches!(
+            self,
+            TicketError::AuthFailed { .. } | TicketError::Rejected { .. }
+        )
     }
 
     /// The server's requested wait.
@@ -236,7 +239,11 @@ impl TicketClient {
             }
             401 | 400 => {
                 let e: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-                let code = if e.code.is_empty() { "-".into() } else { e.code };
+                let code = if e.code.is_empty() {
+                    "-".into()
+                } else {
+                    e.code
+                };
                 if status == 401 {
                     Err(TicketError::AuthFailed {
                         code,
@@ -295,7 +302,14 @@ fn describe(e: &reqwest::Error) -> String {
         cur = err.source();
     }
     if parts.is_empty() {
-        parts.push(if e.is_connect() { "connect error" } else { "HTTP error" }.to_owned());
+        parts.push(
+            if e.is_connect() {
+                "connect error"
+            } else {
+                "HTTP error"
+            }
+            .to_owned(),
+        );
     }
     parts.join(": ")
 }
@@ -303,10 +317,21 @@ fn describe(e: &reqwest::Error) -> String {
 /// The local address that routes towards the ticket host (`localIp`, for DingTalk's
 /// diagnostics). A connected UDP socket sends nothing; failures just omit the field.
 async fn local_ip_towards(url: &reqwest::Url) -> Option<IpAddr> {
-    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = url.port_or_known_default()?;
-    let addr = tokio::net::lookup_host((host.as_str(), port)).await.ok()?.next()?;
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()?
+        .next()?;
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
     sock.connect(addr).await.ok()?;
     sock.local_addr().ok().map(|a| a.ip())

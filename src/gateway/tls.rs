@@ -28,7 +28,10 @@ pub enum TlsError {
 }
 
 /// Builds the client config; `alpn` is empty for the WebSocket and `http/1.1` for reqwest.
-pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    ca_file: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {

@@ -62,7 +62,14 @@ impl Callbacks {
     }
 
     /// Holds the ACK of a stored callback.
-    pub fn hold(&self, seq: u64, group: String, message_id: String, reply: mpsc::UnboundedSender<Ack>, timeout: Duration) {
+    pub fn hold(
+        &self,
+        seq: u64,
+        group: String,
+        message_id: String,
+        reply: mpsc::UnboundedSender<Ack>,
+        timeout: Duration,
+    ) {
         self.lock().pending.insert(
             seq,
             Pending {
@@ -118,8 +125,15 @@ impl Callbacks {
         let now = Instant::now();
         let expired: Vec<(u64, Pending)> = {
             let mut inner = self.lock();
-            let keys: Vec<u64> = inner.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
-            keys.into_iter().filter_map(|k| inner.pending.remove(&k).map(|p| (k, p))).collect()
+            let keys: Vec<u64> = inner
+                .pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| inner.pending.remove(&k).map(|p| (k, p)))
+                .collect()
         };
         for (seq, p) in expired {
             warn!(seq, message_id = %p.message_id, group = %p.group, "no consumer answered the callback in time; ACKing with a null response");

@@ -55,9 +55,18 @@ enum Out {
 }
 
 enum GroupMsg {
-    Join { id: u64, tx: mpsc::Sender<Out> },
-    Ack { id: u64, seq: u64, response: Option<Box<RawValue>> },
-    Leave { id: u64 },
+    Join {
+        id: u64,
+        tx: mpsc::Sender<Out>,
+    },
+    Ack {
+        id: u64,
+        seq: u64,
+        response: Option<Box<RawValue>>,
+    },
+    Leave {
+        id: u64,
+    },
 }
 
 /// What status shows for a group.
@@ -133,7 +142,11 @@ impl GroupRegistry {
 
     /// Starts the configured groups so they keep messages before any member connects.
     pub fn start_configured(&self, names: &[String]) {
-        *self.env.configured.lock().unwrap_or_else(|p| p.into_inner()) = names.to_vec();
+        *self
+            .env
+            .configured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = names.to_vec();
         for n in names {
             let _ = self.handle(n);
         }
@@ -154,8 +167,22 @@ impl GroupRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|g| g == name);
-        tokio::spawn(run_group(name.to_owned(), configured, rx, self.env.clone(), snapshot.clone(), ready_tx));
-        map.insert(name.to_owned(), GroupHandle { tx: tx.clone(), snapshot, ready: ready.clone() });
+        tokio::spawn(run_group(
+            name.to_owned(),
+            configured,
+            rx,
+            self.env.clone(),
+            snapshot.clone(),
+            ready_tx,
+        ));
+        map.insert(
+            name.to_owned(),
+            GroupHandle {
+                tx: tx.clone(),
+                snapshot,
+                ready: ready.clone(),
+            },
+        );
         (tx, ready)
     }
 
@@ -164,7 +191,12 @@ impl GroupRegistry {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = map
             .iter()
-            .map(|(k, h)| (k.clone(), h.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+            .map(|(k, h)| {
+                (
+                    k.clone(),
+                    h.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                )
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -179,11 +211,17 @@ impl GroupRegistry {
         // Welcome only once the group's position exists: an ad-hoc group then starts exactly
         // after what was committed before the welcome, and nothing after it is missed.
         if ready.wait_for(|r| *r).await.is_err() {
-            let e = LineError::new("unavailable", format!("group {group:?} cannot be opened in the spool (see the daemon's log)"));
+            let e = LineError::new(
+                "unavailable",
+                format!("group {group:?} cannot be opened in the spool (see the daemon's log)"),
+            );
             let _ = write_line(&mut io.writer, &e.to_line()).await;
             return;
         }
-        if write_line(&mut io.writer, &protocol::welcome(group)).await.is_err() {
+        if write_line(&mut io.writer, &protocol::welcome(group))
+            .await
+            .is_err()
+        {
             return;
         }
         if gtx.send(GroupMsg::Join { id, tx }).is_err() {
@@ -191,7 +229,11 @@ impl GroupRegistry {
         }
         // Lines go out from their own task, so acks are read even while a write waits for the
         // consumer: a consumer that reads and acks in one loop can never deadlock with us.
-        let MemberIo { mut lines, mut writer, peer } = io;
+        let MemberIo {
+            mut lines,
+            mut writer,
+            peer,
+        } = io;
         let (err_tx, mut err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
         let done = self.env.shutdown.child_token();
         let out_task = tokio::spawn({
@@ -292,7 +334,11 @@ async fn run_group(
     snapshot: Arc<Mutex<GroupSnapshot>>,
     ready: watch::Sender<bool>,
 ) {
-    let start = if configured { StartAt::Oldest } else { StartAt::Newest };
+    let start = if configured {
+        StartAt::Oldest
+    } else {
+        StartAt::Newest
+    };
     let state = match env.spool.ensure_group(&name, start).await {
         Ok(s) => s,
         Err(e) => {
@@ -307,7 +353,12 @@ async fn run_group(
         env: env.clone(),
         members: Vec::new(),
         rr: 0,
-        done: state.acked_above.iter().chain(state.parked.iter()).copied().collect(),
+        done: state
+            .acked_above
+            .iter()
+            .chain(state.parked.iter())
+            .copied()
+            .collect(),
         next_fresh: state.cursor + 1,
         ahead: Default::default(),
         flights: HashMap::new(),
@@ -352,10 +403,19 @@ impl Group {
 
     fn on_msg(&mut self, m: GroupMsg) {
         match m {
-            GroupMsg::Join { id, tx } => self.members.push(Member { id, tx, in_flight: 0 }),
+            GroupMsg::Join { id, tx } => self.members.push(Member {
+                id,
+                tx,
+                in_flight: 0,
+            }),
             GroupMsg::Leave { id } => {
                 self.members.retain(|m| m.id != id);
-                let orphaned: Vec<u64> = self.flights.iter().filter(|(_, f)| f.member == id).map(|(s, _)| *s).collect();
+                let orphaned: Vec<u64> = self
+                    .flights
+                    .iter()
+                    .filter(|(_, f)| f.member == id)
+                    .map(|(s, _)| *s)
+                    .collect();
                 for seq in orphaned {
                     self.flights.remove(&seq);
                     self.retry.insert(seq);
@@ -369,7 +429,13 @@ impl Group {
         let known = self.flights.contains_key(&seq) || self.retry.contains(&seq);
         if !known {
             if !self.done.contains(&seq) && seq > self.snap.cursor {
-                self.tell(id, LineError::new("unknown_seq", format!("seq {seq} is not delivered to this group")));
+                self.tell(
+                    id,
+                    LineError::new(
+                        "unknown_seq",
+                        format!("seq {seq} is not delivered to this group"),
+                    ),
+                );
             }
             return;
         }
@@ -399,12 +465,16 @@ impl Group {
 
     /// Forgets `done` entries below everything still pending.
     fn prune(&mut self) {
-        let low = [self.flights.keys().min(), self.retry.first(), Some(&self.next_fresh)]
-            .into_iter()
-            .flatten()
-            .min()
-            .copied()
-            .unwrap_or(self.next_fresh);
+        let low = [
+            self.flights.keys().min(),
+            self.retry.first(),
+            Some(&self.next_fresh),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied()
+        .unwrap_or(self.next_fresh);
         while let Some(&first) = self.done.first() {
             if first >= low {
                 break;
@@ -416,7 +486,12 @@ impl Group {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<u64> = self.flights.iter().filter(|(_, f)| f.deadline <= now).map(|(s, _)| *s).collect();
+        let expired: Vec<u64> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
         for seq in expired {
             if let Some(f) = self.flights.remove(&seq)
                 && let Some(m) = self.members.iter_mut().find(|m| m.id == f.member)
@@ -440,9 +515,9 @@ impl Group {
 
     fn pick_member(&mut self) -> Option<usize> {
         let n = self.members.len();
-        (0..n)
-            .map(|i| (self.rr + i) % n)
-            .find(|&i| self.members[i].in_flight < self.settings.in_flight && !self.members[i].tx.is_closed())
+        (0..n).map(|i| (self.rr + i) % n).find(|&i| {
+            self.members[i].in_flight < self.settings.in_flight && !self.members[i].tx.is_closed()
+        })
     }
 
     async fn next_fresh_message(&mut self) -> Option<(u64, Arc<str>)> {
@@ -454,7 +529,11 @@ impl Group {
             }
             if let Some((seq, line)) = self.ahead.pop_front() {
                 self.next_fresh = self.next_fresh.max(seq + 1);
-                if seq < floor || self.done.contains(&seq) || self.flights.contains_key(&seq) || self.retry.contains(&seq) {
+                if seq < floor
+                    || self.done.contains(&seq)
+                    || self.flights.contains_key(&seq)
+                    || self.retry.contains(&seq)
+                {
                     continue;
                 }
                 return Some((seq, line));
@@ -464,12 +543,16 @@ impl Group {
                 return None;
             }
             if let Some(recent) = self.env.hub.recent_after(after, READ_BATCH) {
-                self.ahead.extend(recent.into_iter().map(|c| (c.seq, c.line)));
+                self.ahead
+                    .extend(recent.into_iter().map(|c| (c.seq, c.line)));
             } else {
                 match self.env.spool.read_after(after, READ_BATCH).await {
-                    Ok(msgs) if !msgs.is_empty() => self.ahead.extend(
-                        msgs.into_iter().map(|m| (m.seq, Arc::from(super::hub::line_for(m.seq, &m.body, false)))),
-                    ),
+                    Ok(msgs) if !msgs.is_empty() => self.ahead.extend(msgs.into_iter().map(|m| {
+                        (
+                            m.seq,
+                            Arc::from(super::hub::line_for(m.seq, &m.body, false)),
+                        )
+                    })),
                     Ok(_) => {
                         // Nothing stored above `after` any more (retention): skip to the newest.
                         self.next_fresh = self.env.hub.newest_seq() + 1;
@@ -496,7 +579,9 @@ impl Group {
                     self.done.insert(seq);
                     continue;
                 }
-                let Some(line) = self.lines.get(&seq).cloned() else { continue };
+                let Some(line) = self.lines.get(&seq).cloned() else {
+                    continue;
+                };
                 (seq, redelivered(&line, seq), true)
             } else if let Some((seq, line)) = self.next_fresh_message().await {
                 (seq, line, false)
@@ -513,7 +598,13 @@ impl Group {
             }
             member.in_flight += 1;
             self.rr = idx + 1;
-            self.flights.insert(seq, Flight { member: member.id, deadline: Instant::now() + self.settings.ack_wait });
+            self.flights.insert(
+                seq,
+                Flight {
+                    member: member.id,
+                    deadline: Instant::now() + self.settings.ack_wait,
+                },
+            );
             if !again {
                 self.lines.insert(seq, line);
             }
@@ -529,7 +620,9 @@ impl Group {
 fn redelivered(line: &Arc<str>, seq: u64) -> Arc<str> {
     let prefix = format!("{{\"seq\":{seq}");
     match line.strip_prefix(&prefix) {
-        Some(rest) if !rest.starts_with(",\"redelivered\"") => format!("{prefix},\"redelivered\":true{rest}").into(),
+        Some(rest) if !rest.starts_with(",\"redelivered\"") => {
+            format!("{prefix},\"redelivered\":true{rest}").into()
+        }
         _ => line.clone(),
     }
 }

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn lines_are_built_around_the_stored_body() {
         assert_eq!(line_for(7, r#"{"a":1}"#, false), r#"{"seq":7,"a":1}"#);
-        assert_eq!(line_for(7, r#"{"a":1}"#, true), r#"{"seq":7,"redelivered":true,"a":1}"#);
+        assert_eq!(
+            line_for(7, r#"{"a":1}"#, true),
+            r#"{"seq":7,"redelivered":true,"a":1}"#
+        );
         assert_eq!(line_for(7, "{}", false), r#"{"seq":7}"#);
     }
 
@@ -222,7 +225,8 @@ mod tests {
         for seq in 1..=(TAP_QUEUE_LINES as u64 + 1) {
             hub.publish(&[c(seq)]);
             let line = fast.rx.recv().await.unwrap();
-            fast.queued_bytes.fetch_sub(line.len() + 1, Ordering::Relaxed);
+            fast.queued_bytes
+                .fetch_sub(line.len() + 1, Ordering::Relaxed);
         }
         assert!(slow.kill.is_cancelled());
         assert_eq!(hub.stats.taps_dropped_slow.load(Ordering::Relaxed), 1);

@@ -38,10 +38,16 @@ pub async fn accept_loop(listener: UnixListener, env: PeerEnv, max_consumers: us
             env.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %desc, limit = max_consumers, "refusing a consumer: limits.max_consumers reached");
             let mut s = stream;
-            let line = protocol::LineError::new("too_many_consumers", "limits.max_consumers reached").to_line();
+            let line =
+                protocol::LineError::new("too_many_consumers", "limits.max_consumers reached")
+                    .to_line();
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                let _ = tokio::time::timeout(peer::WRITE_TIMEOUT, s.write_all(format!("{line}\n").as_bytes())).await;
+                let _ = tokio::time::timeout(
+                    peer::WRITE_TIMEOUT,
+                    s.write_all(format!("{line}\n").as_bytes()),
+                )
+                .await;
             });
             continue;
         };

@@ -76,7 +76,14 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
                 Ok(Request::Hello { group }) => {
                     info!(peer = %peer_desc, group = %group, "group member joined");
                     env.groups
-                        .join(&group, MemberIo { lines, writer: wr, peer: peer_desc.clone() })
+                        .join(
+                            &group,
+                            MemberIo {
+                                lines,
+                                writer: wr,
+                                peer: peer_desc.clone(),
+                            },
+                        )
                         .await;
                 }
                 Ok(_) => {}
@@ -106,7 +113,14 @@ pub async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
 }
 
-async fn run_tap(id: u64, mut feed: TapFeed, mut lines: Lines, mut wr: OwnedWriteHalf, env: &PeerEnv, peer: &str) {
+async fn run_tap(
+    id: u64,
+    mut feed: TapFeed,
+    mut lines: Lines,
+    mut wr: OwnedWriteHalf,
+    env: &PeerEnv,
+    peer: &str,
+) {
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         tokio::select! {

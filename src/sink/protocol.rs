@@ -77,12 +77,16 @@ pub fn parse(line: &str) -> Result<Request, LineError> {
         .map_err(|e| LineError::new("bad_json", format!("not a JSON object: {e}")))?;
     if value.contains_key("hello") {
         let h: HelloLine = serde_json::from_str(line).map_err(|e| {
-            LineError::new("bad_hello", format!("expected {{\"hello\":{{\"group\":\"NAME\"}}}}: {e}"))
+            LineError::new(
+                "bad_hello",
+                format!("expected {{\"hello\":{{\"group\":\"NAME\"}}}}: {e}"),
+            )
         })?;
         let g = h.hello.group;
         let ok = !g.is_empty()
             && g.len() <= 64
-            && g.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && g.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
             return Err(LineError::new(
                 "bad_hello",
@@ -93,7 +97,10 @@ pub fn parse(line: &str) -> Result<Request, LineError> {
     }
     if value.contains_key("ack") {
         let a: AckLine = serde_json::from_str(line).map_err(|e| {
-            LineError::new("bad_ack", format!("expected {{\"ack\":SEQ}} or {{\"ack\":SEQ,\"response\":{{...}}}}: {e}"))
+            LineError::new(
+                "bad_ack",
+                format!("expected {{\"ack\":SEQ}} or {{\"ack\":SEQ,\"response\":{{...}}}}: {e}"),
+            )
         })?;
         return Ok(Request::Ack {
             seq: a.ack,
@@ -209,22 +216,43 @@ mod tests {
 
     #[test]
     fn requests_and_errors() {
-        assert!(matches!(parse(r#"{"hello":{"group":"bot"}}"#), Ok(Request::Hello { group }) if group == "bot"));
-        assert!(matches!(parse(r#"{"ack":42}"#), Ok(Request::Ack { seq: 42, response: None })));
-        let Ok(Request::Ack { response: Some(r), .. }) = parse(r#"{"ack":1,"response":{"x":[1]}}"#) else {
+        assert!(
+            matches!(parse(r#"{"hello":{"group":"bot"}}"#), Ok(Request::Hello { group }) if group == "bot")
+        );
+        assert!(matches!(
+            parse(r#"{"ack":42}"#),
+            Ok(Request::Ack {
+                seq: 42,
+                response: None
+            })
+        ));
+        let Ok(Request::Ack {
+            response: Some(r), ..
+        }) = parse(r#"{"ack":1,"response":{"x":[1]}}"#)
+        else {
             panic!()
         };
         assert_eq!(r.get(), r#"{"x":[1]}"#);
         assert_eq!(parse("nope").unwrap_err().code, "bad_json");
-        assert_eq!(parse(r#"{"hello":{"grp":"x"}}"#).unwrap_err().code, "bad_hello");
-        assert_eq!(parse(r#"{"hello":{"group":"a b"}}"#).unwrap_err().code, "bad_hello");
+        assert_eq!(
+            parse(r#"{"hello":{"grp":"x"}}"#).unwrap_err().code,
+            "bad_hello"
+        );
+        assert_eq!(
+            parse(r#"{"hello":{"group":"a b"}}"#).unwrap_err().code,
+            "bad_hello"
+        );
         assert_eq!(parse(r#"{"ack":-1}"#).unwrap_err().code, "bad_ack");
         assert_eq!(parse(r#"{"ack":"7"}"#).unwrap_err().code, "bad_ack");
         assert_eq!(parse(r#"{"what":1}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse("[1]").unwrap_err().code, "bad_json");
-        let e: serde_json::Value = serde_json::from_str(&LineError::new("too_long", "x").to_line()).unwrap();
+        let e: serde_json::Value =
+            serde_json::from_str(&LineError::new("too_long", "x").to_line()).unwrap();
         assert_eq!(e["error"]["code"], "too_long");
-        assert_eq!(welcome("bot"), r#"{"welcome":{"group":"bot","protocol":1}}"#);
+        assert_eq!(
+            welcome("bot"),
+            r#"{"welcome":{"group":"bot","protocol":1}}"#
+        );
     }
 
     fn lines(codec: &mut LineCodec, input: &[u8]) -> Vec<Line> {
@@ -245,11 +273,20 @@ mod tests {
         let mut c = LineCodec::new(8);
         assert_eq!(lines(&mut c, b"a\r\nbb\n\n"), [t("a"), t("bb"), t("")]);
         let mut c = LineCodec::new(8);
-        assert_eq!(lines(&mut c, b"0123456789abc\nok\n"), [Line::TooLong, t("ok")]);
+        assert_eq!(
+            lines(&mut c, b"0123456789abc\nok\n"),
+            [Line::TooLong, t("ok")]
+        );
         let mut c = LineCodec::new(8);
-        assert_eq!(lines(&mut c, b"\xff\xfe{}\nlast"), [t("\u{fffd}\u{fffd}{}"), t("last")]);
+        assert_eq!(
+            lines(&mut c, b"\xff\xfe{}\nlast"),
+            [t("\u{fffd}\u{fffd}{}"), t("last")]
+        );
         let mut c = LineCodec::new(8);
-        assert_eq!(lines(&mut c, b"12345678\n123456789"), [t("12345678"), Line::TooLong]);
+        assert_eq!(
+            lines(&mut c, b"12345678\n123456789"),
+            [t("12345678"), Line::TooLong]
+        );
         // A long line arriving in pieces is reported once and skipped to its end.
         let mut c = LineCodec::new(4);
         let mut buf = BytesMut::from(&b"abc"[..]);

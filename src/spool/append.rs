@@ -14,7 +14,8 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use super::error::{SpoolError, SqlContext};
 use super::store::Store;
 use super::types::{
-    Appended, NewMessage, StoreOptions, duration_ms, get_u64, int, key_cost, len_u64, message_cost, to_ms,
+    Appended, NewMessage, StoreOptions, duration_ms, get_u64, int, key_cost, len_u64, message_cost,
+    to_ms,
 };
 
 impl Store {

@@ -36,9 +36,9 @@ pub use error::SpoolError;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
 pub use store::{DB_FILE, Store};
-pub use writer::SpoolHandle;
 pub use types::{
     AckOutcome, Appended, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, GroupState,
     KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RetentionReport, SpoolStats, StartAt,
     StoreOptions, StoredMessage,
 };
+pub use writer::SpoolHandle;

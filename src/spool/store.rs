@@ -64,7 +64,8 @@ impl Store {
         // thread SQLite's automatic checkpoint stays on, so the WAL is bounded either way.
         let checkpointer = match Checkpointer::start(&path, CHECKPOINT_EVERY) {
             Ok(c) => {
-                conn.pragma_update(None, "wal_autocheckpoint", 0).at(&path)?;
+                conn.pragma_update(None, "wal_autocheckpoint", 0)
+                    .at(&path)?;
                 Some(c)
             }
             Err(e) => {

@@ -6,7 +6,10 @@
 //! disk is full the batch is kept and retried: nothing is ACKed, nothing new is delivered, and
 //! the connection is shed once `limits.max_pending_acks` frames wait (see the connection loop).
 
-use super::{Appended, GroupState, NewMessage, ParkedEntry, Reader, SpoolError, SpoolStats, StartAt, Store, StoreOptions, StoredMessage};
+use super::{
+    Appended, GroupState, NewMessage, ParkedEntry, Reader, SpoolError, SpoolStats, StartAt, Store,
+    StoreOptions, StoredMessage,
+};
 use crate::notify::Progress;
 use crate::sink::callbacks::Callbacks;
 use crate::sink::hub::{Committed, Hub, line_for};
@@ -114,19 +117,30 @@ pub struct SpoolHandle {
 impl SpoolHandle {
     /// Records an ack (persisted in the writer's next batch).
     pub fn ack(&self, group: &str, seq: u64) {
-        let _ = self.cmds.send(Cmd::Ack { group: group.to_owned(), seq });
+        let _ = self.cmds.send(Cmd::Ack {
+            group: group.to_owned(),
+            seq,
+        });
     }
 
     /// Parks a message for a group.
     pub fn park(&self, group: &str, seq: u64, deliveries: u32) {
-        let _ = self.cmds.send(Cmd::Park { group: group.to_owned(), seq, deliveries });
+        let _ = self.cmds.send(Cmd::Park {
+            group: group.to_owned(),
+            seq,
+            deliveries,
+        });
     }
 
     /// Opens or creates a group's position.
     pub async fn ensure_group(&self, name: &str, start: StartAt) -> Result<GroupState, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::EnsureGroup { name: name.to_owned(), start, reply })
+            .send(Cmd::EnsureGroup {
+                name: name.to_owned(),
+                start,
+                reply,
+            })
             .map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
@@ -134,7 +148,9 @@ impl SpoolHandle {
     /// Sizes and counts.
     pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Stats { reply }).map_err(|_| SpoolError::Closed)?;
+        self.cmds
+            .send(Cmd::Stats { reply })
+            .map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -142,7 +158,10 @@ impl SpoolHandle {
     pub async fn parked(&self, group: &str) -> Result<Vec<ParkedEntry>, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::Parked { group: group.to_owned(), reply })
+            .send(Cmd::Parked {
+                group: group.to_owned(),
+                reply,
+            })
             .map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
@@ -158,11 +177,20 @@ impl SpoolHandle {
     }
 
     /// Messages after `after`, on the read connection (does not stall the writer).
-    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredMessage>, SpoolError> {
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, SpoolError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || reader.lock().unwrap_or_else(|p| p.into_inner()).read_after(after, limit))
-            .await
-            .map_err(|_| SpoolError::Closed)?
+        tokio::task::spawn_blocking(move || {
+            reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_after(after, limit)
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)?
     }
 }
 
@@ -181,7 +209,11 @@ pub struct Writer {
 }
 
 /// Starts the writer; returns the handle the rest of the daemon uses.
-pub fn spawn(w: Writer, dir: &std::path::Path, shutdown: CancellationToken) -> Result<(SpoolHandle, tokio::task::JoinHandle<()>), SpoolError> {
+pub fn spawn(
+    w: Writer,
+    dir: &std::path::Path,
+    shutdown: CancellationToken,
+) -> Result<(SpoolHandle, tokio::task::JoinHandle<()>), SpoolError> {
     let reader = Store::open_reader(dir)?;
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     let health = Arc::new(SpoolHealth::default());
@@ -201,6 +233,67 @@ fn retention_period(opts: &StoreOptions) -> Duration {
         RETENTION_EVERY
     } else {
         (opts.max_age / 8).clamp(RETENTION_MIN, RETENTION_EVERY)
+    }
+}
+
+/// What happens right after a successful commit, run on the thread that committed.
+struct Post {
+    hub: Arc<Hub>,
+    callbacks: Callbacks,
+    health: Arc<SpoolHealth>,
+}
+
+impl Post {
+    /// Sends each frame's ACK on the connection it came on (or holds it for a callback
+    /// response), then hands the stored messages to consumers.
+    fn dispatch(&self, batch: Vec<Inbound>, appended: Vec<Appended>, msgs: Vec<NewMessage>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.health.batches.fetch_add(1, Ordering::Relaxed);
+        let mut committed = Vec::with_capacity(batch.len());
+        for ((inbound, appended), msg) in batch.into_iter().zip(appended).zip(msgs) {
+            let mid = inbound.frame.message_id().to_owned();
+            match appended {
+                Appended::Stored { seq } => {
+                    self.health.stored.fetch_add(1, Ordering::Relaxed);
+                    committed.push(Committed {
+                        seq,
+                        line: line_for(seq, &msg.body, false).into(),
+                        topic: msg.topic.into(),
+                    });
+                    let held = inbound.frame.kind == FrameKind::Callback
+                        && match self.callbacks.route(inbound.frame.topic()) {
+                            Some((group, timeout)) => {
+                                self.callbacks.hold(
+                                    seq,
+                                    group,
+                                    mid.clone(),
+                                    inbound.reply.clone(),
+                                    timeout,
+                                );
+                                true
+                            }
+                            None => false,
+                        };
+                    if !held {
+                        let _ = inbound
+                            .reply
+                            .send(Ack::for_stored(&inbound.frame.kind, &mid));
+                    }
+                }
+                Appended::Duplicate { seq } => {
+                    self.health.duplicates.fetch_add(1, Ordering::Relaxed);
+                    debug!(connection = %inbound.conn, message_id = %mid, seq, "redelivery recognised: ACKing again, not storing");
+                    if !self.callbacks.add_reply(seq, inbound.reply.clone()) {
+                        let _ = inbound
+                            .reply
+                            .send(Ack::for_stored(&inbound.frame.kind, &mid));
+                    }
+                }
+            }
+        }
+        self.hub.publish(&committed);
     }
 }
 
@@ -225,10 +318,16 @@ struct State {
 
 impl State {
     /// Runs one SQLite call off the async threads, marked busy for the watchdog.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> T + Send + 'static) -> T {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
         let store = self.store.clone();
         self.health.busy.store(true, Ordering::Relaxed);
-        let r = tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))).await;
+        let r = tokio::task::spawn_blocking(move || {
+            f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))
+        })
+        .await;
         self.health.busy.store(false, Ordering::Relaxed);
         match r {
             Ok(v) => v,
@@ -247,12 +346,24 @@ impl State {
 
     /// Something failed to commit and waits for the retry tick.
     fn must_retry(&self) -> bool {
-        !self.stuck.is_empty() || (self.degraded() && (!self.acks.is_empty() || !self.parks.is_empty()))
+        !self.stuck.is_empty()
+            || (self.degraded() && (!self.acks.is_empty() || !self.parks.is_empty()))
     }
 }
 
-async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<SpoolHealth>, shutdown: CancellationToken) {
-    let Writer { store, mut inbound, hub, callbacks, progress } = w;
+async fn run(
+    w: Writer,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    health: Arc<SpoolHealth>,
+    shutdown: CancellationToken,
+) {
+    let Writer {
+        store,
+        mut inbound,
+        hub,
+        callbacks,
+        progress,
+    } = w;
     let opts = store.options().clone();
     let mut st = State {
         store: Arc::new(Mutex::new(store)),
@@ -273,7 +384,10 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
     loop {
         crate::notify::wedge_point("writer", st.health.batches.load(Ordering::Relaxed) > 0).await;
         progress.beat();
-        st.health.pending.store(inbound.len() as u64 + st.stuck.len() as u64, Ordering::Relaxed);
+        st.health.pending.store(
+            inbound.len() as u64 + st.stuck.len() as u64,
+            Ordering::Relaxed,
+        );
         let must_retry = st.must_retry();
         tokio::select! {
             biased;
@@ -339,7 +453,10 @@ async fn run(w: Writer, mut cmds: mpsc::UnboundedReceiver<Cmd>, health: Arc<Spoo
         st.commit(Vec::new()).await;
     }
     if !st.stuck.is_empty() {
-        warn!(frames = st.stuck.len(), "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again");
+        warn!(
+            frames = st.stuck.len(),
+            "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again"
+        );
     }
 }
 
@@ -368,16 +485,30 @@ impl State {
         let acks = std::mem::take(&mut self.acks);
         let parks = std::mem::take(&mut self.parks);
         self.ack_flush = None;
-        let (msgs, acks, parks, res, over) = self
+        // ACKs and consumer lines go out from the blocking thread as soon as the commit
+        // returned: no hop back through the writer task, whose wakeup can queue behind other
+        // tasks on a busy runtime (it was most of the ACK latency tail).
+        let post = Post {
+            hub: self.hub.clone(),
+            callbacks: self.callbacks.clone(),
+            health: self.health.clone(),
+        };
+        let (batch, acks, parks, res, over) = self
             .blocking(move |s| {
                 let r = s.commit(&msgs, &acks, &parks, SystemTime::now());
                 let over = s.over_max_bytes();
-                (msgs, acks, parks, r, over)
+                match r {
+                    Ok(outcome) => {
+                        post.dispatch(batch, outcome.appended, msgs);
+                        (Vec::new(), acks, parks, Ok(outcome.unknown_groups), over)
+                    }
+                    Err(e) => (batch, acks, parks, Err(e), over),
+                }
             })
             .await;
         self.over_bytes = over;
-        let outcome = match res {
-            Ok(o) => o,
+        let unknown_groups = match res {
+            Ok(u) => u,
             Err(e) => {
                 let first = !self.health.degraded.swap(true, Ordering::Relaxed);
                 if first {
@@ -387,7 +518,11 @@ impl State {
                         error!(cause = "spool_error", frames = batch.len(), error = %e, "spool write failed: not ACKing; retrying every second");
                     }
                 }
-                *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self
+                    .health
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 self.stuck = batch;
                 self.acks = acks;
                 self.parks = parks;
@@ -395,55 +530,29 @@ impl State {
             }
         };
         if self.health.degraded.swap(false, Ordering::Relaxed) {
-            info!(cause = "spool_recovered", "spool writable again: ACKing and delivering resumed");
-            *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            info!(
+                cause = "spool_recovered",
+                "spool writable again: ACKing and delivering resumed"
+            );
+            *self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
         }
-        if !outcome.unknown_groups.is_empty() {
-            warn!(groups = ?outcome.unknown_groups, "acks or parks for consumer groups the spool does not know were dropped");
+        if !unknown_groups.is_empty() {
+            warn!(groups = ?unknown_groups, "acks or parks for consumer groups the spool does not know were dropped");
         }
-        if batch.is_empty() {
-            return;
-        }
-        self.health.batches.fetch_add(1, Ordering::Relaxed);
-        let mut committed = Vec::with_capacity(batch.len());
-        for ((inbound, appended), msg) in batch.into_iter().zip(outcome.appended).zip(msgs) {
-            let mid = inbound.frame.message_id().to_owned();
-            match appended {
-                Appended::Stored { seq } => {
-                    self.health.stored.fetch_add(1, Ordering::Relaxed);
-                    committed.push(Committed {
-                        seq,
-                        line: line_for(seq, &msg.body, false).into(),
-                        topic: msg.topic.into(),
-                    });
-                    let held = inbound.frame.kind == FrameKind::Callback
-                        && match self.callbacks.route(inbound.frame.topic()) {
-                            Some((group, timeout)) => {
-                                self.callbacks.hold(seq, group, mid.clone(), inbound.reply.clone(), timeout);
-                                true
-                            }
-                            None => false,
-                        };
-                    if !held {
-                        let _ = inbound.reply.send(Ack::for_stored(&inbound.frame.kind, &mid));
-                    }
-                }
-                Appended::Duplicate { seq } => {
-                    self.health.duplicates.fetch_add(1, Ordering::Relaxed);
-                    debug!(connection = %inbound.conn, message_id = %mid, seq, "redelivery recognised: ACKing again, not storing");
-                    if !self.callbacks.add_reply(seq, inbound.reply.clone()) {
-                        let _ = inbound.reply.send(Ack::for_stored(&inbound.frame.kind, &mid));
-                    }
-                }
-            }
-        }
-        self.hub.publish(&committed);
     }
 
     async fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Ack { group, seq } => self.acks.entry(group).or_default().push(seq),
-            Cmd::Park { group, seq, deliveries } => self.parks.push((group, seq, deliveries)),
+            Cmd::Park {
+                group,
+                seq,
+                deliveries,
+            } => self.parks.push((group, seq, deliveries)),
             Cmd::EnsureGroup { name, start, reply } => {
                 // A group's position read from disk must include the acks still buffered.
                 if !self.must_retry() {
@@ -461,7 +570,9 @@ impl State {
                 let _ = reply.send(r);
             }
             Cmd::SetOptions(o) => {
-                self.next_retention = self.next_retention.min(Instant::now() + retention_period(&o));
+                self.next_retention = self
+                    .next_retention
+                    .min(Instant::now() + retention_period(&o));
                 self.opts = o.clone();
                 self.blocking(move |s| s.set_options(o)).await
             }
@@ -472,9 +583,21 @@ impl State {
         let pass = self
             .blocking(|s| {
                 let r = s.enforce_retention(SystemTime::now());
-                let forced = r.as_ref().is_ok_and(|r| r.forced_out_unacked + r.forced_out_other > 0);
+                let forced = r
+                    .as_ref()
+                    .is_ok_and(|r| r.forced_out_unacked + r.forced_out_other > 0);
                 // The first seq still stored (or the next one to be assigned).
-                let floor = if forced { s.stats().ok().map(|st| if st.messages == 0 { st.newest_seq + 1 } else { st.oldest_seq }) } else { None };
+                let floor = if forced {
+                    s.stats().ok().map(|st| {
+                        if st.messages == 0 {
+                            st.newest_seq + 1
+                        } else {
+                            st.oldest_seq
+                        }
+                    })
+                } else {
+                    None
+                };
                 (r, s.over_max_bytes(), floor)
             })
             .await;
@@ -485,10 +608,16 @@ impl State {
             (Ok(r), over) => {
                 self.over_bytes = over;
                 if r.forced_out_unacked > 0 {
-                    self.health.forced_out.fetch_add(r.forced_out_unacked, Ordering::Relaxed);
+                    self.health
+                        .forced_out
+                        .fetch_add(r.forced_out_unacked, Ordering::Relaxed);
                 }
                 if r.deleted_acked > 0 || r.expired_keys > 0 {
-                    debug!(deleted = r.deleted_acked, expired_keys = r.expired_keys, "spool retention");
+                    debug!(
+                        deleted = r.deleted_acked,
+                        expired_keys = r.expired_keys,
+                        "spool retention"
+                    );
                 }
             }
             (Err(e), _) => {

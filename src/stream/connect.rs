@@ -168,7 +168,11 @@ pub async fn establish(ticket: &Ticket, p: &ConnectParams) -> Result<Established
         .map_err(|_| ConnectError::Endpoint("cannot build the upgrade request".into()))?;
     let (ws, _resp) = tokio::time::timeout(
         p.timeout,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config(p.max_frame_bytes))),
+        tokio_tungstenite::client_async_with_config(
+            request,
+            stream,
+            Some(ws_config(p.max_frame_bytes)),
+        ),
     )
     .await
     .map_err(|_| ConnectError::Timeout { stage: "websocket" })?

@@ -126,7 +126,8 @@ where
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
 
     loop {
-        crate::notify::wedge_point("reader", super::StreamStats::get(&ctx.stats.frames_in) > 0).await;
+        crate::notify::wedge_point("reader", super::StreamStats::get(&ctx.stats.frames_in) > 0)
+            .await;
         ctx.progress.beat();
         tokio::select! {
             biased;
@@ -215,7 +216,10 @@ fn classify(e: tokio_tungstenite::tungstenite::Error) -> End {
         E::Io(io) => End::Io(io.to_string()),
         E::Capacity(_) => End::FrameTooLarge,
         E::Protocol(p) => {
-            if matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) {
+            if matches!(
+                p,
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            ) {
                 End::Eof
             } else {
                 End::Protocol(p.to_string())
@@ -252,7 +256,9 @@ where
             "ping" => {
                 debug!(connection = %id, message_id = frame.message_id(), "SYSTEM ping");
                 ctx.stats.pings.fetch_add(1, Relaxed);
-                send(ws, Message::text(Ack::pong(&frame).to_json()), write_bound).await.err()
+                send(ws, Message::text(Ack::pong(&frame).to_json()), write_bound)
+                    .await
+                    .err()
             }
             "disconnect" => {
                 let reason = serde_json::from_str::<serde_json::Value>(&frame.data)
@@ -260,7 +266,13 @@ where
                     .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
                     .unwrap_or_default();
                 info!(connection = %id, reason = %reason, "server sent disconnect: opening a replacement, draining this one");
-                if let Err(end) = send(ws, Message::text(Ack::disconnect(&frame).to_json()), write_bound).await {
+                if let Err(end) = send(
+                    ws,
+                    Message::text(Ack::disconnect(&frame).to_json()),
+                    write_bound,
+                )
+                .await
+                {
                     return Some(end);
                 }
                 if drain_deadline.is_none() {
@@ -271,7 +283,13 @@ where
             }
             other => {
                 info!(connection = %id, topic = other, "unknown SYSTEM topic; answering 404 as the official SDKs do");
-                send(ws, Message::text(Ack::unknown_topic(&frame).to_json()), write_bound).await.err()
+                send(
+                    ws,
+                    Message::text(Ack::unknown_topic(&frame).to_json()),
+                    write_bound,
+                )
+                .await
+                .err()
             }
         },
         FrameKind::Event | FrameKind::Callback => {

@@ -79,28 +79,56 @@ impl Serialize for HeaderValue {
 #[serde(rename_all = "camelCase")]
 pub struct Headers {
     /// The subscribed topic (`ping`, `disconnect`, `/v1.0/im/bot/messages/get`, `*`).
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub topic: Option<String>,
     /// Echoed in the ACK; how DingTalk matches it.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub message_id: Option<String>,
     /// `application/json`.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub content_type: Option<String>,
     /// Push time, epoch milliseconds.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub time: Option<String>,
     /// Unified app id.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub app_id: Option<String>,
     /// Equal to the ticket: secret, never serialized towards consumers.
     #[serde(default, deserialize_with = "lenient_secret", skip_serializing)]
     pub connection_id: Option<Secret>,
     /// EVENT: the event's id, a dedupe key.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub event_id: Option<String>,
     /// EVENT: the event's type, e.g. `user_add_org`.
-    #[serde(default, deserialize_with = "lenient_string", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub event_type: Option<String>,
     /// Headers we have no field for, kept as received.
     #[serde(flatten)]

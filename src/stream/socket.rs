@@ -66,10 +66,16 @@ pub async fn connect_tcp(
     k: &Keepalive,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("resolving {host} timed out")))??
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("resolving {host} timed out"),
+                )
+            })??
+            .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
     for addr in addrs {
         let socket = if addr.is_ipv4() {
@@ -82,7 +88,10 @@ pub async fn connect_tcp(
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => last = e,
             Err(_) => {
-                last = io::Error::new(io::ErrorKind::TimedOut, format!("TCP connect to {addr} timed out"))
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TCP connect to {addr} timed out"),
+                )
             }
         }
     }
@@ -172,7 +181,9 @@ mod tests {
             tcp_user_timeout: crate::config::HumanDuration::from_millis(12_500),
             ..Keepalive::default()
         };
-        let s = connect_tcp("127.0.0.1", port, &k, Duration::from_secs(5)).await.unwrap();
+        let s = connect_tcp("127.0.0.1", port, &k, Duration::from_secs(5))
+            .await
+            .unwrap();
         let r = report(&s).unwrap();
         assert_eq!(
             r,
@@ -195,17 +206,27 @@ mod tests {
             let (mut s, _) = proxy.accept().await.unwrap();
             let mut buf = vec![0u8; 1024];
             let n = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
             String::from_utf8_lossy(&buf[..n]).into_owned()
         });
         let choice = ProxyChoice(crate::config::ProxyUrl(
             reqwest::Url::parse(&format!("http://us%40r:p%3Ass@{paddr}")).unwrap(),
         ));
         let k = Keepalive::default();
-        connect("gw.example", 443, Some(&choice), &k, Duration::from_secs(5)).await.unwrap();
+        connect("gw.example", 443, Some(&choice), &k, Duration::from_secs(5))
+            .await
+            .unwrap();
         let req = server.await.unwrap();
-        assert!(req.starts_with("CONNECT gw.example:443 HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.starts_with("CONNECT gw.example:443 HTTP/1.1\r\n"),
+            "{req}"
+        );
         let expect = base64::engine::general_purpose::STANDARD.encode("us@r:p:ss");
-        assert!(req.contains(&format!("Proxy-Authorization: Basic {expect}")), "{req}");
+        assert!(
+            req.contains(&format!("Proxy-Authorization: Basic {expect}")),
+            "{req}"
+        );
     }
 }

@@ -39,7 +39,8 @@ impl Backoff {
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
         let ceiling = self.ceiling(self.failures);
         self.failures = self.failures.saturating_add(1);
-        let jittered = Duration::from_nanos(rand::rng().random_range(0..=ceiling.as_nanos() as u64));
+        let jittered =
+            Duration::from_nanos(rand::rng().random_range(0..=ceiling.as_nanos() as u64));
         match retry_after {
             Some(ra) => jittered.max(ra.min(self.max)),
             None => jittered,
@@ -85,7 +86,10 @@ mod tests {
     fn retry_after_is_a_floor_capped_at_max() {
         let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(5));
         assert!(b.next_delay(Some(Duration::from_secs(3))) >= Duration::from_secs(3));
-        assert_eq!(b.next_delay(Some(Duration::from_secs(3600))), Duration::from_secs(5));
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(3600))),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -130,9 +130,15 @@ impl Supervisor {
         let mut attempt: Option<AttemptFuture> = Some(self.attempt());
         let mut attempt_no: u32 = 1;
         let mut wait_until: Option<tokio::time::Instant> = None;
-        let mut watchdog_tick = tokio::time::interval(self.watchdog.interval.unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog_tick =
+            tokio::time::interval(self.watchdog.interval.unwrap_or(Duration::from_secs(3600)));
         let watchdog_on = self.watchdog.interval.is_some();
-        self.publish(|s| s.state = LinkState::Connecting { attempt: attempt_no, since: SystemTime::now() });
+        self.publish(|s| {
+            s.state = LinkState::Connecting {
+                attempt: attempt_no,
+                since: SystemTime::now(),
+            }
+        });
         info!(attempt = attempt_no, "connecting to DingTalk");
 
         let result = loop {
@@ -283,17 +289,32 @@ impl Supervisor {
         for (_, t) in draining.drain() {
             t.cancel();
         }
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
         conns.abort_all();
         self.publish(|s| s.state = LinkState::Stopped);
         result
     }
 
-    fn schedule(&self, wait_until: &mut Option<tokio::time::Instant>, delay: Duration, attempt: u32, cause: String, credentials: bool) {
+    fn schedule(
+        &self,
+        wait_until: &mut Option<tokio::time::Instant>,
+        delay: Duration,
+        attempt: u32,
+        cause: String,
+        credentials: bool,
+    ) {
         *wait_until = Some(tokio::time::Instant::now() + delay);
         let until = SystemTime::now() + delay;
         self.publish(|s| {
-            s.state = LinkState::Backoff { attempt, until, cause: cause.clone(), credentials_rejected: credentials };
+            s.state = LinkState::Backoff {
+                attempt,
+                until,
+                cause: cause.clone(),
+                credentials_rejected: credentials,
+            };
             s.last_cause = Some(cause);
         });
     }

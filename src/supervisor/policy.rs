@@ -65,12 +65,18 @@ impl Policy {
     /// The decision for an event.
     pub fn decide(&mut self, ev: &Event) -> Decision {
         match *ev {
-            Event::AttemptFailed { credentials: true, .. } if !self.ever_connected => Decision::Fatal,
-            Event::AttemptFailed { credentials: true, .. } => {
+            Event::AttemptFailed {
+                credentials: true, ..
+            } if !self.ever_connected => Decision::Fatal,
+            Event::AttemptFailed {
+                credentials: true, ..
+            } => {
                 self.backoff.next_delay(None);
                 Decision::Wait(self.max_delay)
             }
-            Event::AttemptFailed { retry_after, .. } => Decision::Wait(self.backoff.next_delay(retry_after)),
+            Event::AttemptFailed { retry_after, .. } => {
+                Decision::Wait(self.backoff.next_delay(retry_after))
+            }
             Event::Connected => {
                 self.ever_connected = true;
                 Decision::Stay
@@ -93,7 +99,11 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy::new(Duration::from_millis(100), Duration::from_secs(10), Duration::from_secs(30))
+        Policy::new(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        )
     }
 
     fn wait(d: Decision) -> Duration {
@@ -106,7 +116,10 @@ mod tests {
     #[test]
     fn credentials_fatal_only_before_first_connection() {
         let mut p = policy();
-        let ev = Event::AttemptFailed { credentials: true, retry_after: None };
+        let ev = Event::AttemptFailed {
+            credentials: true,
+            retry_after: None,
+        };
         assert_eq!(p.decide(&ev), Decision::Fatal);
         p.decide(&Event::Connected);
         assert_eq!(p.decide(&ev), Decision::Wait(Duration::from_secs(10)));
@@ -116,10 +129,15 @@ mod tests {
     fn drop_after_stable_connection_waits_at_most_initial() {
         let mut p = policy();
         for _ in 0..6 {
-            p.decide(&Event::AttemptFailed { credentials: false, retry_after: None });
+            p.decide(&Event::AttemptFailed {
+                credentials: false,
+                retry_after: None,
+            });
         }
         p.decide(&Event::Connected);
-        let w = wait(p.decide(&Event::Dropped { up_for: Duration::from_secs(31) }));
+        let w = wait(p.decide(&Event::Dropped {
+            up_for: Duration::from_secs(31),
+        }));
         assert!(w <= Duration::from_millis(100), "{w:?}");
     }
 
@@ -128,10 +146,15 @@ mod tests {
         let mut p = policy();
         for _ in 0..5 {
             p.decide(&Event::Connected);
-            p.decide(&Event::Dropped { up_for: Duration::from_secs(1) });
+            p.decide(&Event::Dropped {
+                up_for: Duration::from_secs(1),
+            });
         }
         assert_eq!(p.backoff.failures(), 5);
-        assert_eq!(p.backoff.ceiling(p.backoff.failures()), Duration::from_millis(3200));
+        assert_eq!(
+            p.backoff.ceiling(p.backoff.failures()),
+            Duration::from_millis(3200)
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl LinkState {
             LinkState::Starting => "starting",
             LinkState::Connecting { .. } => "connecting",
             LinkState::Open { .. } => "connected",
-            LinkState::Backoff { credentials_rejected: true, .. } => "credentials_rejected",
+            LinkState::Backoff {
+                credentials_rejected: true,
+                ..
+            } => "credentials_rejected",
             LinkState::Backoff { .. } => "backing_off",
             LinkState::Stopped => "stopped",
         }

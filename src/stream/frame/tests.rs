@@ -14,10 +14,16 @@ fn ping_reply_echoes_message_id_and_opaque() {
     assert_eq!(f.kind, FrameKind::System);
     let ack: serde_json::Value = serde_json::from_str(&Ack::pong(&f).to_json()).unwrap();
     assert_eq!(ack["code"], 200);
-    assert_eq!(ack["headers"]["messageId"], "213661cf_dba_18d5875eda1_23bf2a0");
+    assert_eq!(
+        ack["headers"]["messageId"],
+        "213661cf_dba_18d5875eda1_23bf2a0"
+    );
     assert_eq!(ack["headers"]["contentType"], "application/json");
     let data: serde_json::Value = serde_json::from_str(ack["data"].as_str().unwrap()).unwrap();
-    assert_eq!(data, serde_json::json!({"opaque":"95dae637-6f9e-415b-a695-d0af4a393eeb"}));
+    assert_eq!(
+        data,
+        serde_json::json!({"opaque":"95dae637-6f9e-415b-a695-d0af4a393eeb"})
+    );
 }
 
 #[test]
@@ -54,7 +60,10 @@ fn callback_parses_and_keeps_unknown_headers_but_not_connection_id() {
     assert!(!format!("{f:?}").contains("2f9c95bd"));
     let keys = f.dedupe_keys();
     assert!(keys.contains(&"mid:212b9d7c_165f_19bfa1a500a_1461def".to_string()));
-    assert!(keys.iter().any(|k| k.ends_with(":msgMxpQ+qegFQ4MpgOyu0UFrQ==")));
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(":msgMxpQ+qegFQ4MpgOyu0UFrQ=="))
+    );
 }
 
 #[test]
@@ -68,7 +77,10 @@ fn event_with_numeric_header_is_accepted() {
 
 #[test]
 fn non_json_data_is_forwarded_as_string() {
-    let f = Frame::parse(r#"{"type":"CALLBACK","headers":{"messageId":"m","topic":"t"},"data":"plain text"}"#).unwrap();
+    let f = Frame::parse(
+        r#"{"type":"CALLBACK","headers":{"messageId":"m","topic":"t"},"data":"plain text"}"#,
+    )
+    .unwrap();
     let v: serde_json::Value = serde_json::from_str(&f.consumer_body("c1")).unwrap();
     assert_eq!(v["data"], "plain text");
 }
@@ -85,7 +97,8 @@ fn malformed_frames_are_described_not_fatal() {
         let e = Frame::parse(bad).unwrap_err();
         assert!(!e.to_string().is_empty());
     }
-    let e = Frame::parse(r#"{"type":"CALLBACK","headers":{"topic":"/x"},"data":"{}"}"#).unwrap_err();
+    let e =
+        Frame::parse(r#"{"type":"CALLBACK","headers":{"topic":"/x"},"data":"{}"}"#).unwrap_err();
     assert_eq!(e.topic.as_deref(), Some("/x"));
     let e = Frame::parse(r#"{"type":5,"headers":{"messageId":"m9","topic":"/y"}}"#).unwrap_err();
     assert_eq!(e.message_id.as_deref(), Some("m9"));
