@@ -22,7 +22,12 @@ pub enum Command {
     /// Run the daemon (the default).
     Run,
     /// Validate the config and print the effective config, secrets redacted (exit 0 or 78).
-    CheckConfig,
+    CheckConfig {
+        /// Print nothing on success (errors still go to stderr); for `ExecReload=`, so each
+        /// reload does not copy the whole config into the journal.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Ask the running daemon over the control socket (exit 0 connected, 1 not connected,
     /// 3 not running).
     Status {

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(&cli.config)),
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig { quiet } => check_config(&cli.config, quiet),
         Command::Status { json, control } => {
             let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
             runtime.block_on(control::client::status(&path, json))
@@ -58,9 +58,12 @@ fn socket_paths(config: &Path) -> (PathBuf, PathBuf) {
         })
 }
 
-fn check_config(path: &Path) -> u8 {
+fn check_config(path: &Path, quiet: bool) -> u8 {
     match Config::load(path) {
         Ok(l) => {
+            if quiet {
+                return 0;
+            }
             let source = match &l.secret_source {
                 config::SecretSource::Inline => "dingtalk.client_secret (inline)".to_string(),
                 config::SecretSource::File(p) => format!("file {}", p.display()),
