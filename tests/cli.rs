@@ -216,9 +216,17 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
             "{text}keepalive:\n  ping_interval: 2s\n  pong_timeout: 1s\n"
         ));
         // --quiet (what ExecReload= runs): the same verdict, nothing printed.
-        let q = output(&["--config", path_str(&p), "check-config", "--quiet"], &envs).await;
+        let q = output(
+            &["--config", path_str(&p), "check-config", "--quiet"],
+            &envs,
+        )
+        .await;
         assert_eq!(q.code, Some(0), "{what} --quiet: {}", q.stderr);
-        assert_eq!((q.stdout.as_str(), q.stderr.as_str()), ("", ""), "{what} --quiet printed");
+        assert_eq!(
+            (q.stdout.as_str(), q.stderr.as_str()),
+            ("", ""),
+            "{what} --quiet printed"
+        );
         let o = output(&["--config", path_str(&p), "check-config"], &envs).await;
         assert_eq!(o.code, Some(0), "{what}: {}", o.stderr);
         for s in [&o.stdout, &o.stderr] {
