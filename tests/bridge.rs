@@ -106,3 +106,35 @@ async fn ping_and_ack_shapes_and_malformed_frames_survived() {
     assert_eq!(st["stream"]["malformed_frames"], 4, "{st}");
     d.stop().await.0.unwrap();
 }
+
+#[tokio::test]
+async fn a_frame_over_max_frame_bytes_ends_the_connection_unacked_and_the_daemon_recovers() {
+    let gw = gateway(false).await;
+    let d = Daemon::start(&gw, "limits:\n  max_frame_bytes: 4KiB\n").await;
+    let conn = gw.wait_connected(1, WAIT).await.unwrap()[0];
+    let mut tap = d.tap().await;
+
+    // 8 KiB of text: over the limit. The connection is closed (never ACKed, so DingTalk keeps
+    // the message), and a fresh connection replaces it.
+    let big = gw.push_bot_text(&"x".repeat(8 * 1024)).await.unwrap();
+    gw.wait_for(
+        |e| matches!(e, dingtalk_streamd::sim::GatewayEvent::Closed { conn: c, .. } if *c == conn),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    gw.wait_until(|g| g.open_connections().iter().any(|c| *c != conn), WAIT)
+        .await
+        .unwrap();
+    assert!(
+        gw.acks(&big.message_id).is_empty(),
+        "an oversized frame was ACKed"
+    );
+
+    let small = gw.push_bot_text("small enough").await.unwrap();
+    let v = tap.next().await;
+    assert_eq!(v["message_id"], small.message_id.as_str(), "{v}");
+    let st = d.status().await;
+    assert_eq!(st["link"]["last_cause"], "frame_too_large", "{st}");
+    d.stop().await.0.unwrap();
+}

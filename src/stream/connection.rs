@@ -145,7 +145,13 @@ where
             msg = ws.next() => {
                 let msg = match msg {
                     None => return End::Eof,
-                    Some(Err(e)) => return classify(e),
+                    Some(Err(e)) => {
+                        let end = classify(e);
+                        if end == End::FrameTooLarge {
+                            warn!(connection = %id, cause = "frame_too_large", "a frame exceeded limits.max_frame_bytes: closing this connection without ACKing it (DingTalk keeps the message); raise the limit if this repeats");
+                        }
+                        return end;
+                    }
                     Some(Ok(m)) => m,
                 };
                 pong_deadline = None;
