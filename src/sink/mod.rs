@@ -5,6 +5,7 @@ pub mod callbacks;
 pub mod group;
 pub mod hub;
 pub mod listen;
+pub mod members;
 pub mod peer;
 pub mod protocol;
 

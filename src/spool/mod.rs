@@ -15,6 +15,7 @@
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
 //! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
 //! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
+//! - `handle.rs`: [`SpoolHandle`], what the rest of the daemon holds
 //! - `writer.rs`: the async writer task (batches, ACK after commit, publish) and [`SpoolHandle`]
 
 mod append;
@@ -22,6 +23,7 @@ mod checkpoint;
 mod commit;
 mod error;
 mod groups;
+pub mod handle;
 mod reader;
 mod retention;
 mod schema;
@@ -33,6 +35,7 @@ pub mod writer;
 
 pub use commit::CommitOutcome;
 pub use error::SpoolError;
+pub use handle::SpoolHandle;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
 pub use store::{DB_FILE, Store};
@@ -41,4 +44,3 @@ pub use types::{
     KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RetentionReport, SpoolStats, StartAt,
     StoreOptions, StoredMessage,
 };
-pub use writer::SpoolHandle;
