@@ -237,8 +237,7 @@ impl Supervisor {
                 }
                 Some(ev) = events_rx.recv() => match ev {
                     ConnEvent::Disconnect { id, reason } => {
-                        if current.as_ref().is_some_and(|c| c.id == id) {
-                            let cur = current.take().expect("checked");
+                        if let Some(cur) = current.take_if(|c| c.id == id) {
                             draining.insert(cur.id, cur.cancel);
                             self.stats_handover();
                             if self.policy.decide(&Event::DisconnectRequested) == Decision::ConnectNow && attempt.is_none() {
