@@ -132,8 +132,7 @@ where
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => {
-                let close = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                close_handshake(&mut ws, "").await;
                 return End::Cancelled;
             }
             Some(ack) = ack_rx.recv() => {
@@ -191,12 +190,32 @@ where
             }
             _ = beat.tick() => {}
             _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() => {
-                let close = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "drained".into() }));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                close_handshake(&mut ws, "drained").await;
                 return End::Drained;
             }
         }
     }
+}
+
+/// Sends our Close frame and reads until the server's Close (or EOF), bounded by
+/// [`CLOSE_TIMEOUT`]. Dropping the socket with unread bytes in it would make the kernel send a
+/// RST, and a peer that receives a RST may discard our Close frame unread. Frames that arrive
+/// meanwhile are not ACKed, so DingTalk delivers them again elsewhere.
+async fn close_handshake<S>(ws: &mut WebSocketStream<S>, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 fn far_future() -> Instant {
