@@ -220,8 +220,9 @@ async fn after_max_deliveries_a_message_is_parked_and_shown_in_status() {
         (seq(&first), Value::Bool(true))
     );
     let s = seq(&first);
+    // The group's list and the spool's count are two reads of a moving spool: wait for both.
     let st = wait_status(&d, "a parked seq", |st| {
-        st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s])
+        st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s]) && st["spool"]["parked"] == 1
     })
     .await;
     assert_eq!(st["groups"]["picky"]["parked"], 1, "{st}");
