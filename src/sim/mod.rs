@@ -272,29 +272,54 @@ impl FakeGateway {
 
     /// Pushes a frame. EVENT/CALLBACK envelopes are tracked for ACK and redelivery.
     pub async fn push(&self, frame: OutFrame, route: Route) -> Result<Pushed, PushError> {
-        let conn = match route {
-            Route::To(conn) => conn,
-            Route::Random => self.shared.state().pick().ok_or(PushError::NoConnection)?,
-            Route::Wait(timeout) => {
-                let mut picked = None;
-                let waited = self
-                    .wait_until(
-                        |g| {
-                            picked = g.shared.state().pick();
-                            picked.is_some()
-                        },
-                        timeout,
-                    )
-                    .await;
-                match (waited, picked) {
-                    (Ok(()), Some(conn)) => conn,
-                    _ => return Err(PushError::Timeout(timeout)),
-                }
-            }
+        let deadline = match route {
+            Route::Wait(timeout) => Some((tokio::time::Instant::now() + timeout, timeout)),
+            _ => None,
         };
-        let mut st = self.shared.state();
+        loop {
+            // Pick and send under one lock, so the chosen connection cannot vanish in between.
+            let sent = {
+                let mut st = self.shared.state();
+                let conn = match route {
+                    Route::To(conn) => Some(conn),
+                    Route::Random | Route::Wait(_) => st.pick(),
+                };
+                match conn {
+                    Some(conn) => Some(self.send_locked(&mut st, conn, frame.clone())),
+                    None if deadline.is_none() => return Err(PushError::NoConnection),
+                    None => None,
+                }
+            };
+            let Some((deadline, timeout)) = deadline else {
+                return sent.unwrap_or(Err(PushError::NoConnection));
+            };
+            match sent {
+                Some(Ok(p)) => return Ok(p),
+                // Like DingTalk: a connection that just died or started draining is not an
+                // error for a push that may wait; it goes to the next deliverable connection.
+                Some(Err(PushError::UnknownConnection(_) | PushError::Draining(_))) | None => {}
+                Some(Err(e)) => return Err(e),
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero()
+                || self
+                    .wait_until(|g| g.shared.state().pick().is_some(), left)
+                    .await
+                    .is_err()
+            {
+                return Err(PushError::Timeout(timeout));
+            }
+        }
+    }
+
+    fn send_locked(
+        &self,
+        st: &mut std::sync::MutexGuard<'_, state::State>,
+        conn: ConnId,
+        frame: OutFrame,
+    ) -> Result<Pushed, PushError> {
         match frame {
-            OutFrame::Envelope(env) => self.shared.send_envelope(&mut st, conn, env),
+            OutFrame::Envelope(env) => self.shared.send_envelope(st, conn, env),
             OutFrame::Raw(text) => {
                 let entry = st
                     .conns
