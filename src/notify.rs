@@ -5,6 +5,7 @@
 //! from a detached timer, so a wedged supervisor stops it too.
 
 use sd_notify::NotifyState;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -94,20 +95,29 @@ impl Progress {
     }
 }
 
-/// One watched part: its progress counter and a test for "nothing to do".
+/// How a part reports progress: one counter, or one per unit that runs on its own (a consumer
+/// group's task), where every unit must move.
+pub enum Counters {
+    /// A single counter.
+    One(Arc<Progress>),
+    /// Named counters, read at each check; units may come and go.
+    Each(Box<dyn Fn() -> Vec<(String, u64)> + Send>),
+}
+
+/// One watched part: its progress counters and a test for "nothing to do".
 pub struct Part {
     /// Name used in the log when it is wedged.
     pub name: &'static str,
-    /// Its counter.
-    pub progress: Arc<Progress>,
+    /// Its counters.
+    pub counters: Counters,
     /// True when the part has no pending work (so no progress is needed).
     pub idle: Box<dyn Fn() -> bool + Send>,
-    /// The count at the previous check; `None` before the first one.
-    last: Option<u64>,
+    /// The counts at the previous check; empty before the first one.
+    last: HashMap<String, u64>,
 }
 
 impl Part {
-    /// Watches a part.
+    /// Watches a part with one counter.
     pub fn new(
         name: &'static str,
         progress: Arc<Progress>,
@@ -115,10 +125,32 @@ impl Part {
     ) -> Part {
         Part {
             name,
-            progress,
+            counters: Counters::One(progress),
             idle,
-            last: None,
+            last: HashMap::new(),
         }
+    }
+
+    /// Watches a part made of units that each must progress (a new unit is judged from its
+    /// second check on, like everything at startup).
+    pub fn each(name: &'static str, counters: Box<dyn Fn() -> Vec<(String, u64)> + Send>) -> Part {
+        Part {
+            name,
+            counters: Counters::Each(counters),
+            idle: Box::new(|| false),
+            last: HashMap::new(),
+        }
+    }
+
+    /// True when some counter seen at the previous check has not moved (and the part had work).
+    fn stuck(&mut self) -> bool {
+        let now: Vec<(String, u64)> = match &self.counters {
+            Counters::One(p) => vec![(String::new(), p.get())],
+            Counters::Each(f) => f(),
+        };
+        let unmoved = now.iter().any(|(k, v)| self.last.get(k) == Some(v));
+        self.last = now.into_iter().collect();
+        unmoved && !(self.idle)()
     }
 }
 
@@ -160,11 +192,9 @@ impl Watchdog {
         self.last_check = Some(now);
         let mut wedged = None;
         for p in &mut self.parts {
-            let count = p.progress.get();
-            if p.last == Some(count) && !(p.idle)() {
+            if p.stuck() {
                 wedged.get_or_insert(p.name);
             }
-            p.last = Some(count);
         }
         match wedged {
             None => {
@@ -265,5 +295,41 @@ mod tests {
     #[test]
     fn heartbeat_is_bounded() {
         assert!(heartbeat() <= MAX_HEARTBEAT && heartbeat() >= MIN_HEARTBEAT);
+    }
+
+    #[test]
+    fn every_unit_of_a_part_must_progress() {
+        let a = Progress::new();
+        let b = Progress::new();
+        let units = Arc::new(std::sync::Mutex::new(vec![
+            ("a", a.clone()),
+            ("b", b.clone()),
+        ]));
+        let u = units.clone();
+        let part = Part::each(
+            "consumer sink",
+            Box::new(move || {
+                u.lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), p.get()))
+                    .collect()
+            }),
+        );
+        let mut wd = Watchdog::with_interval(vec![part], None);
+        assert_eq!(wd.check(), Ok(()), "first check: nothing to compare");
+        a.beat();
+        b.beat();
+        assert_eq!(wd.check(), Ok(()), "both moved");
+        a.beat();
+        assert_eq!(wd.check(), Err("consumer sink"), "b is wedged while a runs");
+        // A new unit is only judged from its second check; a gone unit no longer counts.
+        let c = Progress::new();
+        units.lock().unwrap().retain(|(n, _)| *n != "b");
+        units.lock().unwrap().push(("c", c.clone()));
+        a.beat();
+        assert_eq!(wd.check(), Ok(()));
+        a.beat();
+        assert_eq!(wd.check(), Err("consumer sink"), "c never moved");
     }
 }

@@ -248,13 +248,11 @@ async fn run_inner(
     drop(inherited);
 
     let (group_tx, group_rx) = watch::channel(group_settings(&c));
-    let sink_progress = Progress::new();
     let groups = GroupRegistry::new(
         spool.clone(),
         hub.clone(),
         callbacks.clone(),
         group_rx,
-        sink_progress.clone(),
         inner.clone(),
     );
     groups.start_configured(&c.groups);
@@ -321,11 +319,9 @@ async fn run_inner(
                         && !health.busy.load(Ordering::Relaxed)
                 }),
             ),
-            Part::new(
-                "consumer sink",
-                sink_progress,
-                Box::new(move || g.snapshots().is_empty()),
-            ),
+            // Every consumer group's task must move: one wedged group stops the watchdog even
+            // while the others run.
+            Part::each("consumer sink", Box::new(move || g.progress())),
         ])
     };
     let (liveness_tx, liveness_rx) = watch::channel(Liveness::from(&c.keepalive));

@@ -109,6 +109,7 @@ pub(super) async fn run_group(
     env: Arc<GroupEnv>,
     snapshot: Arc<Mutex<GroupSnapshot>>,
     ready: watch::Sender<bool>,
+    progress: Arc<crate::notify::Progress>,
 ) {
     let start = if configured {
         StartAt::Oldest
@@ -153,7 +154,7 @@ pub(super) async fn run_group(
         g.fill().await;
         g.publish(&snapshot);
         crate::notify::wedge_point("sink", g.snap.delivered > 0).await;
-        env.progress.beat();
+        progress.beat();
         let next_deadline = g.flights.values().map(|f| f.deadline).min();
         tokio::select! {
             _ = env.shutdown.cancelled() => return,
@@ -233,7 +234,13 @@ impl Group {
         self.prune();
     }
 
+    /// Answers a member's unusable line (counted with the other bad consumer lines).
     fn tell(&self, id: u64, e: LineError) {
+        self.env
+            .hub
+            .stats
+            .bad_lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(m) = self.members.iter().find(|m| m.id == id) {
             let _ = m.tx.try_send(Out::Error(e));
         }

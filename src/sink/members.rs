@@ -38,6 +38,8 @@ pub(super) struct GroupHandle {
     snapshot: Arc<Mutex<GroupSnapshot>>,
     /// True once the group's position is open in the spool.
     ready: watch::Receiver<bool>,
+    /// The group task's own progress counter, watched by the systemd watchdog.
+    progress: Arc<Progress>,
 }
 
 /// All groups, started on first use (configured groups at startup).
@@ -54,7 +56,6 @@ pub(super) struct GroupEnv {
     pub(super) callbacks: Callbacks,
     pub(super) settings: watch::Receiver<GroupSettings>,
     pub(super) configured: Mutex<Vec<String>>,
-    pub(super) progress: Arc<Progress>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -65,7 +66,6 @@ impl GroupRegistry {
         hub: Arc<Hub>,
         callbacks: Callbacks,
         settings: watch::Receiver<GroupSettings>,
-        progress: Arc<Progress>,
         shutdown: CancellationToken,
     ) -> GroupRegistry {
         GroupRegistry {
@@ -76,7 +76,6 @@ impl GroupRegistry {
                 callbacks,
                 settings,
                 configured: Mutex::new(Vec::new()),
-                progress,
                 shutdown,
             }),
             next_member: Arc::new(AtomicU64::new(1)),
@@ -103,6 +102,7 @@ impl GroupRegistry {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready) = watch::channel(false);
         let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
+        let progress = Progress::new();
         let configured = self
             .env
             .configured
@@ -117,6 +117,7 @@ impl GroupRegistry {
             self.env.clone(),
             snapshot.clone(),
             ready_tx,
+            progress.clone(),
         ));
         map.insert(
             name.to_owned(),
@@ -124,9 +125,21 @@ impl GroupRegistry {
                 tx: tx.clone(),
                 snapshot,
                 ready: ready.clone(),
+                progress,
             },
         );
         (tx, ready)
+    }
+
+    /// Each running group's progress count, for the watchdog: one wedged group among healthy
+    /// ones must stop it too. A group whose task has ended is not listed (it is restarted on
+    /// its next use).
+    pub fn progress(&self) -> Vec<(String, u64)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, h)| !h.tx.is_closed())
+            .map(|(name, h)| (name.clone(), h.progress.get()))
+            .collect()
     }
 
     /// Status of every group.
