@@ -61,6 +61,7 @@ impl ConfigError {
                 file: file.to_owned(),
             };
         }
+        message = name_the_key(message, text, line, column);
         if message.contains("missing field `client_id`") {
             message = format!(
                 "{message}: not configured: set dingtalk.client_id in {}",
@@ -81,5 +82,32 @@ impl ConfigError {
             key: key.to_owned(),
             message: message.into(),
         }
+    }
+}
+
+/// serde_yaml_ng names the section of a bad value (`reconnect: invalid duration ...`) while its
+/// location points at the key (`max_delay: soon`). Name the whole key path, as the operator
+/// writes it: `reconnect.max_delay: invalid duration ...`.
+fn name_the_key(message: String, text: &str, line: usize, column: usize) -> String {
+    let Some(src) = text.lines().nth(line.saturating_sub(1)) else {
+        return message;
+    };
+    let rest: String = src.chars().skip(column.saturating_sub(1)).collect();
+    let key: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let is_key = !key.is_empty() && rest[key.len()..].trim_start().starts_with(':');
+    let Some((path, detail)) = message.split_once(": ") else {
+        return message;
+    };
+    let plain_path = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    if is_key && plain_path && !path.ends_with(&key) && !detail.starts_with("unknown field") {
+        format!("{path}.{key}: {detail}")
+    } else {
+        message
     }
 }

@@ -57,7 +57,10 @@ fn unknown_key_names_line() {
 fn bad_duration_names_line() {
     let (line, _, msg) = parse_err(&format!("{MINIMAL}reconnect:\n  max_delay: soon\n"));
     assert_eq!(line, 5);
-    assert!(msg.contains("invalid duration"), "{msg}");
+    assert!(
+        msg.starts_with("reconnect.max_delay: invalid duration"),
+        "{msg}"
+    );
 }
 
 #[test]
