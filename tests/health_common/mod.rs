@@ -269,3 +269,35 @@ pub fn daemon_cmd(config: &Path) -> Command {
     }
     c
 }
+
+// Shared by the health test files (liveness, reconnect, handover).
+
+/// Scheduling slack on a shared 2-core machine, added to every upper time bound.
+pub const SLACK: Duration = Duration::from_millis(1000);
+
+pub fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub fn keepalive(ping: &str, pong: &str) -> String {
+    format!(
+        "keepalive:\n  ping_interval: {ping}\n  pong_timeout: {pong}\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n"
+    )
+}
+
+pub fn reconnect(initial: &str, max: &str, connect_timeout: &str) -> String {
+    format!(
+        "reconnect:\n  initial_delay: {initial}\n  max_delay: {max}\n  stable_after: 1s\n  connect_timeout: {connect_timeout}\n"
+    )
+}
+
+pub fn is_connected(e: &dingtalk_streamd::sim::GatewayEvent) -> bool {
+    matches!(e, dingtalk_streamd::sim::GatewayEvent::Connected { .. })
+}
+
+pub fn connected_conn(e: &dingtalk_streamd::sim::GatewayEvent) -> dingtalk_streamd::sim::ConnId {
+    match e {
+        dingtalk_streamd::sim::GatewayEvent::Connected { conn, .. } => *conn,
+        other => panic!("not a Connected event: {other:?}"),
+    }
+}
