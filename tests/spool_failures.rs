@@ -1,0 +1,356 @@
+//! The spool when the disk misbehaves (design.md §6): an unusable spool directory exits 78
+//! naming it; a full disk, at run time or at start, stops ACKing, sheds the connection, and
+//! recovers by itself with nothing lost (real binary on a small tmpfs in a mount namespace).
+
+mod common;
+mod spool_common;
+
+use common::*;
+use dingtalk_streamd::sim::{BotMessage, GatewayEvent, OutFrame, Route};
+use spool_common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Runs the binary's `run` with `yaml` and expects it to exit 78 naming `must_mention`.
+fn expect_exit_78(p: &Paths, yaml: &str, must_mention: &str) {
+    std::fs::write(&p.config, yaml).unwrap();
+    let mut child = spawn_bin(&["--config", p.config.to_str().unwrap(), "run"], &[]);
+    let status = wait_exit(&mut child, WAIT);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(78), "stderr: {err}");
+    assert!(
+        err.contains(must_mention),
+        "stderr does not name {must_mention}: {err}"
+    );
+    assert!(err.contains("spool"), "{err}");
+}
+
+#[tokio::test]
+async fn unusable_spool_directory_exits_78_naming_it() {
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    let yaml = config_yaml(&gw, &p, "");
+    let spool = p.spool.display().to_string();
+
+    std::fs::remove_dir(&p.spool).unwrap();
+    expect_exit_78(&p, &yaml, &spool);
+
+    // Root can write anywhere a permission bit would stop others; /proc refuses even root.
+    expect_exit_78(
+        &p,
+        &yaml.replace(&format!("dir: {spool}"), "dir: /proc"),
+        "/proc",
+    );
+
+    let file = p.dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for dir in [file.clone(), file.join("below")] {
+        let d = dir.display().to_string();
+        expect_exit_78(
+            &p,
+            &yaml.replace(&format!("dir: {spool}"), &format!("dir: {d}")),
+            &d,
+        );
+    }
+}
+
+/// The daemon binary in a private mount namespace with a `size` tmpfs on its spool directory.
+/// The test reaches that tmpfs through `/proc/<pid>/root`.
+struct TmpfsDaemon {
+    child: Child,
+    spool_inside: std::path::PathBuf,
+}
+
+impl TmpfsDaemon {
+    fn start(p: &Paths, size: &str) -> TmpfsDaemon {
+        TmpfsDaemon::start_with(p, size, false)
+    }
+
+    /// With `full`, the tmpfs is filled before the daemon starts (disk full at start).
+    fn start_with(p: &Paths, size: &str, full: bool) -> TmpfsDaemon {
+        let spool = p.spool.display();
+        let fill = if full {
+            format!("(dd if=/dev/zero of='{spool}/filler' bs=4k 2>/dev/null; true) && ")
+        } else {
+            String::new()
+        };
+        let script = format!(
+            "mount -t tmpfs -o size={size} tmpfs '{spool}' && {fill}exec '{}' --config '{}' run",
+            bin(),
+            p.config.display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("LISTEN_FDS")
+            .spawn()
+            .expect("unshare");
+        let spool_inside =
+            std::path::PathBuf::from(format!("/proc/{}/root{}", child.id(), p.spool.display()));
+        TmpfsDaemon {
+            child,
+            spool_inside,
+        }
+    }
+
+    /// Fills the tmpfs with a file until the write fails for lack of space.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.spool_inside.join("filler")).expect("create filler");
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let mut small = [0u8; 512];
+        while f.write_all(&small[..]).is_ok() {
+            small[0] = 1;
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.spool_inside.join("filler")).expect("remove filler");
+    }
+
+    fn stop(mut self) -> String {
+        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
+        let st = wait_exit(&mut self.child, WAIT);
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(st.code(), Some(0), "{err}");
+        err
+    }
+}
+
+fn can_mount_tmpfs() -> bool {
+    // Only root (CAP_SYS_ADMIN) can do this; anyone else gets the skip message.
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
+    if !can_mount_tmpfs() {
+        eprintln!("SKIPPED: needs root and `unshare --mount` with tmpfs to simulate a full disk");
+        return;
+    }
+    let gw = gateway_with(|c| {
+        c.redeliver_after = Some(Duration::from_secs(3));
+        c.max_redeliveries = 100;
+    })
+    .await;
+    let p = Paths::new();
+    std::fs::write(
+        &p.config,
+        config_yaml(&gw, &p, "groups: [bot]\nlimits:\n  max_pending_acks: 5\n"),
+    )
+    .unwrap();
+    let daemon = TmpfsDaemon::start(&p, "8m");
+    wait_for_socket(&p.socket).await;
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let mut m = Consumer::member(&p.socket, "bot").await;
+    let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
+    let before = gw.push_bot_text("before").await.unwrap();
+    let v = m.next().await;
+    assert_eq!(v["message_id"], before.message_id.as_str());
+    m.ack(v["seq"].as_u64().unwrap()).await;
+
+    // Round 1: full disk; a frame and its redelivery (same messageId) arrive before either is
+    // durable: neither is ACKed until space returns, then both are, and it is stored once.
+    daemon.fill();
+    let bot = BotMessage {
+        text: big_text("round1", 100),
+        ..BotMessage::text("")
+    };
+    let a = gw
+        .push(bot.clone().into_frame(), Route::Random)
+        .await
+        .unwrap();
+    let st = wait_status_at(&p.control, "degraded", WAIT, |s| {
+        s["spool"]["degraded"] == true
+    })
+    .await;
+    assert!(
+        st["summary"]
+            .as_str()
+            .unwrap()
+            .contains("spool full: not acking"),
+        "{st}"
+    );
+    assert!(
+        st["spool"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("disk full"),
+        "{st}"
+    );
+    gw.push(
+        bot.into_frame().with_message_id(&a.message_id),
+        Route::Random,
+    )
+    .await
+    .unwrap();
+    assert!(
+        m.next_within(QUIET * 2).await.is_none(),
+        "nothing new is delivered while full"
+    );
+    assert!(gw.acks(&a.message_id).is_empty(), "ACKed while not durable");
+    daemon.free();
+    gw.wait_until(|g| g.acks(&a.message_id).len() >= 2, WAIT)
+        .await
+        .expect("both deliveries ACKed after recovery");
+    let v = m.next().await;
+    assert_eq!(v["message_id"], a.message_id.as_str());
+    delivered.insert(a.message_id.clone(), v["seq"].as_u64().unwrap());
+    m.ack(v["seq"].as_u64().unwrap()).await;
+    wait_status_at(&p.control, "recovered", WAIT, |s| {
+        s["spool"]["degraded"] == false
+    })
+    .await;
+
+    // Round 2: full again; frames pile up until max_pending_acks sheds the connection, so
+    // DingTalk would route to another host. Then space returns and everything arrives.
+    daemon.fill();
+    let c1 = gw.open_connections()[0];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        match gw
+            .push(
+                OutFrame::bot_text(&big_text(&format!("round2 {i}"), 300)),
+                Route::To(c1),
+            )
+            .await
+        {
+            Ok(p) => ids.push(p.message_id),
+            Err(_) => break, // shed: the connection is gone
+        }
+        if i == 0 {
+            wait_status_at(&p.control, "degraded again", WAIT, |s| {
+                s["spool"]["degraded"] == true
+            })
+            .await;
+        }
+    }
+    gw.wait_for(
+        |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
+        WAIT,
+    )
+    .await
+    .expect("connection shed after max_pending_acks");
+    assert!(
+        ids.iter().all(|id| gw.acks(id).is_empty()),
+        "ACKed while the disk is full"
+    );
+    assert!(
+        m.next_within(QUIET).await.is_none(),
+        "nothing new is delivered while full"
+    );
+    daemon.free();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ids.iter().any(|id| !delivered.contains_key(id)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = m.next_within(left).await.unwrap_or_else(|| {
+            panic!(
+                "not delivered after recovery: {:?}",
+                ids.iter()
+                    .filter(|i| !delivered.contains_key(*i))
+                    .collect::<Vec<_>>()
+            )
+        });
+        let id = v["message_id"].as_str().unwrap().to_owned();
+        let seq = v["seq"].as_u64().unwrap();
+        if let Some(old) = delivered.insert(id.clone(), seq) {
+            assert_eq!(old, seq, "{id} stored twice");
+        }
+        m.ack(seq).await;
+    }
+    gw.wait_until(
+        |g| ids.iter().all(|id| !g.acks(id).is_empty()),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("all ACKed after recovery");
+    let st = wait_status_at(&p.control, "recovered", WAIT, |s| {
+        s["spool"]["degraded"] == false
+    })
+    .await;
+    assert_eq!(
+        st["spool"]["stored"].as_u64(),
+        Some(ids.len() as u64 + 2),
+        "each stored once: {st}"
+    );
+    let log = daemon.stop();
+    assert!(log.contains("spool full"), "{log}");
+    assert!(log.contains("shedding"), "{log}");
+    assert!(log.contains("spool writable again"), "{log}");
+}
+
+#[tokio::test]
+async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
+    if !can_mount_tmpfs() {
+        eprintln!("SKIPPED: needs root and `unshare --mount` with tmpfs to simulate a full disk");
+        return;
+    }
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    std::fs::write(&p.config, config_yaml(&gw, &p, "groups: [bot]\n")).unwrap();
+    let mut daemon = TmpfsDaemon::start_with(&p, "1m", true);
+    // While the disk is full nothing could be ACKed, so the daemon does not even ask for a
+    // ticket; it does not exit either (exit 78/1 would make systemd give up or loop).
+    let asked = gw
+        .wait_for(
+            |e| matches!(e, GatewayEvent::TicketRequested(_)),
+            Duration::from_millis(1500),
+        )
+        .await;
+    assert!(
+        asked.is_err(),
+        "asked DingTalk for a ticket with a full spool"
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited with a full disk at start"
+    );
+
+    daemon.free();
+    gw.wait_connected(1, WAIT).await.unwrap();
+    wait_for_socket(&p.socket).await;
+    let mut member = Consumer::member(&p.socket, "bot").await;
+    let pushed = gw
+        .push_bot_text("after the disk had room again")
+        .await
+        .unwrap();
+    let v = member.next().await;
+    assert_eq!(v["message_id"], pushed.message_id.as_str());
+    let err = daemon.stop();
+    assert!(err.contains("spool full at start"), "{err}");
+    assert!(err.contains("spool writable again"), "{err}");
+}
