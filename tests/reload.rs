@@ -1,0 +1,163 @@
+//! SIGHUP reload through the real binary on a fake `NOTIFY_SOCKET`: RELOADING=1 (with
+//! MONOTONIC_USEC) then READY=1; live settings applied without reconnecting; a broken config
+//! rejected and the old one kept; changed credentials handed over make-before-break.
+
+mod common;
+mod systemd_common;
+
+use common::{Paths, SECRET, WAIT, config_yaml, gateway, gateway_with};
+use dingtalk_streamd::sim::GatewayEvent;
+use std::time::Duration;
+use systemd_common::*;
+
+/// SIGHUP through the real binary: the log level changes, keepalive changes without a new
+/// connection, a new group starts, a broken config is rejected (old one kept, still serving),
+/// and new credentials reconnect make-before-break. Each reload is RELOADING=1 (with
+/// MONOTONIC_USEC) then READY=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload() {
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    let slow = "keepalive:\n  ping_interval: 1s\n  pong_timeout: 500ms\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n";
+    let fast = "keepalive:\n  ping_interval: 200ms\n  pong_timeout: 150ms\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n";
+    write_config(&p, &config_yaml(&gw, &p, slow));
+    let mut d = Daemon::run(&p.config, &[]);
+    d.ready().await;
+    let conn_a = gw.wait_connected(1, WAIT).await.expect("connected")[0];
+    let mut tap = common::Consumer::tap(&p.socket).await;
+    // The hub registers a tap after its silent 200 ms; wait until a push reaches it.
+    let pushed = loop {
+        let m = gw.push_bot_text("before").await.expect("push");
+        if let Some(v) = tap.next_within(Duration::from_millis(500)).await {
+            assert_eq!(v["message_id"], m.message_id.as_str());
+            break m;
+        }
+    };
+
+    // 1. Log level: info -> debug for the daemon's own events.
+    assert!(
+        !d.drain_log().contains(&pushed.message_id),
+        "per-frame events are debug; info logged one"
+    );
+    write_config(
+        &p,
+        &config_yaml(
+            &gw,
+            &p,
+            &format!("{slow}log:\n  level: info,dingtalk_streamd=debug\n"),
+        ),
+    );
+    d.reload().await;
+    let m = gw.push_bot_text("after").await.expect("push");
+    tap.next().await;
+    let line = d.logs(&m.message_id, WAIT).await;
+    assert!(
+        line.contains("DEBUG"),
+        "debug event after the reload: {line}"
+    );
+
+    // 2. Keepalive: pings every 200 ms instead of 1 s, on the same connection.
+    let mut cur = gw.subscribe();
+    write_config(
+        &p,
+        &config_yaml(
+            &gw,
+            &p,
+            &format!("{fast}log:\n  level: info,dingtalk_streamd=debug\n"),
+        ),
+    );
+    d.reload().await;
+    let mut pings = Vec::new();
+    while pings.len() < 6 {
+        let e = cur
+            .wait_for(
+                |e| matches!(e, GatewayEvent::ClientWsPing { .. }),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("client WebSocket pings go on");
+        let GatewayEvent::ClientWsPing { conn } = e.event else {
+            unreachable!()
+        };
+        assert_eq!(conn, conn_a, "pings on the original connection");
+        pings.push(e.at);
+    }
+    let mut gaps: Vec<f64> = pings
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    assert!(
+        gaps[gaps.len() / 2] < 0.6,
+        "ping_interval 200ms not applied (was 1s): {gaps:?}"
+    );
+    assert_eq!(
+        gw.open_connections(),
+        vec![conn_a],
+        "keepalive change reconnected"
+    );
+    assert_eq!(
+        gw.tickets_issued(),
+        1,
+        "keepalive change fetched a new ticket"
+    );
+
+    // 3. A new group starts at once.
+    let with_group = config_yaml(
+        &gw,
+        &p,
+        &format!("{fast}log:\n  level: info,dingtalk_streamd=debug\ngroups: [audit]\n"),
+    );
+    write_config(&p, &with_group);
+    d.reload().await;
+    let st = common::status(&p.control).await;
+    assert!(
+        st["groups"]["audit"].is_object(),
+        "group audit not started: {st}"
+    );
+
+    // 4. A broken config is rejected; the old one stays in force and the daemon serves.
+    write_config(&p, "dingtalk:\n  client_id: [broken\n");
+    let ready = d.reload().await;
+    d.logs("reload rejected: keeping the running configuration", WAIT)
+        .await;
+    assert!(
+        ready
+            .value("STATUS")
+            .is_some_and(|s| s.contains("last reload rejected")),
+        "STATUS= shows the rejection: {ready:?}"
+    );
+    let m = gw.push_bot_text("still serving").await.expect("push");
+    assert_eq!(tap.next().await["message_id"], m.message_id.as_str());
+    assert!(common::status(&p.control).await["groups"]["audit"].is_object());
+    assert_eq!(gw.open_connections(), vec![conn_a]);
+
+    // 5. New credentials and endpoint: the new connection opens before the old one closes.
+    let gw2 = gateway_with(|c| c.client_id = "sim-client-2".into()).await;
+    let mut cur1 = gw.subscribe();
+    let with_new = config_yaml(&gw2, &p, &format!("{fast}groups: [audit]\n"));
+    write_config(&p, &with_new);
+    d.reload().await;
+    let opened = gw2
+        .wait_for(|e| matches!(e, GatewayEvent::Connected { .. }), WAIT)
+        .await
+        .expect("new connection");
+    let closed = cur1
+        .wait_for(
+            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == conn_a),
+            WAIT,
+        )
+        .await
+        .expect("old connection retired");
+    assert!(
+        opened.at < closed.at,
+        "make-before-break: old closed {:?} before the new opened",
+        opened.at - closed.at
+    );
+    let m = gw2.push_bot_text("via the new app").await.expect("push");
+    assert_eq!(tap.next().await["message_id"], m.message_id.as_str());
+
+    assert!(d.stop().await.success());
+    assert!(!d.drain_log().contains(SECRET), "the secret was logged");
+}
