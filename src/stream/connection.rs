@@ -201,7 +201,7 @@ where
 /// [`CLOSE_TIMEOUT`]. Dropping the socket with unread bytes in it would make the kernel send a
 /// RST, and a peer that receives a RST may discard our Close frame unread. Frames that arrive
 /// meanwhile are not ACKed, so DingTalk delivers them again elsewhere.
-async fn close_handshake<S>(ws: &mut WebSocketStream<S>, reason: &str)
+pub(crate) async fn close_handshake<S>(ws: &mut WebSocketStream<S>, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -210,9 +210,9 @@ where
         reason: reason.to_owned().into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if ws.close(Some(frame)).await.is_err() {
-            return;
-        }
+        // Whatever `close` reports (the handshake may already be under way), read until the
+        // peer's Close and EOF, so nothing is left unread when the socket is dropped.
+        let _ = ws.close(Some(frame)).await;
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;

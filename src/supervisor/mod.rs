@@ -25,6 +25,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+/// How long shutdown lets an attempt under way finish, so its WebSocket can be closed cleanly.
+const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 /// How long shutdown waits for connections to send their Close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -281,7 +283,15 @@ impl Supervisor {
             }
         };
 
-        // Shutdown: every connection sends its Close frame, under a deadline.
+        // Shutdown: every connection sends its Close frame, under a deadline. An attempt under
+        // way may just have opened a WebSocket: let it finish briefly and close it properly
+        // instead of dropping it (a dropped socket can reach DingTalk as a reset).
+        if result.is_ok()
+            && let Some(pending) = attempt.take()
+            && let Ok(Ok(mut est)) = tokio::time::timeout(ATTEMPT_GRACE, pending).await
+        {
+            connection::close_handshake(&mut est.ws, "").await;
+        }
         if let Some(cur) = current.take() {
             cur.cancel.cancel();
         }
