@@ -160,7 +160,11 @@ const SPOOL_RETRY: Duration = Duration::from_secs(1);
 /// Opens the spool. A full disk at start is not a config error: the daemon reports READY with
 /// `spool full: not acking` and keeps trying (feeding the watchdog: waiting is its job now),
 /// without connecting to DingTalk, since nothing could be ACKed. `None` when stopped meanwhile.
-async fn open_spool(c: &Config, shutdown: &CancellationToken) -> Result<Option<Store>, Error> {
+async fn open_spool(
+    c: &Config,
+    shutdown: &CancellationToken,
+    hup: &mut tokio::signal::unix::Signal,
+) -> Result<Option<Store>, Error> {
     let mut announced = false;
     loop {
         match Store::open(&c.spool.dir, store_options(c)) {
@@ -182,6 +186,13 @@ async fn open_spool(c: &Config, shutdown: &CancellationToken) -> Result<Option<S
                 notify::watchdog();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
+                    _ = hup.recv() => {
+                        warn!("reload ignored: the daemon is still waiting for spool space and applies reloads once it has started");
+                        notify::ready(&format!(
+                            "spool full: not acking (waiting for space in {})",
+                            c.spool.dir.display()
+                        ));
+                    }
                     _ = tokio::time::sleep(SPOOL_RETRY) => {}
                 }
             }
@@ -198,8 +209,16 @@ async fn run_inner(
     let c = loaded.config.clone();
     let started = SystemTime::now();
     let (ticket, params) = clients(&loaded)?;
+    // Before anything can wait: SIGHUP's default action would end the daemon, and
+    // `systemctl reload` may come at any time after READY.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| Error::Io {
+            context: "installing the SIGHUP handler".into(),
+            source,
+        },
+    )?;
 
-    let Some(store) = open_spool(&c, &shutdown).await? else {
+    let Some(store) = open_spool(&c, &shutdown, &mut hup).await? else {
         notify::stopping("stopping");
         return Ok(());
     };
@@ -363,12 +382,6 @@ async fn run_inner(
     };
     let sup_task = sup.run(inner.clone());
     tokio::pin!(sup_task);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
-        |source| Error::Io {
-            context: "installing the SIGHUP handler".into(),
-            source,
-        },
-    )?;
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut last_status = String::new();
     // Sticks to STATUS= until a reload succeeds: the running config is not the file's.
@@ -484,24 +497,21 @@ impl Live {
                     || o.dingtalk.subscriptions != n.dingtalk.subscriptions
                     || o.tls.ca_file != n.tls.ca_file
                     || o.proxy != n.proxy;
-                let cmd = if relink {
+                if relink {
                     info!(
                         cause = "reload",
                         "credentials or endpoint changed: reconnecting make-before-break"
                     );
-                    Command::Rebuild {
-                        ticket: Box::new(ticket),
-                        connect: Box::new(params),
-                    }
-                } else {
-                    Command::Tune {
-                        connect: Box::new(params),
-                        reconnect: (
-                            n.reconnect.initial_delay.get(),
-                            n.reconnect.max_delay.get(),
-                            n.reconnect.stable_after.get(),
-                        ),
-                    }
+                }
+                let cmd = Command::Reload {
+                    ticket: Box::new(ticket),
+                    connect: Box::new(params),
+                    reconnect: (
+                        n.reconnect.initial_delay.get(),
+                        n.reconnect.max_delay.get(),
+                        n.reconnect.stable_after.get(),
+                    ),
+                    relink,
                 };
                 let _ = self.commands.send(cmd);
                 self.current = new;

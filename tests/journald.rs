@@ -62,7 +62,7 @@ fn read_journal(path: &Path) -> Vec<serde_json::Map<String, Value>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journald_native_fields() {
     if let Err(why) = journal_capture_possible() {
-        eprintln!("skipping journald_native_fields: {why}");
+        common::skip_or_fail("journald_native_fields", &why);
         return;
     }
     let gw = gateway(false).await;

@@ -161,3 +161,28 @@ async fn sighup_reload() {
     assert!(d.stop().await.success());
     assert!(!d.drain_log().contains(SECRET), "the secret was logged");
 }
+
+/// A reload that changes the endpoint while a connection attempt hangs (the old ticket
+/// endpoint never answers; connect_timeout 30 s) replaces that attempt at once: the daemon is
+/// connected to the new endpoint well within `WAIT`, not after the old attempt times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_replaces_an_attempt_that_still_uses_the_old_settings() {
+    let old = gateway(false).await;
+    old.set_ticket_fault(Some(dingtalk_streamd::sim::TicketFault::hang()));
+    let new = gateway(false).await;
+    let p = Paths::new();
+    let patient = "reconnect:\n  initial_delay: 50ms\n  max_delay: 400ms\n  stable_after: 1s\n  connect_timeout: 30s\n";
+    write_config(&p, &config_yaml(&old, &p, patient));
+    let mut d = Daemon::run(&p.config, &[]);
+    d.ready().await;
+    old.wait_for(|e| matches!(e, GatewayEvent::TicketRequested(_)), WAIT)
+        .await
+        .expect("the first attempt asked the old endpoint");
+
+    write_config(&p, &config_yaml(&new, &p, patient));
+    d.reload().await;
+    new.wait_connected(1, WAIT)
+        .await
+        .expect("connected to the new endpoint without waiting for the old attempt");
+    assert_eq!(d.stop().await.code(), Some(0));
+}

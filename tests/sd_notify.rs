@@ -64,12 +64,16 @@ async fn ready_without_dingtalk_backoff_status_and_stopping() {
             && tail == "0 in · backlog 0 · 0 consumers"
     };
     assert!(re_ok, "STATUS= line: {line:?}");
-    let rejected = gw
-        .events()
-        .iter()
-        .filter(|e| matches!(e.event, GatewayEvent::TicketRejected { status: 503 }))
-        .count();
-    assert!(rejected >= 2, "it kept trying: {rejected} ticket requests");
+    let rejected = |g: &dingtalk_streamd::sim::FakeGateway| {
+        g.events()
+            .iter()
+            .filter(|e| matches!(e.event, GatewayEvent::TicketRejected { status: 503 }))
+            .count()
+    };
+    // It keeps trying (a STATUS refresh can come after the first rejection already).
+    gw.wait_until(|g| rejected(g) >= 2, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("it kept trying: {} ticket requests ({e})", rejected(&gw)));
 
     let status = d.stop().await;
     assert!(status.success(), "clean stop exits 0: {status:?}");

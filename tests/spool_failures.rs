@@ -159,7 +159,10 @@ fn can_mount_tmpfs() -> bool {
 #[tokio::test]
 async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     if !can_mount_tmpfs() {
-        eprintln!("SKIPPED: needs root and `unshare --mount` with tmpfs to simulate a full disk");
+        skip_or_fail(
+            "disk full",
+            "needs root and `unshare --mount` with tmpfs to simulate a full disk",
+        );
         return;
     }
     let gw = gateway_with(|c| {
@@ -316,7 +319,10 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
 #[tokio::test]
 async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
     if !can_mount_tmpfs() {
-        eprintln!("SKIPPED: needs root and `unshare --mount` with tmpfs to simulate a full disk");
+        skip_or_fail(
+            "disk full",
+            "needs root and `unshare --mount` with tmpfs to simulate a full disk",
+        );
         return;
     }
     let gw = gateway(false).await;

@@ -298,8 +298,11 @@ impl Group {
 
     fn pick_member(&mut self) -> Option<usize> {
         let n = self.members.len();
+        // Room in the member's queue too: error replies and lines left over from expired
+        // flights share it. Only this task sends lines, so the room cannot shrink before send.
         (0..n).map(|i| (self.rr + i) % n).find(|&i| {
-            self.members[i].in_flight < self.settings.in_flight && !self.members[i].tx.is_closed()
+            let m = &self.members[i];
+            m.in_flight < self.settings.in_flight && m.tx.capacity() > 0
         })
     }
 
@@ -373,10 +376,14 @@ impl Group {
             };
             let member = &mut self.members[idx];
             if member.tx.try_send(Out::Line(line.clone())).is_err() {
-                // The member is gone or its queue is full; try the message again later.
-                self.retry.insert(seq);
-                self.lines.insert(seq, strip_redelivered(&line, seq));
-                member.in_flight = self.settings.in_flight;
+                // The member has just gone (its Leave follows): the message waits for the next
+                // member, as a redelivery if it had been delivered before, else as new.
+                if again {
+                    self.retry.insert(seq);
+                } else {
+                    self.ahead.push_front((seq, line));
+                    self.next_fresh = seq;
+                }
                 break;
             }
             member.in_flight += 1;
@@ -407,13 +414,5 @@ fn redelivered(line: &Arc<str>, seq: u64) -> Arc<str> {
             format!("{prefix},\"redelivered\":true{rest}").into()
         }
         _ => line.clone(),
-    }
-}
-
-fn strip_redelivered(line: &Arc<str>, seq: u64) -> Arc<str> {
-    let tagged = format!("{{\"seq\":{seq},\"redelivered\":true");
-    match line.strip_prefix(&tagged) {
-        Some(rest) => format!("{{\"seq\":{seq}{rest}").into(),
-        None => line.clone(),
     }
 }

@@ -6,7 +6,7 @@
 use super::callbacks::Callbacks;
 use super::group::{GroupMsg, GroupSettings, GroupSnapshot, Out, run_group};
 use super::hub::Hub;
-use super::peer::{Lines, write_line};
+use super::peer::{COALESCE_BYTES, Lines, push_line, write_bounded, write_line};
 use super::protocol::{self, LineError, Request};
 use crate::notify::Progress;
 use crate::spool::SpoolHandle;
@@ -195,20 +195,28 @@ impl GroupRegistry {
         let out_task = tokio::spawn({
             let done = done.clone();
             async move {
+                let mut buf = Vec::with_capacity(COALESCE_BYTES);
                 loop {
-                    let line: Arc<str> = tokio::select! {
+                    buf.clear();
+                    tokio::select! {
                         _ = done.cancelled() => break,
                         out = rx.recv() => match out {
-                            Some(Out::Line(l)) => l,
-                            Some(Out::Error(e)) => e.to_line().into(),
+                            Some(out) => push_out(&mut buf, out),
                             None => break,
                         },
                         e = err_rx.recv() => match e {
-                            Some(e) => e.to_line().into(),
+                            Some(e) => push_line(&mut buf, &e.to_line()),
                             None => break,
                         },
-                    };
-                    if write_line(&mut writer, &line).await.is_err() {
+                    }
+                    // Whatever else is already queued goes out in the same write.
+                    while buf.len() < COALESCE_BYTES {
+                        match rx.try_recv() {
+                            Ok(out) => push_out(&mut buf, out),
+                            Err(_) => break,
+                        }
+                    }
+                    if write_bounded(&mut writer, &buf).await.is_err() {
                         break;
                     }
                 }
@@ -249,5 +257,13 @@ impl GroupRegistry {
         out_task.abort();
         info!(peer = %peer, group, "group member left");
         let _ = gtx.send(GroupMsg::Leave { id });
+    }
+}
+
+/// Appends an outgoing message or error reply to a member's write buffer.
+fn push_out(buf: &mut Vec<u8>, out: Out) {
+    match out {
+        Out::Line(l) => push_line(buf, &l),
+        Out::Error(e) => push_line(buf, &e.to_line()),
     }
 }

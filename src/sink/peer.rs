@@ -20,6 +20,8 @@ use tracing::{debug, info, warn};
 
 /// How long a new peer has to say hello before it is treated as a tap (design.md §5).
 pub const HELLO_WAIT: Duration = Duration::from_millis(200);
+/// Lines already queued for a consumer are sent together, up to about this many bytes.
+pub const COALESCE_BYTES: usize = 64 * 1024;
 /// A reply to a peer that is not read within this time ends the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,12 +107,22 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
 
 /// Writes one line, bounded by [`WRITE_TIMEOUT`].
 pub async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        wr.write_all(line.as_bytes()).await?;
-        wr.write_all(b"\n").await
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    push_line(&mut buf, line);
+    write_bounded(wr, &buf).await
+}
+
+/// Appends one NDJSON line (and its newline) to an outgoing buffer.
+pub fn push_line(buf: &mut Vec<u8>, line: &str) {
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+}
+
+/// Writes a buffer of whole lines in one go, bounded by [`WRITE_TIMEOUT`].
+pub async fn write_bounded(wr: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
 }
 
 async fn run_tap(
@@ -136,20 +148,15 @@ async fn run_tap(
             line = feed.rx.recv() => {
                 let Some(line) = line else { return };
                 buf.clear();
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                let mut sent = line.len() + 1;
+                push_line(&mut buf, &line);
                 // Coalesce whatever else is already queued into one write.
-                while buf.len() < 64 * 1024 {
+                while buf.len() < COALESCE_BYTES {
                     match feed.rx.try_recv() {
-                        Ok(more) => {
-                            buf.extend_from_slice(more.as_bytes());
-                            buf.push(b'\n');
-                            sent += more.len() + 1;
-                        }
+                        Ok(more) => push_line(&mut buf, &more),
                         Err(_) => break,
                     }
                 }
+                let sent = buf.len();
                 let ok = tokio::select! {
                     r = wr.write_all(&buf) => r.is_ok(),
                     _ = feed.kill.cancelled() => false,

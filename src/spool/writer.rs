@@ -222,6 +222,8 @@ async fn run(
         over_bytes: false,
     };
     let mut retry = tokio::time::interval(RETRY_EVERY);
+    // Polled only while a commit is stuck: ticks missed meanwhile must not come as a burst.
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         crate::notify::wedge_point("writer", st.health.batches.load(Ordering::Relaxed) > 0).await;

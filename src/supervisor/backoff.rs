@@ -30,6 +30,11 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
+    /// The cap (`max_delay`); also the fixed wait after credentials are rejected.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     /// Consecutive failures so far.
     pub fn failures(&self) -> u32 {
         self.failures

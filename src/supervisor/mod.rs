@@ -56,21 +56,19 @@ impl AttemptError {
 #[error("{0}")]
 pub struct FatalCredentials(pub TicketError);
 
-/// Instructions from the rest of the daemon (reload).
+/// Instructions from the rest of the daemon.
 pub enum Command {
-    /// Credentials or endpoint changed: new clients, then a make-before-break reconnect.
-    Rebuild {
-        /// The new ticket client.
+    /// A reloaded config. Every new setting is taken; with `relink` (credentials, endpoint,
+    /// subscriptions, CA or proxy changed) the link is also replaced make-before-break.
+    Reload {
+        /// The new ticket client (credentials, endpoint, `connect_timeout`).
         ticket: Box<TicketClient>,
-        /// The new connect parameters.
-        connect: Box<ConnectParams>,
-    },
-    /// Live-reloadable parts changed.
-    Tune {
-        /// New connect parameters (socket options apply to the next connection).
+        /// The new connect parameters (socket options apply to the next connection).
         connect: Box<ConnectParams>,
         /// initial_delay, max_delay, stable_after.
         reconnect: (Duration, Duration, Duration),
+        /// Replace the current connection (and any attempt still using the old settings).
+        relink: bool,
     },
 }
 
@@ -124,7 +122,9 @@ impl Supervisor {
     /// Runs until `shutdown`, or until credentials are rejected before the first success.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalCredentials> {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<ConnEvent>();
-        let mut conns: JoinSet<(ConnId, End)> = JoinSet::new();
+        let mut conns: JoinSet<End> = JoinSet::new();
+        // Which connection each task runs, so a task that fails (a panic) is still known.
+        let mut task_conn: HashMap<tokio::task::Id, ConnId> = HashMap::new();
         let mut current: Option<Current> = None;
         let mut draining: HashMap<ConnId, CancellationToken> = HashMap::new();
         let mut retire_on_open: Vec<CancellationToken> = Vec::new();
@@ -152,29 +152,25 @@ impl Supervisor {
                         error!(part, "not feeding the systemd watchdog: the {part} made no progress while it had work");
                     }
                 }
-                Some(cmd) = self.commands.recv() => match cmd {
-                    Command::Rebuild { ticket, connect } => {
-                        self.ticket = *ticket;
-                        self.connect = *connect;
+                Some(Command::Reload { ticket, connect, reconnect, relink }) = self.commands.recv() => {
+                    self.ticket = *ticket;
+                    self.connect = *connect;
+                    self.policy.backoff.set_bounds(reconnect.0, reconnect.1);
+                    self.policy.stable_after = reconnect.2;
+                    if relink {
                         if let Some(cur) = current.take() {
                             info!(connection = %cur.id, cause = "reload", "credentials or endpoint changed: opening a replacement before closing this connection");
                             // The old connection keeps running until the new one is open.
                             retire_on_open.push(cur.cancel.clone());
                             draining.insert(cur.id, cur.cancel);
                         }
-                        if attempt.is_none() {
-                            wait_until = None;
-                            attempt = Some(self.attempt());
-                            attempt_no = 1;
-                        }
+                        // An attempt under way still uses the old settings: start over.
+                        wait_until = None;
+                        attempt_no = 1;
+                        self.publish(|s| s.state = LinkState::Connecting { attempt: 1, since: SystemTime::now() });
+                        attempt = Some(self.attempt());
                     }
-                    Command::Tune { connect, reconnect } => {
-                        self.connect = *connect;
-                        self.policy.backoff.set_bounds(reconnect.0, reconnect.1);
-                        self.policy.max_delay = reconnect.1;
-                        self.policy.stable_after = reconnect.2;
-                    }
-                },
+                }
                 res = async { attempt.as_mut().expect("guarded").await }, if attempt.is_some() => {
                     attempt = None;
                     match res {
@@ -191,7 +187,8 @@ impl Supervisor {
                                 stats: self.stats.clone(),
                                 progress: self.reader_progress.clone(),
                             };
-                            conns.spawn(async move { (id, connection::run(est.ws, ctx).await) });
+                            let task = conns.spawn(connection::run(est.ws, ctx));
+                            task_conn.insert(task.id(), id);
                             self.policy.decide(&Event::Connected);
                             // Make-before-break: whatever was current keeps draining.
                             for t in retire_on_open.drain(..) {
@@ -253,14 +250,16 @@ impl Supervisor {
                         }
                     }
                 },
-                Some(joined) = conns.join_next(), if !conns.is_empty() => {
-                    let (id, end) = match joined {
-                        Ok(pair) => pair,
+                Some(joined) = conns.join_next_with_id(), if !conns.is_empty() => {
+                    let (task, end) = match joined {
+                        Ok((task, end)) => (task, end),
+                        // A failed task is a lost connection like any other: never a stall.
                         Err(e) => {
                             error!(error = %e, "a connection task failed");
-                            continue;
+                            (e.id(), End::Io(format!("connection task failed: {e}")))
                         }
                     };
+                    let Some(id) = task_conn.remove(&task) else { continue };
                     if draining.remove(&id).is_some() {
                         info!(connection = %id, cause = end.cause(), "retired connection closed");
                         if current.is_none() && attempt.is_some() && draining.is_empty() {

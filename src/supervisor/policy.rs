@@ -45,8 +45,6 @@ pub struct Policy {
     pub backoff: Backoff,
     /// A connection up this long resets the backoff.
     pub stable_after: Duration,
-    /// Cap, also the fixed wait after a credentials rejection once we have been connected.
-    pub max_delay: Duration,
     /// Whether any connection ever opened in this run.
     pub ever_connected: bool,
 }
@@ -57,7 +55,6 @@ impl Policy {
         Policy {
             backoff: Backoff::new(initial, max),
             stable_after,
-            max_delay: max,
             ever_connected: false,
         }
     }
@@ -72,7 +69,7 @@ impl Policy {
                 credentials: true, ..
             } => {
                 self.backoff.next_delay(None);
-                Decision::Wait(self.max_delay)
+                Decision::Wait(self.backoff.max())
             }
             Event::AttemptFailed { retry_after, .. } => {
                 Decision::Wait(self.backoff.next_delay(retry_after))

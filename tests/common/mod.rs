@@ -267,3 +267,14 @@ pub fn wait_exit(child: &mut Child, d: Duration) -> std::process::ExitStatus {
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill");
 }
+
+/// A test that needs root-only machinery (mount namespaces, tmpfs, a fake journald) and cannot
+/// have it here: skipped with a message, or a failure when `DTS_REQUIRE_PRIVILEGED=1` (CI runs
+/// as root and sets it, so these tests can never pass there without running).
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("DTS_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+        "{test} cannot run: {why} (DTS_REQUIRE_PRIVILEGED=1)"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+}
