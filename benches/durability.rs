@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dingtalk_streamd::config::Config;
-use dingtalk_streamd::sim::{FakeGateway, GatewayConfig, GatewayEvent, OutFrame, Route};
+use dingtalk_streamd_sim::{FakeGateway, GatewayConfig, GatewayEvent, OutFrame, Route};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
@@ -317,7 +317,7 @@ async fn latency(dir: &Path, mode: Mode) -> Result<Vec<Duration>, BoxError> {
     // (MissedTickBehavior::Burst), i.e. a burst instead of 1,000 msg/s.
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE_PER_S));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let collect = |cursor: &mut dingtalk_streamd::sim::EventCursor,
+    let collect = |cursor: &mut dingtalk_streamd_sim::EventCursor,
                    sent_at: &mut HashMap<String, Instant>,
                    lat: &mut Vec<Duration>| {
         for e in cursor.drain() {

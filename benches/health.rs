@@ -11,7 +11,7 @@
 mod common;
 
 use common::{Daemon, WAIT, gateway};
-use dingtalk_streamd::sim::{CloseReason, FakeGateway, GatewayEvent};
+use dingtalk_streamd_sim::{CloseReason, FakeGateway, GatewayEvent};
 use rand::RngExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -141,8 +141,8 @@ fn config(ping: Duration, pong: Duration, initial: Duration) -> String {
 
 async fn wait_new_connection(
     gw: &FakeGateway,
-    cur: &mut dingtalk_streamd::sim::EventCursor,
-) -> (Instant, dingtalk_streamd::sim::ConnId) {
+    cur: &mut dingtalk_streamd_sim::EventCursor,
+) -> (Instant, dingtalk_streamd_sim::ConnId) {
     let e = cur
         .wait_for(|e| matches!(e, GatewayEvent::Connected { .. }), WAIT * 6)
         .await

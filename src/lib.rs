@@ -12,7 +12,6 @@
 //! - [`sink`]: the consumer socket: hub, taps, groups, held callback responses.
 //! - [`control`]: status over the control socket, metrics, and the CLI clients.
 //! - [`notify`], [`logging`]: systemd and journald glue.
-//! - [`sim`]: a local DingTalk simulator, for demos and the tests.
 //!
 //! [`run`] is the daemon; `main.rs` only parses the command line and maps errors to exit codes.
 
@@ -24,10 +23,10 @@ pub mod logging;
 pub mod notify;
 mod run;
 pub mod secret;
-pub mod sim;
 pub mod sink;
 pub mod spool;
 pub mod stream;
 pub mod supervisor;
+pub mod wire;
 
 pub use run::{Error, run};

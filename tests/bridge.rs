@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd::sim::{GatewayEvent, OutFrame, Route};
+use dingtalk_streamd_sim::{GatewayEvent, OutFrame, Route};
 
 #[tokio::test]
 async fn n_messages_reach_two_taps_complete_and_in_order() {
@@ -118,7 +118,7 @@ async fn a_frame_over_max_frame_bytes_ends_the_connection_unacked_and_the_daemon
     // the message), and a fresh connection replaces it.
     let big = gw.push_bot_text(&"x".repeat(8 * 1024)).await.unwrap();
     gw.wait_for(
-        |e| matches!(e, dingtalk_streamd::sim::GatewayEvent::Closed { conn: c, .. } if *c == conn),
+        |e| matches!(e, GatewayEvent::Closed { conn: c, .. } if *c == conn),
         WAIT,
     )
     .await

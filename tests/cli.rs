@@ -8,7 +8,7 @@ mod common;
 
 use binrun::{Proc, output};
 use common::*;
-use dingtalk_streamd::sim::{CloseReason, FakeGateway, GatewayEvent, TicketFault};
+use dingtalk_streamd_sim::{CloseReason, FakeGateway, GatewayEvent, TicketFault};
 use nix::sys::signal::Signal;
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd::sim::{FakeGateway, Route};
+use dingtalk_streamd_sim::{FakeGateway, Route};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,7 +121,7 @@ fn pusher(
         while !stop.load(Ordering::Relaxed) {
             match gw
                 .push(
-                    dingtalk_streamd::sim::OutFrame::bot_text(&format!("crash {i}")),
+                    dingtalk_streamd_sim::OutFrame::bot_text(&format!("crash {i}")),
                     Route::Wait(Duration::from_secs(30)),
                 )
                 .await
@@ -249,7 +249,7 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
         .filter(|e| {
             matches!(
                 e.event,
-                dingtalk_streamd::sim::GatewayEvent::Redelivered { .. }
+                dingtalk_streamd_sim::GatewayEvent::Redelivered { .. }
             )
         })
         .count();

@@ -6,7 +6,7 @@ mod common;
 mod spool_common;
 
 use common::*;
-use dingtalk_streamd::sim::{BotMessage, OutFrame, Route};
+use dingtalk_streamd_sim::{BotMessage, OutFrame, Route};
 use serde_json::json;
 use spool_common::*;
 use std::time::Duration;

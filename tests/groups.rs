@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd::sim::FakeGateway;
+use dingtalk_streamd_sim::FakeGateway;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

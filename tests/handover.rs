@@ -5,7 +5,7 @@ mod common;
 mod health_common;
 
 use common::*;
-use dingtalk_streamd::sim::{CloseReason, GatewayEvent, OutFrame, Route};
+use dingtalk_streamd_sim::{CloseReason, GatewayEvent, OutFrame, Route};
 use health_common::*;
 use std::collections::HashSet;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Paths, SECRET, WAIT, bin, config_yaml, gateway};
-use dingtalk_streamd::sim::GatewayEvent;
+use dingtalk_streamd_sim::GatewayEvent;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;

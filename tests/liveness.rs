@@ -7,7 +7,7 @@ mod common;
 mod health_common;
 
 use common::*;
-use dingtalk_streamd::sim::GatewayEvent;
+use dingtalk_streamd_sim::GatewayEvent;
 use health_common::*;
 use std::time::Duration;
 

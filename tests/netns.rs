@@ -298,7 +298,7 @@ impl Net {
 
 /// The gateway in the server namespace (TLS: plain ws:// is only allowed to loopback).
 fn start_gateway(net: &Net, dir: &Path, server_pings: Option<&str>) -> LogChild {
-    let mut c = net.exec(&net.server, env!("CARGO_BIN_EXE_dingtalk-streamd-sim"));
+    let mut c = net.exec(&net.server, common::sim_bin().to_str().expect("utf-8 path"));
     c.args(["--listen", &format!("{}:{PORT}", net.server_ip)])
         .arg("--state-dir")
         .arg(dir)

@@ -142,7 +142,7 @@ fn leaks(text: &str) -> Vec<&'static str> {
 
 /// Starts the binary, waits until it is connected and a message round-trips, stops it.
 async fn run_through(
-    gw: &dingtalk_streamd::sim::FakeGateway,
+    gw: &dingtalk_streamd_sim::FakeGateway,
     p: &Paths,
     envs: &[(&str, String)],
 ) -> String {
@@ -182,7 +182,7 @@ async fn run_through(
     d.text() + &extra
 }
 
-fn assert_both_tunnelled(proxy: &Proxy, gw: &dingtalk_streamd::sim::FakeGateway) {
+fn assert_both_tunnelled(proxy: &Proxy, gw: &dingtalk_streamd_sim::FakeGateway) {
     let target = format!("127.0.0.1:{}", gw.local_addr().port());
     let reqs = proxy.requests();
     assert_eq!(

@@ -7,7 +7,7 @@ mod common;
 mod health_common;
 
 use common::*;
-use dingtalk_streamd::sim::{CloseReason, GatewayEvent, HandshakeFault, TicketFault};
+use dingtalk_streamd_sim::{CloseReason, GatewayEvent, HandshakeFault, TicketFault};
 use health_common::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -113,7 +113,7 @@ async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
     );
 
     // What the daemon really waited, on the gateway's clock (the request after the last wait).
-    let count_requests = |g: &dingtalk_streamd::sim::FakeGateway| {
+    let count_requests = |g: &dingtalk_streamd_sim::FakeGateway| {
         g.events()
             .iter()
             .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))

@@ -6,7 +6,7 @@ mod common;
 mod systemd_common;
 
 use common::{Paths, SECRET, WAIT, config_yaml, gateway, gateway_with};
-use dingtalk_streamd::sim::GatewayEvent;
+use dingtalk_streamd_sim::GatewayEvent;
 use std::time::Duration;
 use systemd_common::*;
 
@@ -168,7 +168,7 @@ async fn sighup_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_replaces_an_attempt_that_still_uses_the_old_settings() {
     let old = gateway(false).await;
-    old.set_ticket_fault(Some(dingtalk_streamd::sim::TicketFault::hang()));
+    old.set_ticket_fault(Some(dingtalk_streamd_sim::TicketFault::hang()));
     let new = gateway(false).await;
     let p = Paths::new();
     let patient = "reconnect:\n  initial_delay: 50ms\n  max_delay: 400ms\n  stable_after: 1s\n  connect_timeout: 30s\n";

@@ -6,7 +6,7 @@ mod common;
 mod spool_common;
 
 use common::*;
-use dingtalk_streamd::sim::{OutFrame, Route, TOPIC_CARD_CALLBACK};
+use dingtalk_streamd_sim::{OutFrame, Route, TOPIC_CARD_CALLBACK};
 use serde_json::{Value, json};
 use spool_common::*;
 use std::time::Duration;

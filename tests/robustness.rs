@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dingtalk_streamd::config::Config;
 use dingtalk_streamd::sink::protocol;
-use dingtalk_streamd::stream::frame::Frame;
+use dingtalk_streamd::wire::Frame;
 use rand::RngExt;
 use std::path::Path;
 

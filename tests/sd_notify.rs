@@ -7,7 +7,7 @@ mod common;
 mod systemd_common;
 
 use common::{Paths, WAIT, config_yaml, gateway};
-use dingtalk_streamd::sim::{GatewayEvent, TicketFault};
+use dingtalk_streamd_sim::{GatewayEvent, TicketFault};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use systemd_common::*;
@@ -64,7 +64,7 @@ async fn ready_without_dingtalk_backoff_status_and_stopping() {
             && tail == "0 in · backlog 0 · 0 consumers"
     };
     assert!(re_ok, "STATUS= line: {line:?}");
-    let rejected = |g: &dingtalk_streamd::sim::FakeGateway| {
+    let rejected = |g: &dingtalk_streamd_sim::FakeGateway| {
         g.events()
             .iter()
             .filter(|e| matches!(e.event, GatewayEvent::TicketRejected { status: 503 }))

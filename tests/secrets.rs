@@ -11,7 +11,7 @@ mod common;
 use base64::Engine;
 use binrun::{Proc, output};
 use common::*;
-use dingtalk_streamd::sim::{ConnId, FakeGateway, GatewayEvent, TicketFault};
+use dingtalk_streamd_sim::{ConnId, FakeGateway, GatewayEvent, TicketFault};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

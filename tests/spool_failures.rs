@@ -6,7 +6,7 @@ mod common;
 mod spool_common;
 
 use common::*;
-use dingtalk_streamd::sim::{BotMessage, GatewayEvent, OutFrame, Route};
+use dingtalk_streamd_sim::{BotMessage, GatewayEvent, OutFrame, Route};
 use spool_common::*;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

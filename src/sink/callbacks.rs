@@ -5,7 +5,7 @@
 //! is held waits for the same answer.
 
 use crate::config::CallbackRoute;
-use crate::stream::frame::Ack;
+use crate::wire::Ack;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

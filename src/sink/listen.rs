@@ -136,6 +136,7 @@ impl Inherited {
             // is checked by sd_notify::listen_fds) and nothing else in the process owns them;
             // each fd is adopted exactly once here. We verify below that it is a listening
             // AF_UNIX stream socket before using it.
+            #[allow(unsafe_code)]
             let owned =
                 unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             use nix::sys::socket::{

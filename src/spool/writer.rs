@@ -12,7 +12,7 @@ use crate::notify::Progress;
 use crate::sink::callbacks::Callbacks;
 use crate::sink::hub::{Committed, Hub, line_for};
 use crate::stream::Inbound;
-use crate::stream::frame::{Ack, FrameKind};
+use crate::wire::{Ack, FrameKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,9 @@
 //! tick, the pong deadline, the drain deadline and cancellation. Its timers are locals and die
 //! with it. It never reconnects: it returns *why* it ended and the supervisor decides.
 
-use super::frame::{Ack, Frame, FrameKind};
 use super::{ConnEvent, ConnId, Inbound};
 use crate::config::Keepalive;
+use crate::wire::{Ack, Frame, FrameKind};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 
 pub mod connect;
 pub mod connection;
-pub mod frame;
 pub mod socket;
 
 use std::fmt;
@@ -25,11 +24,11 @@ impl fmt::Display for ConnId {
 /// on, so its ACK goes out there (protocol.md §3.1).
 pub struct Inbound {
     /// The parsed frame.
-    pub frame: frame::Frame,
+    pub frame: crate::wire::Frame,
     /// Which connection it came on.
     pub conn: ConnId,
     /// The connection's ACK queue.
-    pub reply: mpsc::UnboundedSender<frame::Ack>,
+    pub reply: mpsc::UnboundedSender<crate::wire::Ack>,
 }
 
 /// What a connection tells the supervisor while it runs.

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use dingtalk_streamd::config::Config;
-use dingtalk_streamd::sim::{FakeGateway, GatewayConfig};
+use dingtalk_streamd_sim::{FakeGateway, GatewayConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,6 +229,18 @@ impl Consumer {
 /// The daemon binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_dingtalk-streamd")
+}
+
+/// The simulator binary. It is another package of the workspace, so Cargo only builds it
+/// for `cargo test --workspace` (what `scripts/test` runs), next to the daemon's binary.
+pub fn sim_bin() -> PathBuf {
+    let p = Path::new(bin()).with_file_name("dingtalk-streamd-sim");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test does)",
+        p.display()
+    );
+    p
 }
 
 /// Runs the binary with `args`, capturing stdout and stderr.

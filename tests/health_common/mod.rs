@@ -291,13 +291,13 @@ pub fn reconnect(initial: &str, max: &str, connect_timeout: &str) -> String {
     )
 }
 
-pub fn is_connected(e: &dingtalk_streamd::sim::GatewayEvent) -> bool {
-    matches!(e, dingtalk_streamd::sim::GatewayEvent::Connected { .. })
+pub fn is_connected(e: &dingtalk_streamd_sim::GatewayEvent) -> bool {
+    matches!(e, dingtalk_streamd_sim::GatewayEvent::Connected { .. })
 }
 
-pub fn connected_conn(e: &dingtalk_streamd::sim::GatewayEvent) -> dingtalk_streamd::sim::ConnId {
+pub fn connected_conn(e: &dingtalk_streamd_sim::GatewayEvent) -> dingtalk_streamd_sim::ConnId {
     match e {
-        dingtalk_streamd::sim::GatewayEvent::Connected { conn, .. } => *conn,
+        dingtalk_streamd_sim::GatewayEvent::Connected { conn, .. } => *conn,
         other => panic!("not a Connected event: {other:?}"),
     }
 }

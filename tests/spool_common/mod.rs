@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use super::common::*;
-use dingtalk_streamd::sim::FakeGateway;
+use dingtalk_streamd_sim::FakeGateway;
 use serde_json::Value;
 use std::time::Duration;
 

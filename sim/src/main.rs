@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use dingtalk_streamd::sim::{FakeGateway, GatewayConfig, OutFrame, Route, TicketFault, now_ms};
+use dingtalk_streamd_sim::{FakeGateway, GatewayConfig, OutFrame, Route, TicketFault, now_ms};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing::{error, info, warn};
@@ -385,16 +385,16 @@ async fn command(gw: &FakeGateway, cmd: &str, zombie: &mut bool) -> bool {
     true
 }
 
-fn report(result: Result<(), dingtalk_streamd::sim::PushError>, what: &str) {
+fn report(result: Result<(), dingtalk_streamd_sim::PushError>, what: &str) {
     match result {
         Ok(()) => info!("{what} sent"),
         Err(e) => warn!(error = %e, "{what} not sent"),
     }
 }
 
-fn each<F>(conns: &[dingtalk_streamd::sim::ConnId], what: &str, f: F)
+fn each<F>(conns: &[dingtalk_streamd_sim::ConnId], what: &str, f: F)
 where
-    F: Fn(dingtalk_streamd::sim::ConnId) -> Result<(), dingtalk_streamd::sim::PushError>,
+    F: Fn(dingtalk_streamd_sim::ConnId) -> Result<(), dingtalk_streamd_sim::PushError>,
 {
     if conns.is_empty() {
         println!("no open connection");

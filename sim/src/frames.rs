@@ -1,47 +1,20 @@
-//! Downstream frames the fake gateway sends, and the ACKs it parses (protocol.md §2, §3).
+//! Downstream frames the fake gateway sends: realistic bot, event and card payloads, on the
+//! daemon's own wire types (`dingtalk_streamd::wire`).
 //!
-//! Everything here is pure: ids, envelopes, realistic bot/event/card payloads and ACK parsing.
+//! Everything here is pure.
 //! The gateway fills the per-push headers (`messageId`, `time`, `appId`, `connectionId`) when a
 //! frame is actually pushed, so a redelivery can resend the identical frame.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use dingtalk_streamd::wire::gateway::{self, Envelope};
+pub use dingtalk_streamd::wire::{
+    DISCONNECT_REASON, FrameKind, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK, TOPIC_EVENT_ALL,
+};
 use serde_json::{Value, json};
 
 use super::ids::random_b64;
 pub use super::ids::{new_message_id, new_uuid, now_ms, random_hex};
-
-/// Topic of bot messages (`CALLBACK`).
-pub const TOPIC_BOT_MESSAGE: &str = "/v1.0/im/bot/messages/get";
-/// Topic of interactive-card callbacks (`CALLBACK`).
-pub const TOPIC_CARD_CALLBACK: &str = "/v1.0/card/instances/callback";
-/// The only EVENT topic DingTalk allows.
-pub const TOPIC_EVENT_ALL: &str = "*";
-/// Reason DingTalk gave in a real `disconnect` frame (python-sdk#22).
-pub const DISCONNECT_REASON: &str = "persistent connection is timeout";
-
-/// The three downstream frame types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FrameType {
-    /// `ping` and `disconnect`.
-    System,
-    /// Events (`topic: "*"`), redelivered until ACKed.
-    Event,
-    /// Bot messages, card callbacks; redelivered until ACKed (field reports, ~60 s).
-    Callback,
-}
-
-impl FrameType {
-    /// The wire spelling (`SYSTEM`, `EVENT`, `CALLBACK`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FrameType::System => "SYSTEM",
-            FrameType::Event => "EVENT",
-            FrameType::Callback => "CALLBACK",
-        }
-    }
-}
 
 /// A frame to push. Build one with the constructors; the gateway completes the headers.
 #[derive(Debug, Clone)]
@@ -50,17 +23,6 @@ pub enum OutFrame {
     Envelope(Envelope),
     /// Any text sent verbatim (malformed frames for robustness tests); never tracked.
     Raw(String),
-}
-
-/// A downstream envelope before the gateway stamps it.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// SYSTEM, EVENT or CALLBACK.
-    pub frame_type: FrameType,
-    /// Headers; `messageId`, `time`, `appId`, `contentType`, `connectionId` are added if absent.
-    pub headers: BTreeMap<String, String>,
-    /// The `data` string (JSON encoded as a string, as on the wire).
-    pub data: String,
 }
 
 impl OutFrame {
@@ -78,7 +40,7 @@ impl OutFrame {
         headers.insert("eventBornTime".into(), now_ms().to_string());
         headers.insert("eventCorpId".into(), format!("ding{}", random_hex(16)));
         OutFrame::Envelope(Envelope {
-            frame_type: FrameType::Event,
+            frame_type: FrameKind::Event,
             headers,
             data: data.to_string(),
         })
@@ -106,7 +68,7 @@ impl OutFrame {
         let mut headers = BTreeMap::new();
         headers.insert("topic".into(), topic.into());
         OutFrame::Envelope(Envelope {
-            frame_type: FrameType::Callback,
+            frame_type: FrameKind::Callback,
             headers,
             data: data.to_string(),
         })
@@ -203,146 +165,21 @@ impl BotMessage {
     }
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    #[serde(rename = "specVersion")]
-    spec_version: &'static str,
-    #[serde(rename = "type")]
-    frame_type: &'static str,
-    headers: &'a BTreeMap<String, String>,
-    data: &'a str,
-}
-
-impl Envelope {
-    /// Adds the headers every pushed frame carries, keeping any the caller pinned.
-    pub(crate) fn stamp(&mut self, app_id: &str) {
-        let h = &mut self.headers;
-        h.entry("messageId".into()).or_insert_with(new_message_id);
-        h.entry("time".into())
-            .or_insert_with(|| now_ms().to_string());
-        h.entry("contentType".into())
-            .or_insert_with(|| "application/json".into());
-        h.entry("appId".into()).or_insert_with(|| app_id.into());
-        if self.frame_type == FrameType::Event {
-            h.entry("eventUnifiedAppId".into())
-                .or_insert_with(|| app_id.into());
-        }
-    }
-
-    /// The `messageId` header (empty until the gateway stamps the frame).
-    pub fn message_id(&self) -> &str {
-        self.headers.get("messageId").map_or("", String::as_str)
-    }
-
-    /// The `topic` header.
-    pub fn topic(&self) -> &str {
-        self.headers.get("topic").map_or("", String::as_str)
-    }
-
-    /// The wire text for a connection whose ticket is `connection_id`.
-    pub(crate) fn render(&self, connection_id: &str) -> String {
-        let mut headers = self.headers.clone();
-        headers.insert("connectionId".into(), connection_id.into());
-        let wire = Wire {
-            spec_version: "1.0",
-            frame_type: self.frame_type.as_str(),
-            headers: &headers,
-            data: &self.data,
-        };
-        serde_json::to_string(&wire).unwrap_or_default()
-    }
+/// Adds the headers every pushed frame carries (fresh `messageId`, `time`, ...), keeping any
+/// the caller pinned.
+pub(crate) fn stamp(env: &mut Envelope, app_id: &str) {
+    env.stamp(app_id, new_message_id, now_ms());
 }
 
 /// A SYSTEM `ping` with a fresh opaque; returns the envelope and the opaque to expect back.
 pub(crate) fn ping_frame() -> (Envelope, String) {
     let opaque = new_uuid();
-    let mut headers = BTreeMap::new();
-    headers.insert("topic".into(), "ping".into());
-    let env = Envelope {
-        frame_type: FrameType::System,
-        headers,
-        data: json!({ "opaque": opaque }).to_string(),
-    };
-    (env, opaque)
+    (gateway::ping_frame(&opaque), opaque)
 }
 
 /// A SYSTEM `disconnect` with DingTalk's real reason text.
 pub(crate) fn disconnect_frame() -> Envelope {
-    let mut headers = BTreeMap::new();
-    headers.insert("topic".into(), "disconnect".into());
-    Envelope {
-        frame_type: FrameType::System,
-        headers,
-        data: json!({ "reason": DISCONNECT_REASON }).to_string(),
-    }
-}
-
-/// An upstream ACK as the gateway understood it (tolerant: JAVA omits `data`, NODE echoes
-/// every header, GO says `ok`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedAck {
-    /// `headers.messageId`.
-    pub message_id: String,
-    /// `code` (200 = success).
-    pub code: i64,
-    /// `message`, empty when absent.
-    pub message: String,
-    /// `data`, empty when absent or null.
-    pub data: String,
-}
-
-#[derive(Deserialize)]
-struct AckWire {
-    code: Option<Value>,
-    #[serde(default)]
-    headers: BTreeMap<String, Value>,
-    message: Option<Value>,
-    data: Option<Value>,
-}
-
-/// Parses a client text frame as an ACK; `Err` explains why it is not one.
-pub(crate) fn parse_ack(text: &str) -> Result<ParsedAck, String> {
-    let wire: AckWire = serde_json::from_str(text).map_err(|e| format!("not an ACK: {e}"))?;
-    let message_id = match wire.headers.get("messageId") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err("ACK without headers.messageId".into()),
-    };
-    let code = match wire.code {
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
-        Some(Value::String(s)) => s.parse().unwrap_or(-1),
-        _ => -1,
-    };
-    let as_text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => String::new(),
-        Some(other) => other.to_string(),
-    };
-    Ok(ParsedAck {
-        message_id,
-        code,
-        message: as_text(wire.message),
-        data: as_text(wire.data),
-    })
-}
-
-/// Whether an ACK releases the frame: code 200 and, for events, no `status: LATER`.
-pub(crate) fn ack_is_success(ack: &ParsedAck) -> bool {
-    if ack.code != 200 {
-        return false;
-    }
-    let status = serde_json::from_str::<Value>(&ack.data)
-        .ok()
-        .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned));
-    status.as_deref() != Some("LATER")
-}
-
-/// The `opaque` inside a ping ACK's data, if any.
-pub(crate) fn opaque_of(data: &str) -> Option<String> {
-    serde_json::from_str::<Value>(data)
-        .ok()?
-        .get("opaque")?
-        .as_str()
-        .map(str::to_owned)
+    gateway::disconnect_frame(DISCONNECT_REASON)
 }
 
 #[cfg(test)]
@@ -354,7 +191,7 @@ mod tests {
         let OutFrame::Envelope(mut env) = OutFrame::bot_text("hello") else {
             panic!("bot_text must be an envelope");
         };
-        env.stamp("app-1");
+        stamp(&mut env, "app-1");
         let v: Value = serde_json::from_str(&env.render("tkt")).expect("valid JSON");
         assert_eq!(v["type"], "CALLBACK");
         assert_eq!(v["specVersion"], "1.0");
@@ -381,7 +218,7 @@ mod tests {
         let OutFrame::Envelope(mut env) = OutFrame::event("user_add_org", &json!({"a": 1})) else {
             panic!("event must be an envelope");
         };
-        env.stamp("app-1");
+        stamp(&mut env, "app-1");
         assert_eq!(env.topic(), "*");
         for key in ["eventId", "eventType", "eventBornTime", "eventCorpId"] {
             assert!(env.headers.contains_key(key), "{key}");
@@ -396,21 +233,5 @@ mod tests {
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[0].len(), 8);
         assert_ne!(id, new_message_id());
-    }
-
-    #[test]
-    fn parses_sdk_ack_variants() {
-        let go = r#"{"code":200,"headers":{"messageId":"m1","contentType":"application/json"},"message":"ok","data":"{\"opaque\":\"x\"}"}"#;
-        let ack = parse_ack(go).expect("go ack");
-        assert_eq!(ack.message_id, "m1");
-        assert_eq!(opaque_of(&ack.data).as_deref(), Some("x"));
-        let java = r#"{"code":500,"headers":{"messageId":"m2","time":"1"},"message":"client internal error"}"#;
-        let ack = parse_ack(java).expect("java ack");
-        assert_eq!((ack.code, ack.data.as_str()), (500, ""));
-        assert!(!ack_is_success(&ack));
-        let later = r#"{"code":200,"headers":{"messageId":"m3"},"data":"{\"status\":\"LATER\"}"}"#;
-        assert!(!ack_is_success(&parse_ack(later).expect("later")));
-        assert!(parse_ack("{not json").is_err());
-        assert!(parse_ack(r#"{"code":200,"headers":{}}"#).is_err());
     }
 }

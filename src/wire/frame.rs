@@ -398,4 +398,5 @@ impl Ack {
 }
 
 #[cfg(test)]
+#[path = "frame_tests.rs"]
 mod tests;

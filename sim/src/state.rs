@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::conn::ConnCmd;
 use super::events::{ConnId, EventLog, GatewayEvent, TicketRequest, lock};
 use super::faults::{HandshakeFault, TicketFault};
-use super::frames::{Envelope, FrameType};
+use super::frames::{self, FrameKind};
 use super::{AckRecord, GatewayConfig, PushError, Pushed};
+use dingtalk_streamd::wire::gateway::Envelope;
 
 /// ACKs kept for [`FakeGateway::acks`] (bounded: the binary may run for days).
 pub(crate) const MAX_ACKS: usize = 100_000;
@@ -109,7 +110,7 @@ impl Shared {
         if entry.draining {
             return Err(PushError::Draining(conn));
         }
-        env.stamp(&self.config.app_id);
+        frames::stamp(&mut env, &self.config.app_id);
         let text = env.render(&entry.ticket);
         let message_id = env.message_id().to_owned();
         let cmd = ConnCmd::Send {
@@ -121,7 +122,7 @@ impl Shared {
         if entry.tx.send(cmd).is_err() {
             return Err(PushError::UnknownConnection(conn));
         }
-        if env.frame_type != FrameType::System
+        if env.frame_type != FrameKind::System
             && let Some(delay) = self.config.redeliver_after
         {
             let due = Instant::now() + delay;

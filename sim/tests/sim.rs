@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dingtalk_streamd::sim::{
+use dingtalk_streamd_sim::{
     CloseReason, ConnId, FakeGateway, GatewayConfig, GatewayEvent, HandshakeFault, OutFrame,
     PushError, Route, TicketFault,
 };

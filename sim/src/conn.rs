@@ -18,8 +18,9 @@ use tracing::{debug, info};
 
 use super::AckRecord;
 use super::events::{CloseReason, ConnId, GatewayEvent};
-use super::frames::{self, FrameType};
+use super::frames::{self, FrameKind};
 use super::state::{ConnEntry, MAX_ACKS, Shared};
+use dingtalk_streamd::wire::gateway;
 
 /// A write that takes longer than this means the client stopped reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -263,7 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn on_text(&self, text: &str) {
         let conn = self.conn;
-        let ack = match frames::parse_ack(text) {
+        let ack = match gateway::parse_ack(text) {
             Ok(ack) => ack,
             Err(detail) => {
                 debug!(%conn, %detail, "unexpected frame from client");
@@ -272,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return;
             }
         };
-        let success = frames::ack_is_success(&ack);
+        let success = gateway::ack_is_success(&ack);
         let (ping, tracked) = {
             let mut st = self.shared.state();
             st.acks.push_back(AckRecord {
@@ -292,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     if let Some(delay) = self.shared.config.redeliver_after {
                         p.due = Instant::now() + delay;
                     }
-                    Some(p.env.frame_type)
+                    Some(p.env.frame_type.clone())
                 }
                 None => None,
             };
@@ -300,13 +301,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let message_id = ack.message_id.clone();
         match tracked {
-            Some(kind) if kind != FrameType::System => {
+            Some(kind) if kind != FrameKind::System => {
                 info!(%conn, %message_id, code = ack.code, success, "ACK received");
             }
             _ => debug!(%conn, %message_id, code = ack.code, "ACK received"),
         }
         let opaque_ok =
-            ping.map(|expected| frames::opaque_of(&ack.data).as_deref() == Some(&expected));
+            ping.map(|expected| gateway::opaque_of(&ack.data).as_deref() == Some(&expected));
         self.shared.emit(GatewayEvent::Ack {
             conn,
             message_id: ack.message_id,
@@ -325,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn send_ping(&mut self) -> Result<(), String> {
         let (mut env, opaque) = frames::ping_frame();
-        env.stamp(&self.shared.config.app_id);
+        frames::stamp(&mut env, &self.shared.config.app_id);
         let message_id = env.message_id().to_owned();
         {
             let mut st = self.shared.state();

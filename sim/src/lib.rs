@@ -33,14 +33,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+pub use dingtalk_streamd::wire::gateway::Envelope;
 pub use events::{
     CloseReason, ConnId, EventCursor, GatewayEvent, Secret, Subscription, TicketRequest,
     TimedEvent, Timeout,
 };
 pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
 pub use frames::{
-    BotMessage, DISCONNECT_REASON, Envelope, FrameType, OutFrame, TOPIC_BOT_MESSAGE,
-    TOPIC_CARD_CALLBACK, TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
+    BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
+    TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
 };
 
 pub use config::{
@@ -314,7 +315,7 @@ impl FakeGateway {
 
     fn send_locked(
         &self,
-        st: &mut std::sync::MutexGuard<'_, state::State>,
+        st: &mut std::sync::MutexGuard<'_, State>,
         conn: ConnId,
         frame: OutFrame,
     ) -> Result<Pushed, PushError> {
@@ -381,7 +382,7 @@ impl FakeGateway {
         grace: Duration,
     ) -> Result<Pushed, PushError> {
         let mut env = frames::disconnect_frame();
-        env.stamp(&self.shared.config.app_id);
+        frames::stamp(&mut env, &self.shared.config.app_id);
         let mut st = self.shared.state();
         let entry = st
             .conns
