@@ -4,29 +4,40 @@
 //! consumers confirm what they processed.
 //!
 //! # Layout
-//! - [`config`]: the typed YAML config, validation, secret resolution.
+//! The path of one message reads top to bottom in [`relay`]. Around it:
+//! - [`daemon`]: start, serve, stop; what a reload changes ([`daemon::reload`], pure).
+//! - [`supervisor`]: the reconnect rules ([`supervisor::machine`], pure) and the shell that
+//!   performs them: attempts, connection tasks, backoff timer, link state, watchdog feeding.
+//! - [`stream`]: one connection's `select!` loop, establishing a WebSocket, socket options.
 //! - [`gateway`]: TLS trust, proxy choice, the `connections/open` ticket request.
-//! - [`stream`]: frames, socket options, establishing a WebSocket, one connection's loop.
-//! - [`supervisor`]: the one reconnect loop: backoff, make-before-break, link state, watchdog.
-//! - [`spool`]: the SQLite store and its single batching writer.
-//! - [`sink`]: the consumer socket: hub, taps, groups, held callback responses.
-//! - [`control`]: status over the control socket, metrics, and the CLI clients.
-//! - [`notify`], [`logging`]: systemd and journald glue.
+//! - [`wire`]: the DingTalk frame format, client and gateway side (shared with the simulator).
+//! - [`spool`]: the SQLite store and its writer thread; knows nothing of WebSockets or consumers.
+//! - [`consumers`]: the consumer socket: the line format, taps, groups
+//!   ([`consumers::groups::book`] holds the rules, pure), members.
+//! - [`listeners`]: every listening socket and its accept loop, socket activation.
+//! - [`status`]: the one typed status report; [`control`]: control requests, metrics, the CLI
+//!   clients.
+//! - [`config`], [`cli`], [`secret`], [`notify`], [`logging`]: config, command line, secrets,
+//!   systemd and journald glue.
 //!
 //! [`run`] is the daemon; `main.rs` only parses the command line and maps errors to exit codes.
+//! docs/ARCHITECTURE.md walks through it.
 
 pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod control;
+pub mod daemon;
 pub mod gateway;
+pub mod listeners;
 pub mod logging;
 pub mod notify;
-mod run;
+pub mod relay;
 pub mod secret;
-pub mod sink;
 pub mod spool;
+pub mod status;
 pub mod stream;
 pub mod supervisor;
 pub mod wire;
 
-pub use run::{Error, run};
+pub use daemon::{Error, run};

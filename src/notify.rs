@@ -235,6 +235,20 @@ pub async fn wedge_point(part: &'static str, has_worked: bool) {
     }
 }
 
+/// [`wedge_point`] for a part that runs on its own thread (the spool writer): blocks the thread
+/// for good instead of awaiting.
+pub fn wedge_point_blocking(part: &'static str, has_worked: bool) {
+    if has_worked && wedged_for_test(part) {
+        tracing::warn!(
+            part,
+            "DINGTALK_STREAMD_TEST_WEDGE: wedging the {part} on purpose (test hook)"
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

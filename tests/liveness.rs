@@ -92,12 +92,11 @@ async fn any_inbound_frame_counts_as_life_and_silence_is_a_pong_timeout() {
         ping_interval: Duration::from_millis(300),
         pong_timeout: Duration::from_millis(150),
     });
-    let (inbound, _inbound_rx) = tokio::sync::mpsc::channel(16);
     let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = ConnCtx {
         id: ConnId(1),
         liveness: live_rx,
-        inbound,
+        relay: dingtalk_streamd::relay::Relay::detached(),
         events,
         cancel: tokio_util::sync::CancellationToken::new(),
         stats: Arc::new(StreamStats::default()),

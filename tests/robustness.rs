@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use dingtalk_streamd::config::Config;
-use dingtalk_streamd::sink::protocol;
+use dingtalk_streamd::consumers::{line, protocol};
 use dingtalk_streamd::wire::Frame;
 use rand::RngExt;
 use std::path::Path;
@@ -56,7 +56,7 @@ fn parsers_never_panic_on_damaged_input() {
         let text = mutate(&mut rng, seed);
         if let Ok(f) = Frame::parse(&text) {
             // Whatever parses must also produce a consumer line and dedupe keys.
-            let body = f.consumer_body("c1");
+            let body = line::body(&f, "c1");
             assert!(body.starts_with('{'), "{body}");
             let _ = f.dedupe_keys();
         }

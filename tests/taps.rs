@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd::sink::hub::{TAP_QUEUE_BYTES, TAP_QUEUE_LINES};
-use dingtalk_streamd::sink::peer::HELLO_WAIT;
+use dingtalk_streamd::consumers::hub::{TAP_QUEUE_BYTES, TAP_QUEUE_LINES};
+use dingtalk_streamd::consumers::peer::HELLO_WAIT;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

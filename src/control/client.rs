@@ -1,6 +1,7 @@
 //! The client side of the CLI: `status` asks the control socket, `tail` reads the consumer
 //! socket as a tap or as a group member that acks what it printed.
 
+use crate::status::{Report, short_duration};
 use std::io::Write;
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -46,8 +47,8 @@ pub async fn status(control: &Path, json: bool) -> u8 {
             return STATUS_NOT_RUNNING;
         }
     };
-    let v: serde_json::Value = match serde_json::from_str(line.trim()) {
-        Ok(v) => v,
+    let report: Report = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("unreadable answer from {}: {e}", control.display());
             return STATUS_NOT_RUNNING;
@@ -56,92 +57,79 @@ pub async fn status(control: &Path, json: bool) -> u8 {
     if json {
         println!("{}", line.trim());
     } else {
-        print!("{}", human(&v));
+        print!("{}", human(&report));
     }
-    if v["state"] == "connected" {
+    if report.connected() {
         STATUS_CONNECTED
     } else {
         STATUS_NOT_CONNECTED
     }
 }
 
-fn human(v: &serde_json::Value) -> String {
-    let u = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
-    let s = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_owned();
-    let l = &v["link"];
+fn human(r: &Report) -> String {
+    let l = &r.link;
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let mut out = format!(
         "dingtalk-streamd {}  pid {}  up {}\n",
-        s(&v["version"]),
-        u(&v["pid"]),
-        super::status::short_duration(std::time::Duration::from_secs(u(&v["uptime_s"])))
+        r.version,
+        r.pid,
+        short_duration(std::time::Duration::from_secs(r.uptime_s))
     );
-    out += &format!("summary:   {}\n", s(&v["summary"]));
-    let mut link = format!("link:      {}", s(&v["state"]));
-    if v["state"] == "connected" {
+    out += &format!("summary:   {}\n", r.summary);
+    let mut link = format!("link:      {}", r.state);
+    if r.connected() {
         link += &format!(
             " since {} ({} to {})",
-            s(&l["since"]),
-            s(&l["connection"]),
-            s(&l["peer"])
+            dash(&l.since),
+            dash(&l.connection),
+            dash(&l.peer)
         );
     }
-    if let Some(c) = l["cause"].as_str().or(l["last_cause"].as_str()) {
+    if let Some(c) = l.cause.as_ref().or(l.last_cause.as_ref()) {
         link += &format!("; last cause: {c}");
     }
     out += &format!(
         "{link}\n           {} connections opened, {} disconnect handovers\n",
-        u(&l["connections_opened"]),
-        u(&l["handovers"])
+        l.connections_opened, l.handovers
     );
-    let st = &v["stream"];
+    let st = &r.stream;
     out += &format!(
         "stream:    {} frames in, {} ACKs sent, {} pings answered, {} malformed\n",
-        u(&st["frames_in"]),
-        u(&st["acks_sent"]),
-        u(&st["pings_answered"]),
-        u(&st["malformed_frames"])
+        st.frames_in, st.acks_sent, st.pings_answered, st.malformed_frames
     );
-    let sp = &v["spool"];
+    let sp = &r.spool;
     out += &format!(
         "spool:     {} messages, {} bytes, newest seq {}, {} pending ACKs, {} duplicates, {}\n",
-        u(&sp["messages"]),
-        u(&sp["bytes"]),
-        u(&sp["newest_seq"]),
-        u(&sp["pending_acks"]),
-        u(&sp["duplicates"]),
-        if sp["degraded"] == true {
-            format!("DEGRADED: {}", s(&sp["last_error"]))
+        sp.messages,
+        sp.bytes,
+        sp.newest_seq,
+        sp.pending_acks,
+        sp.duplicates,
+        if sp.degraded {
+            format!("DEGRADED: {}", dash(&sp.last_error))
         } else {
             "healthy".into()
         }
     );
-    let c = &v["consumers"];
+    let c = &r.consumers;
     out += &format!(
         "consumers: {} connected ({} taps), {} slow taps dropped, {} refused\n",
-        u(&c["connected"]),
-        u(&c["taps"]),
-        u(&c["taps_dropped_slow"]),
-        u(&c["refused"])
+        c.connected, c.taps, c.taps_dropped_slow, c.refused
     );
-    if let Some(groups) = v["groups"].as_object() {
-        for (name, g) in groups {
-            let parked: Vec<String> = g["parked_seqs"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.to_string()).collect())
-                .unwrap_or_default();
-            out += &format!(
-                "group {name}: {} member(s), backlog {}, in flight {}, parked {}{}\n",
-                u(&g["members"]),
-                u(&g["backlog"]),
-                u(&g["in_flight"]),
-                parked.len(),
-                if parked.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (seqs {})", parked.join(", "))
-                }
-            );
-        }
+    for (name, g) in &r.groups {
+        let parked: Vec<String> = g.parked_seqs.iter().map(u64::to_string).collect();
+        out += &format!(
+            "group {name}: {} member(s), backlog {}, in flight {}, parked {}{}\n",
+            g.members,
+            g.backlog,
+            g.in_flight,
+            parked.len(),
+            if parked.is_empty() {
+                String::new()
+            } else {
+                format!(" (seqs {})", parked.join(", "))
+            }
+        );
     }
     out
 }

@@ -1,4 +1,4 @@
-//! `Store::append_batch`: group commit and persisted dedupe.
+//! Appending a batch inside the commit's transaction: seqs and persisted dedupe.
 //!
 //! One transaction (one fsync) per batch. The seq counter moves only after the commit
 //! succeeded, so a failed batch (disk full) leaves no trace and can be retried as is; seqs are
@@ -9,39 +9,13 @@ use std::time::SystemTime;
 
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{OptionalExtension, Transaction};
 
 use super::error::{SpoolError, SqlContext};
-use super::store::Store;
 use super::types::{
     Appended, NewMessage, StoreOptions, duration_ms, get_u64, int, key_cost, len_u64, message_cost,
     to_ms,
 };
-
-impl Store {
-    /// Stores a batch in one transaction (one fsync). A message any of whose keys was stored
-    /// within `dedupe_window` (earlier, or earlier in this batch) is a `Duplicate` and stored
-    /// no further. On error nothing of the batch is stored.
-    pub fn append_batch(
-        &mut self,
-        batch: &[NewMessage],
-        now: SystemTime,
-    ) -> Result<Vec<Appended>, SpoolError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let path = self.path.as_path();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let done = append_in(&tx, path, &self.opts, self.last_seq, batch, now)?;
-        tx.commit().at(path)?;
-        self.last_seq = done.last_seq;
-        self.bytes += done.added_bytes;
-        Ok(done.outcomes)
-    }
-}
 
 /// What [`append_in`] did; the caller applies `last_seq` and `added_bytes` after its commit.
 pub(super) struct AppendDone {
@@ -154,6 +128,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::spool::Store;
     use crate::spool::StoreOptions;
     use crate::spool::test_support::{assert_accounting, at, msg, open_tmp, opts};
 

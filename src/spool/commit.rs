@@ -1,6 +1,7 @@
-//! `Store::commit`: the writer's one transaction per round. A batch of new frames, the group
-//! acks and parks that arrived meanwhile, all in one IMMEDIATE transaction with one fsync, so
-//! consumer acks never cost a commit of their own and never wait behind a stream of frames.
+//! `Store::commit`: the one write path. A batch of new messages and the group acks and parks
+//! that arrived meanwhile, all in one IMMEDIATE transaction with one fsync, so consumer acks
+//! never cost a commit of their own and never wait behind a stream of messages.
+//! [`Store::append_batch`], [`Store::ack`] and [`Store::park`] are thin wrappers over it.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -9,15 +10,17 @@ use rusqlite::TransactionBehavior;
 
 use super::append::append_in;
 use super::error::{SpoolError, SqlContext};
-use super::groups::{ack_in, park_in};
+use super::groups::{ack_in, park_in, unknown_group};
 use super::store::Store;
-use super::types::{Appended, NewMessage};
+use super::types::{AckOutcome, Appended, NewMessage};
 
 /// What one [`Store::commit`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitOutcome {
     /// One entry per message of the batch, in order (as from `append_batch`).
     pub appended: Vec<Appended>,
+    /// What each group's acks did.
+    pub acks: BTreeMap<String, AckOutcome>,
     /// `(group, seq)` actually parked (a park of something acked meanwhile is dropped).
     pub parked: Vec<(String, u64)>,
     /// Groups named by acks or parks that the spool does not know; those writes were skipped.
@@ -47,7 +50,9 @@ impl Store {
             .at(path)?;
         for (group, seqs) in acks {
             match ack_in(&tx, path, group, seqs, last_seq) {
-                Ok(_) => {}
+                Ok(a) => {
+                    out.acks.insert(group.clone(), a);
+                }
                 Err(SpoolError::UnknownGroup { .. }) => out.unknown_groups.push(group.clone()),
                 Err(e) => return Err(e),
             }
@@ -68,6 +73,44 @@ impl Store {
         out.unknown_groups.sort();
         out.unknown_groups.dedup();
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Stores a batch in one transaction: [`Store::commit`] with nothing else. A message any of
+    /// whose keys was stored within `dedupe_window` (earlier, or earlier in this batch) is a
+    /// `Duplicate`. On error nothing of the batch is stored.
+    pub fn append_batch(
+        &mut self,
+        batch: &[NewMessage],
+        now: SystemTime,
+    ) -> Result<Vec<Appended>, SpoolError> {
+        Ok(self.commit(batch, &BTreeMap::new(), &[], now)?.appended)
+    }
+
+    /// Records `group`'s acks ([`Store::commit`] with nothing else) and advances its cursor over
+    /// what is now contiguous. Idempotent; acking a parked message unparks it. Seqs never
+    /// assigned (0, above `newest_seq`) come back as `unknown`; a seq no longer in the spool
+    /// counts as acked.
+    pub fn ack(&mut self, group: &str, seqs: &[u64]) -> Result<AckOutcome, SpoolError> {
+        let acks = BTreeMap::from([(group.to_owned(), seqs.to_vec())]);
+        self.commit(&[], &acks, &[], SystemTime::now())?
+            .acks
+            .remove(group)
+            .ok_or_else(|| unknown_group(&self.path, group))
+    }
+
+    /// Parks `seq` for `group` after `deliveries` attempts ([`Store::commit`] with nothing
+    /// else): it counts as done for the cursor and for "acked by all", but stays in the spool
+    /// (until a bound removes it) and is listed by [`Store::parked`]. False when there was
+    /// nothing to park (already acked or gone).
+    pub fn park(&mut self, group: &str, seq: u64, deliveries: u32) -> Result<bool, SpoolError> {
+        let parks = [(group.to_owned(), seq, deliveries)];
+        let out = self.commit(&[], &BTreeMap::new(), &parks, SystemTime::now())?;
+        if out.unknown_groups.iter().any(|g| g == group) {
+            return Err(unknown_group(&self.path, group));
+        }
+        Ok(!out.parked.is_empty())
     }
 }
 

@@ -94,41 +94,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Records acks in one transaction and advances the cursor over what is now contiguous.
-    /// Idempotent; acking a parked message unparks it. Seqs never assigned (0, above
-    /// `newest_seq`) are returned as `unknown`; a seq no longer in the spool counts as acked
-    /// (nothing is left to deliver, and a repeated ack must not turn into an error because
-    /// retention ran in between).
-    pub fn ack(&mut self, group: &str, seqs: &[u64]) -> Result<AckOutcome, SpoolError> {
-        let path = self.path.as_path();
-        let last_seq = self.last_seq;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let out = ack_in(&tx, path, group, seqs, last_seq)?;
-        tx.commit().at(path)?;
-        Ok(out)
-    }
-
-    /// Parks `seq` for `group` after `deliveries` attempts: it counts as done for the cursor and
-    /// for "acked by all", but stays in the spool (until a bound removes it) and is listed by
-    /// [`Store::parked`]. Returns false when there was nothing to park (already acked or gone).
-    pub fn park(&mut self, group: &str, seq: u64, deliveries: u32) -> Result<bool, SpoolError> {
-        let path = self.path.as_path();
-        let last_seq = self.last_seq;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let parked = park_in(&tx, path, group, seq, deliveries, last_seq)?;
-        if parked {
-            tx.commit().at(path)?;
-            tracing::debug!(group, seq, deliveries, "message parked");
-        }
-        Ok(parked)
-    }
-
     /// The group's parked messages still in the spool, ascending.
     pub fn parked(&self, group: &str) -> Result<Vec<ParkedEntry>, SpoolError> {
         let path = self.path.as_path();
@@ -159,6 +124,25 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Every group's parked seqs still in the spool, ascending (groups with none are absent).
+    pub fn parked_by_group(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u64>>, SpoolError> {
+        let rows: Vec<(String, u64)> = self
+            .conn
+            .prepare_cached("SELECT grp, seq FROM parked ORDER BY grp, seq")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?
+                    .collect()
+            })
+            .at(&self.path)?;
+        let mut out = std::collections::BTreeMap::<String, Vec<u64>>::new();
+        for (g, seq) in rows {
+            out.entry(g).or_default().push(seq);
+        }
+        Ok(out)
     }
 
     fn group_state(&self, name: &str) -> Result<Option<GroupState>, SpoolError> {

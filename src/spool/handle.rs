@@ -1,61 +1,38 @@
-//! The rest of the daemon's view of the spool: [`SpoolHandle`] sends acks, parks and queries to
-//! the single writer task ([`Cmd`]) and reads backlog on a second, read-only connection, so a
-//! group catching up never stalls the writer. [`SpoolHealth`] carries the counters and the
-//! degraded flag that STATUS, status and metrics show.
+//! The rest of the daemon's view of the spool: [`SpoolHandle`] sends group acks, parks and
+//! queries to the single writer thread ([`Cmd`]) and reads backlog on a second, read-only
+//! connection, so a group catching up never stalls the writer. [`WriterState`] is what the
+//! writer reports while it runs (counters, the degraded flag), read without asking it.
 
-use super::{
-    GroupState, ParkedEntry, Reader, SpoolError, SpoolStats, StartAt, StoreOptions, StoredMessage,
-};
+use super::{GroupState, Reader, SpoolError, SpoolStats, StartAt, StoreOptions, StoredMessage};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-/// Requests to the writer other than frames.
-pub enum Cmd {
+/// Requests to the writer other than messages.
+pub(super) enum Cmd {
     /// A group member acked a message.
-    Ack {
-        /// Group.
-        group: String,
-        /// Seq.
-        seq: u64,
-    },
+    Ack { group: String, seq: u64 },
     /// A message hit `max_deliveries`.
     Park {
-        /// Group.
         group: String,
-        /// Seq.
         seq: u64,
-        /// How often it was delivered.
         deliveries: u32,
     },
     /// Open or create a group's position.
     EnsureGroup {
-        /// Group.
         name: String,
-        /// Where a new group starts.
         start: StartAt,
-        /// The answer.
         reply: oneshot::Sender<Result<GroupState, SpoolError>>,
-    },
-    /// Sizes for status.
-    Stats {
-        /// The answer.
-        reply: oneshot::Sender<Result<SpoolStats, SpoolError>>,
-    },
-    /// Parked entries of a group, for status.
-    Parked {
-        /// Group.
-        group: String,
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<ParkedEntry>, SpoolError>>,
     },
     /// New bounds (reload).
     SetOptions(StoreOptions),
+    /// Commit what is buffered and stop.
+    Stop,
 }
 
-/// Counters and the degraded flag, for STATUS, status and metrics.
+/// What the writer reports while it runs, for STATUS, status, metrics and the watchdog.
 #[derive(Debug, Default)]
-pub struct SpoolHealth {
+pub struct WriterState {
     /// True while a SQLite call is under way (the watchdog needs progress then).
     pub busy: AtomicBool,
     /// True while commits fail (disk full): nothing is ACKed.
@@ -66,30 +43,113 @@ pub struct SpoolHealth {
     pub stored: AtomicU64,
     /// Redeliveries recognised and ACKed without storing.
     pub duplicates: AtomicU64,
-    /// Batches committed.
-    pub batches: AtomicU64,
-    /// Unacked messages forced out by max_bytes / max_age.
+    /// Transactions that committed messages.
+    pub commits: AtomicU64,
+    /// Unacked messages forced out by `max_bytes` / `max_age`.
     pub forced_out: AtomicU64,
-    /// Frames waiting to become durable.
+    /// Messages taken by the writer that wait for a commit that failed.
     pub pending: AtomicU64,
-    /// No seq below this is in the spool any more because a bound forced it out: groups must
-    /// not give such a message from a memory cache (it was counted as forced out).
-    pub floor: AtomicU64,
+    /// Inputs sent to the writer and not yet taken (the watchdog's "has work").
+    pub queued: AtomicU64,
+    /// Messages in the spool, after the last commit or retention pass.
+    pub messages: AtomicU64,
+    /// Accounted bytes, likewise.
+    pub bytes: AtomicU64,
+    /// Dedupe keys held, likewise.
+    pub dedupe_keys: AtomicU64,
+    /// The newest seq committed.
+    pub newest_seq: AtomicU64,
+    /// Figures from the spool file, refreshed by the writer at most about once a second.
+    pub figures: Mutex<SpoolFigures>,
+    /// No seq below this is in the spool any more because a bound forced it out, so a group
+    /// must not give such a message from a memory cache (it was counted as forced out).
+    pub forced_below: AtomicU64,
 }
+
+/// Figures derived from the spool file, as of the writer's last refresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolFigures {
+    /// Counts and sizes.
+    pub stats: SpoolStats,
+    /// Each group's parked seqs still in the spool.
+    pub parked: std::collections::BTreeMap<String, Vec<u64>>,
+    /// Why the last refresh failed, if it did.
+    pub error: Option<String>,
+}
+
+impl WriterState {
+    /// The latest figures (at most about a second old while the spool changes).
+    pub fn figures(&self) -> SpoolFigures {
+        self.figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// The last commit error, if the spool is degraded.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True when the writer has nothing to do: no input waiting, no failed batch, no call under
+    /// way (so it needs to show no progress to the watchdog).
+    pub fn idle(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) == 0
+            && self.pending.load(Ordering::Relaxed) == 0
+            && !self.busy.load(Ordering::Relaxed)
+    }
+}
+
+type SendCmd = Arc<dyn Fn(Cmd) -> bool + Send + Sync>;
 
 /// A cheap handle for the rest of the daemon.
 #[derive(Clone)]
 pub struct SpoolHandle {
-    pub(super) cmds: mpsc::UnboundedSender<Cmd>,
-    pub(super) reader: Arc<Mutex<Reader>>,
-    /// Counters.
-    pub health: Arc<SpoolHealth>,
+    send: SendCmd,
+    reader: Arc<Mutex<Reader>>,
+    /// What the writer reports.
+    pub state: Arc<WriterState>,
 }
 
 impl SpoolHandle {
-    /// Records an ack (persisted in the writer's next batch).
+    pub(super) fn new(send: SendCmd, reader: Arc<Mutex<Reader>>, state: Arc<WriterState>) -> Self {
+        SpoolHandle {
+            send,
+            reader,
+            state,
+        }
+    }
+
+    pub(super) fn send(&self, cmd: Cmd) -> bool {
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = (self.send)(cmd);
+        if !sent {
+            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    async fn ask<R>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<R, SpoolError>>) -> Cmd,
+    ) -> Result<R, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(cmd(reply)) {
+            return Err(SpoolError::Closed);
+        }
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records an ack (persisted in the writer's next commit).
     pub fn ack(&self, group: &str, seq: u64) {
-        let _ = self.cmds.send(Cmd::Ack {
+        self.send(Cmd::Ack {
             group: group.to_owned(),
             seq,
         });
@@ -97,7 +157,7 @@ impl SpoolHandle {
 
     /// Parks a message for a group.
     pub fn park(&self, group: &str, seq: u64, deliveries: u32) {
-        let _ = self.cmds.send(Cmd::Park {
+        self.send(Cmd::Park {
             group: group.to_owned(),
             seq,
             deliveries,
@@ -106,46 +166,19 @@ impl SpoolHandle {
 
     /// Opens or creates a group's position.
     pub async fn ensure_group(&self, name: &str, start: StartAt) -> Result<GroupState, SpoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::EnsureGroup {
-                name: name.to_owned(),
-                start,
-                reply,
-            })
-            .map_err(|_| SpoolError::Closed)?;
-        rx.await.map_err(|_| SpoolError::Closed)?
-    }
-
-    /// Sizes and counts.
-    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Stats { reply })
-            .map_err(|_| SpoolError::Closed)?;
-        rx.await.map_err(|_| SpoolError::Closed)?
-    }
-
-    /// Parked messages of a group.
-    pub async fn parked(&self, group: &str) -> Result<Vec<ParkedEntry>, SpoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Parked {
-                group: group.to_owned(),
-                reply,
-            })
-            .map_err(|_| SpoolError::Closed)?;
-        rx.await.map_err(|_| SpoolError::Closed)?
+        let name = name.to_owned();
+        self.ask(|reply| Cmd::EnsureGroup { name, start, reply })
+            .await
     }
 
     /// New bounds.
     pub fn set_options(&self, opts: StoreOptions) {
-        let _ = self.cmds.send(Cmd::SetOptions(opts));
+        self.send(Cmd::SetOptions(opts));
     }
 
-    /// The lowest seq still in the spool after bounds forced messages out (0 before that).
-    pub fn floor(&self) -> u64 {
-        self.health.floor.load(Ordering::Relaxed)
+    /// The lowest seq a bound has not forced out (0 before any was).
+    pub fn forced_below(&self) -> u64 {
+        self.state.forced_below.load(Ordering::Relaxed)
     }
 
     /// Messages after `after`, on the read connection (does not stall the writer).

@@ -1,29 +1,32 @@
 //! The durable spool: every inbound message is stored here, fsynced, before it is ACKed.
 //!
 //! SQLite (rusqlite, bundled) in `spool.dir/spool.db`, WAL with `synchronous=FULL`. One writer
-//! thread owns the [`Store`] and appends batches (group commit: one fsync per batch); `seq` is
+//! thread owns the [`Store`] and commits batches (group commit: one fsync per batch); `seq` is
 //! assigned at commit and never reused. Dedupe keys persist for `dedupe_window`, consumer group
 //! positions live next to the messages, and retention applies `max_bytes` / `max_age`.
 //!
+//! The spool knows nothing of WebSockets or consumers: what rides along with a message through
+//! the writer is a type parameter, handed back to the caller's after-commit hook.
+//!
 //! Layout:
 //! - `store.rs`: open and directory checks, reads, stats
-//! - `append.rs`: `append_batch`, group commit and persisted dedupe
-//! - `commit.rs`: `commit`, the writer's one transaction for frames, acks and parks
+//! - `commit.rs`: `commit`, the one transaction for messages, acks and parks (and its wrappers)
+//! - `append.rs`: appending inside that transaction: seqs and persisted dedupe
 //! - `checkpoint.rs`: the WAL checkpoint thread (keeps checkpoints out of commits)
 //! - `groups.rs`: consumer groups, acks, parking, the contiguous cursor
 //! - `retention.rs`: deleting what all groups acked, forcing out by the bounds
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
 //! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
 //! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
-//! - `handle.rs`: [`SpoolHandle`], what the rest of the daemon holds
-//! - `writer.rs`: the async writer task (batches, ACK after commit, publish) and [`SpoolHandle`]
+//! - `writer.rs`: the writer thread: batches, retries, retention, the after-commit hook
+//! - `handle.rs`: [`SpoolHandle`] (acks, parks, queries, backlog reads) and [`WriterState`]
 
 mod append;
 mod checkpoint;
 mod commit;
 mod error;
 mod groups;
-pub mod handle;
+mod handle;
 mod reader;
 mod retention;
 mod schema;
@@ -31,11 +34,11 @@ mod store;
 #[cfg(test)]
 mod test_support;
 mod types;
-pub mod writer;
+mod writer;
 
 pub use commit::CommitOutcome;
 pub use error::SpoolError;
-pub use handle::SpoolHandle;
+pub use handle::{SpoolFigures, SpoolHandle, WriterState};
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
 pub use store::{DB_FILE, Store};
@@ -44,3 +47,4 @@ pub use types::{
     KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RetentionReport, SpoolStats, StartAt,
     StoreOptions, StoredMessage,
 };
+pub use writer::{AfterCommit, Committed, Entry, MAX_BATCH, Submitter, WriterThread, start};

@@ -12,7 +12,7 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
 use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 use super::error::{SpoolError, SqlContext};
-use super::reader::{self, Reader};
+use super::reader;
 use super::schema;
 use super::types::{SpoolStats, StoreOptions, StoredMessage, get_opt_u64, get_u64, int};
 
@@ -85,19 +85,9 @@ impl Store {
         })
     }
 
-    /// Accounted bytes (messages and dedupe keys) now; O(1).
-    pub fn accounted_bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// True when the accounted bytes exceed a non-zero `max_bytes`: retention should run.
     pub fn over_max_bytes(&self) -> bool {
         self.opts.max_bytes > 0 && self.bytes > self.opts.max_bytes
-    }
-
-    /// A read-only connection for backlog reads that must not stall the writer.
-    pub fn open_reader(dir: &Path) -> Result<Reader, SpoolError> {
-        Reader::open(dir)
     }
 
     /// Applies reloaded `spool:` settings. Bounds take effect at the next retention pass; a new
@@ -109,6 +99,11 @@ impl Store {
     /// The settings in force.
     pub fn options(&self) -> &StoreOptions {
         &self.opts
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The database file, for log lines.
@@ -163,6 +158,32 @@ impl Store {
             parked,
             file_bytes,
         })
+    }
+
+    /// The running totals `(bytes, messages, dedupe_keys)`: one row read.
+    pub fn totals(&self) -> Result<(u64, u64, u64), SpoolError> {
+        self.conn
+            .prepare_cached("SELECT bytes, messages, dedupe_keys FROM meta WHERE id = 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?, get_u64(r, 2)?)))
+            })
+            .at(&self.path)
+    }
+
+    /// Counts, sizes and every group's parked seqs, for status: errors are reported inside.
+    pub fn figures(&self) -> super::SpoolFigures {
+        let parked = self.parked_by_group();
+        match (self.stats(), parked) {
+            (Ok(stats), Ok(parked)) => super::SpoolFigures {
+                stats,
+                parked,
+                error: None,
+            },
+            (Err(e), _) | (_, Err(e)) => super::SpoolFigures {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        }
     }
 
     /// Caps the database size in pages (`PRAGMA max_page_count`, this connection only), so
@@ -242,6 +263,7 @@ fn check_dir(dir: &Path) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::Reader;
     use crate::spool::test_support::{assert_accounting, at, fill, msg, open_tmp, opts};
 
     #[test]
@@ -332,7 +354,7 @@ mod tests {
     #[test]
     fn reader_sees_commits_while_writer_appends() {
         let (dir, mut store) = open_tmp();
-        let reader = Store::open_reader(dir.path()).expect("reader");
+        let reader = Reader::open(dir.path()).expect("reader");
         assert_eq!(reader.newest_seq().expect("newest"), 0);
         fill(&mut store, 3, at(0));
         let got = reader.read_after(1, 10).expect("read");
@@ -344,7 +366,7 @@ mod tests {
     #[test]
     fn reader_in_another_thread_never_blocks_or_sees_half_a_batch() {
         let (dir, mut store) = open_tmp();
-        let reader = Store::open_reader(dir.path()).expect("reader");
+        let reader = Reader::open(dir.path()).expect("reader");
         let writer = std::thread::spawn(move || {
             for i in 0..50 {
                 fill(&mut store, 10, at(i));

@@ -1,71 +1,197 @@
-//! The one spool writer: takes frames in batches, appends and commits them (one fsync for the
-//! whole batch), and only then sends their ACKs to DingTalk (on the connection each came on) and
-//! their lines to consumers. Redeliveries are ACKed again but not stored or delivered. Group
-//! acks and parks that arrived meanwhile go into the same transaction ([`Store::commit`]), so
-//! SQLite has a single writer and a consumer's acks never cost an fsync of their own. When the
-//! disk is full the batch is kept and retried: nothing is ACKed, nothing new is delivered, and
-//! the connection is shed once `limits.max_pending_acks` frames wait (see the connection loop).
+//! The one spool writer: a thread that owns the [`Store`]. It takes messages in batches and
+//! commits each batch together with the group acks and parks that arrived meanwhile (one
+//! transaction, one fsync); right after a successful commit it hands the batch to the caller's
+//! after-commit hook, on the same thread. What rides along with a message (`T`: for the daemon,
+//! where its ACK goes) is opaque here. A batch whose commit fails (disk full) is kept and
+//! retried every second; the hook only ever sees committed messages.
 
-use super::handle::{Cmd, SpoolHandle, SpoolHealth};
-use super::{Appended, NewMessage, SpoolError, Store, StoreOptions};
+use super::handle::{Cmd, SpoolHandle, WriterState};
+use super::{Appended, NewMessage, Reader, SpoolError, Store, StoreOptions};
 use crate::notify::Progress;
-use crate::sink::callbacks::Callbacks;
-use crate::sink::hub::{Committed, Hub, line_for};
-use crate::stream::Inbound;
-use crate::wire::{Ack, FrameKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
 
-/// Most frames committed in one transaction.
+/// Most messages committed in one transaction.
 pub const MAX_BATCH: usize = 2048;
 /// How often retention runs at most apart: each pass then deletes about a second's worth of
 /// acked messages, a few milliseconds of work, instead of a burst that would delay ACKs.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// The shortest retention period (a tiny `max_age`, or `max_bytes` exceeded after a commit).
 const RETENTION_MIN: Duration = Duration::from_millis(50);
-/// How long group acks wait for a frame batch to share its commit before committing alone.
+/// How long group acks wait for a batch of messages to share its commit before committing alone.
 const ACK_FLUSH: Duration = Duration::from_millis(50);
 /// Buffered group acks and parks that are committed at once, whatever the time.
 const ACK_FLUSH_COUNT: usize = 4096;
 /// How often a failed commit is retried (disk full).
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How stale the spool figures of status and metrics may get while the spool changes.
+const FIGURES_EVERY: Duration = Duration::from_secs(1);
 
-/// The writer's inputs and outputs.
-pub struct Writer {
-    /// The store (moved into blocking calls).
-    pub store: Store,
-    /// Frames from connections (bounded by `limits.max_pending_acks`).
-    pub inbound: mpsc::Receiver<Inbound>,
-    /// Where committed lines go.
-    pub hub: Arc<Hub>,
-    /// Held callback ACKs.
-    pub callbacks: Callbacks,
-    /// Watchdog progress.
-    pub progress: Arc<Progress>,
+/// A message on its way into the spool, with what rides along with it.
+pub struct Entry<T> {
+    /// What is stored.
+    pub msg: NewMessage,
+    /// What the after-commit hook gets back with the outcome.
+    pub ride: T,
 }
 
-/// Starts the writer; returns the handle the rest of the daemon uses.
-pub fn spawn(
-    w: Writer,
-    dir: &std::path::Path,
-    shutdown: CancellationToken,
-) -> Result<(SpoolHandle, tokio::task::JoinHandle<()>), SpoolError> {
-    let reader = Store::open_reader(dir)?;
-    let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
-    let health = Arc::new(SpoolHealth::default());
-    let handle = SpoolHandle {
-        cmds: cmds_tx,
-        reader: Arc::new(Mutex::new(reader)),
-        health: health.clone(),
+/// A message after its commit: stored under a new seq, or recognised as a redelivery.
+pub struct Committed<T> {
+    /// Stored, or a duplicate of an earlier seq.
+    pub appended: Appended,
+    /// The message as it was submitted.
+    pub msg: NewMessage,
+    /// What rode along.
+    pub ride: T,
+}
+
+/// Runs on the writer thread after every successful commit of messages, in seq order.
+pub type AfterCommit<T> = Box<dyn FnMut(Vec<Committed<T>>) + Send>;
+
+pub(super) enum Input<T> {
+    Message(Entry<T>),
+    Cmd(Cmd),
+}
+
+/// Submits messages to the writer. Cheap to clone.
+pub struct Submitter<T> {
+    tx: mpsc::Sender<Input<T>>,
+    state: Arc<WriterState>,
+}
+
+impl<T> Clone for Submitter<T> {
+    fn clone(&self) -> Self {
+        Submitter {
+            tx: self.tx.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Submitter<T> {
+    /// A submitter with no writer: every submit fails.
+    pub fn detached() -> Submitter<T> {
+        let (tx, _) = mpsc::channel();
+        Submitter {
+            tx,
+            state: Arc::new(WriterState::default()),
+        }
+    }
+
+    /// Queues a message for the next commit; false once the writer has stopped.
+    pub fn submit(&self, entry: Entry<T>) -> bool {
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Input::Message(entry)).is_ok() {
+            true
+        } else {
+            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// The running writer thread.
+pub struct WriterThread {
+    thread: Option<std::thread::JoinHandle<()>>,
+    handle: SpoolHandle,
+}
+
+impl WriterThread {
+    /// Stops the writer after it committed what it has (buffered acks included) and waits for
+    /// it, at most `limit`. Messages whose commit keeps failing are dropped unACKed.
+    pub async fn stop(mut self, limit: Duration) {
+        self.handle.send(Cmd::Stop);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(limit, joined).await.is_err() {
+            warn!("the spool writer did not stop in time");
+        }
+    }
+}
+
+/// Starts the writer thread on `store`; `after_commit` runs on it after each commit.
+pub fn start<T: Send + 'static>(
+    store: Store,
+    after_commit: AfterCommit<T>,
+    progress: Arc<Progress>,
+) -> Result<(Submitter<T>, SpoolHandle, WriterThread), SpoolError> {
+    let reader = Reader::open(store.dir())?;
+    let (tx, rx) = mpsc::channel::<Input<T>>();
+    let state = Arc::new(WriterState::default());
+    let handle = SpoolHandle::new(
+        {
+            let tx = tx.clone();
+            Arc::new(move |cmd| tx.send(Input::Cmd(cmd)).is_ok())
+        },
+        Arc::new(Mutex::new(reader)),
+        state.clone(),
+    );
+    state
+        .newest_seq
+        .store(store.newest_seq()?, Ordering::Relaxed);
+    let writer = Writer {
+        opts: store.options().clone(),
+        store,
+        after_commit,
+        state: state.clone(),
+        progress,
+        stuck: Vec::new(),
+        next_retry: None,
+        acks: BTreeMap::new(),
+        parks: Vec::new(),
+        over_bytes: false,
+        next_retention: Instant::now(),
+        last_retention: Instant::now(),
+        ack_flush: None,
+        refresh_figures: Some(Instant::now()),
+        figures_at: Instant::now(),
     };
-    let task = tokio::spawn(run(w, cmds_rx, health, shutdown));
-    Ok((handle, task))
+    let thread = std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| SpoolError::Unusable {
+            path: std::path::PathBuf::new(),
+            detail: format!("cannot start the spool writer thread: {e}"),
+        })?;
+    Ok((
+        Submitter { tx, state },
+        handle.clone(),
+        WriterThread {
+            thread: Some(thread),
+            handle,
+        },
+    ))
+}
+
+struct Writer<T> {
+    store: Store,
+    after_commit: AfterCommit<T>,
+    state: Arc<WriterState>,
+    progress: Arc<Progress>,
+    opts: StoreOptions,
+    /// A batch whose commit failed, retried until it succeeds.
+    stuck: Vec<Entry<T>>,
+    /// When the failed commit is tried again.
+    next_retry: Option<Instant>,
+    /// Group acks and parks waiting for the next commit.
+    acks: BTreeMap<String, Vec<u64>>,
+    parks: Vec<(String, u64, u32)>,
+    /// Set by a commit that left the accounted bytes above `max_bytes`.
+    over_bytes: bool,
+    next_retention: Instant,
+    last_retention: Instant,
+    /// When buffered acks are committed on their own if no message came to carry them.
+    ack_flush: Option<Instant>,
+    /// When the figures for status are refreshed next (`None`: nothing changed since).
+    refresh_figures: Option<Instant>,
+    /// When they were refreshed last.
+    figures_at: Instant,
 }
 
 /// Time between retention passes for these bounds: [`RETENTION_EVERY`], or an eighth of
@@ -78,318 +204,209 @@ fn retention_period(opts: &StoreOptions) -> Duration {
     }
 }
 
-/// What happens right after a successful commit, run on the thread that committed.
-struct Post {
-    hub: Arc<Hub>,
-    callbacks: Callbacks,
-    health: Arc<SpoolHealth>,
-}
-
-impl Post {
-    /// Sends each frame's ACK on the connection it came on (or holds it for a callback
-    /// response), then hands the stored messages to consumers.
-    fn dispatch(&self, batch: Vec<Inbound>, appended: Vec<Appended>, msgs: Vec<NewMessage>) {
-        if batch.is_empty() {
-            return;
+impl<T: Send + 'static> Writer<T> {
+    fn run(mut self, rx: mpsc::Receiver<Input<T>>) {
+        self.next_retention = Instant::now() + retention_period(&self.opts);
+        self.publish_totals();
+        let mut stopping = false;
+        while !stopping {
+            crate::notify::wedge_point_blocking(
+                "writer",
+                self.state.commits.load(Ordering::Relaxed) > 0,
+            );
+            self.progress.beat();
+            let deadline = [
+                Some(self.next_retention),
+                self.next_retry,
+                self.ack_flush,
+                self.refresh_figures,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next_retention);
+            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // Whatever else is queued joins this round: acks ride in the same transaction as
+            // the messages, and a stream of messages never starves them or a query.
+            let mut batch = Vec::new();
+            let mut next = first;
+            while let Some(input) = next.take() {
+                self.state.queued.fetch_sub(1, Ordering::Relaxed);
+                match input {
+                    Input::Message(e) => batch.push(e),
+                    Input::Cmd(Cmd::Stop) => stopping = true,
+                    Input::Cmd(cmd) => self.on_cmd(cmd),
+                }
+                if batch.len() >= MAX_BATCH || stopping {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            self.round(batch, Instant::now());
         }
-        self.health.batches.fetch_add(1, Ordering::Relaxed);
-        let mut committed = Vec::with_capacity(batch.len());
-        for ((inbound, appended), msg) in batch.into_iter().zip(appended).zip(msgs) {
-            let mid = inbound.frame.message_id().to_owned();
-            match appended {
-                Appended::Stored { seq } => {
-                    self.health.stored.fetch_add(1, Ordering::Relaxed);
-                    committed.push(Committed {
-                        seq,
-                        line: line_for(seq, &msg.body, false).into(),
-                        topic: msg.topic.into(),
-                    });
-                    let held = inbound.frame.kind == FrameKind::Callback
-                        && match self.callbacks.route(inbound.frame.topic()) {
-                            Some((group, timeout)) => {
-                                self.callbacks.hold(
-                                    seq,
-                                    group,
-                                    mid.clone(),
-                                    inbound.reply.clone(),
-                                    timeout,
-                                );
-                                true
-                            }
-                            None => false,
-                        };
-                    if !held {
-                        let _ = inbound
-                            .reply
-                            .send(Ack::for_stored(&inbound.frame.kind, &mid));
-                    }
-                }
-                Appended::Duplicate { seq } => {
-                    self.health.duplicates.fetch_add(1, Ordering::Relaxed);
-                    debug!(connection = %inbound.conn, message_id = %mid, seq, "redelivery recognised: ACKing again, not storing");
-                    if !self.callbacks.add_reply(seq, inbound.reply.clone()) {
-                        let _ = inbound
-                            .reply
-                            .send(Ack::for_stored(&inbound.frame.kind, &mid));
-                    }
-                }
+        // Acks a member sent before the stop still count: record them with the last commit.
+        while let Ok(input) = rx.try_recv() {
+            if let Input::Cmd(cmd @ (Cmd::Ack { .. } | Cmd::Park { .. })) = input {
+                self.on_cmd(cmd);
             }
         }
-        self.hub.publish(&committed);
-    }
-}
-
-struct State {
-    store: Arc<Mutex<Store>>,
-    hub: Arc<Hub>,
-    callbacks: Callbacks,
-    health: Arc<SpoolHealth>,
-    opts: StoreOptions,
-    /// A batch whose commit failed, retried until it succeeds.
-    stuck: Vec<Inbound>,
-    /// Group acks and parks waiting for the next commit.
-    acks: BTreeMap<String, Vec<u64>>,
-    parks: Vec<(String, u64, u32)>,
-    /// Set by a commit that left the accounted bytes above `max_bytes`.
-    over_bytes: bool,
-    next_retention: Instant,
-    last_retention: Instant,
-    /// When buffered acks are committed on their own if no frame came to carry them.
-    ack_flush: Option<Instant>,
-}
-
-impl State {
-    /// Runs one SQLite call off the async threads, marked busy for the watchdog.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> T + Send + 'static,
-    ) -> T {
-        let store = self.store.clone();
-        self.health.busy.store(true, Ordering::Relaxed);
-        let r = tokio::task::spawn_blocking(move || {
-            f(&mut store.lock().unwrap_or_else(|p| p.into_inner()))
-        })
-        .await;
-        self.health.busy.store(false, Ordering::Relaxed);
-        match r {
-            Ok(v) => v,
-            // A panic inside rusqlite would be a bug; surface it instead of hiding it.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        if self.next_retry.is_none() {
+            self.commit(Vec::new());
+        }
+        if !self.stuck.is_empty() {
+            warn!(
+                frames = self.stuck.len(),
+                "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again"
+            );
         }
     }
 
-    fn degraded(&self) -> bool {
-        self.health.degraded.load(Ordering::Relaxed)
+    /// One round after the inputs were taken: commit what is due, then retention if due.
+    fn round(&mut self, mut batch: Vec<Entry<T>>, now: Instant) {
+        if let Some(at) = self.next_retry {
+            // Order is kept: new messages wait behind the batch that failed.
+            self.stuck.append(&mut batch);
+            if now >= at {
+                let stuck = std::mem::take(&mut self.stuck);
+                self.commit(stuck);
+            }
+        } else if !batch.is_empty()
+            || self.pending_group_writes() >= ACK_FLUSH_COUNT
+            || self.ack_flush.is_some_and(|at| now >= at)
+        {
+            self.commit(batch);
+        } else if self.pending_group_writes() > 0 && self.ack_flush.is_none() {
+            // Acks alone wait a little for messages to share a commit with; a lost ack only
+            // means a redelivery, while an fsync between two frames costs ACK latency.
+            self.ack_flush = Some(now + ACK_FLUSH);
+        }
+        self.state
+            .pending
+            .store(self.stuck.len() as u64, Ordering::Relaxed);
+        if self.over_bytes {
+            // Bytes over the bound are looked at again soon, never in a tight loop.
+            self.next_retention = self.next_retention.min(self.last_retention + RETENTION_MIN);
+        }
+        let now = Instant::now();
+        if now >= self.next_retention {
+            // A full disk cannot delete either (deletes go through the WAL): wait for recovery.
+            if self.next_retry.is_none() {
+                self.retention();
+                self.last_retention = now;
+            }
+            self.next_retention = now + retention_period(&self.opts);
+        }
+        if self.refresh_figures.is_some_and(|at| now >= at) {
+            self.refresh_figures = None;
+            self.figures_at = now;
+            let figures = self.store.figures();
+            *self.state.figures.lock().unwrap_or_else(|p| p.into_inner()) = figures;
+        }
+    }
+
+    /// Publishes the running totals (cheap: one row) after a commit or a retention pass.
+    fn publish_totals(&self) {
+        if let Ok((bytes, messages, keys)) = self.store.totals() {
+            self.state.bytes.store(bytes, Ordering::Relaxed);
+            self.state.messages.store(messages, Ordering::Relaxed);
+            self.state.dedupe_keys.store(keys, Ordering::Relaxed);
+        }
+        if let Ok(newest) = self.store.newest_seq() {
+            self.state.newest_seq.store(newest, Ordering::Relaxed);
+        }
+    }
+
+    /// Something in the spool changed: status shows it at the end of this round, or within
+    /// [`FIGURES_EVERY`] of the previous refresh while changes keep coming.
+    fn changed(&mut self) {
+        if self.refresh_figures.is_none() {
+            self.refresh_figures = Some(self.figures_at + FIGURES_EVERY);
+        }
     }
 
     fn pending_group_writes(&self) -> usize {
         self.acks.values().map(Vec::len).sum::<usize>() + self.parks.len()
     }
 
-    /// Something failed to commit and waits for the retry tick.
-    fn must_retry(&self) -> bool {
-        !self.stuck.is_empty()
-            || (self.degraded() && (!self.acks.is_empty() || !self.parks.is_empty()))
-    }
-}
-
-async fn run(
-    w: Writer,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    health: Arc<SpoolHealth>,
-    shutdown: CancellationToken,
-) {
-    let Writer {
-        store,
-        mut inbound,
-        hub,
-        callbacks,
-        progress,
-    } = w;
-    let opts = store.options().clone();
-    let mut st = State {
-        store: Arc::new(Mutex::new(store)),
-        hub,
-        callbacks,
-        health,
-        next_retention: Instant::now() + retention_period(&opts),
-        last_retention: Instant::now(),
-        ack_flush: None,
-        opts,
-        stuck: Vec::new(),
-        acks: BTreeMap::new(),
-        parks: Vec::new(),
-        over_bytes: false,
-    };
-    let mut retry = tokio::time::interval(RETRY_EVERY);
-    // Polled only while a commit is stuck: ticks missed meanwhile must not come as a burst.
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut beat = tokio::time::interval(crate::notify::heartbeat());
-    loop {
-        crate::notify::wedge_point("writer", st.health.batches.load(Ordering::Relaxed) > 0).await;
-        progress.beat();
-        st.health.pending.store(
-            inbound.len() as u64 + st.stuck.len() as u64,
-            Ordering::Relaxed,
-        );
-        let must_retry = st.must_retry();
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            Some(first) = inbound.recv(), if st.stuck.is_empty() => {
-                let mut batch = Vec::with_capacity(64);
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match inbound.try_recv() {
-                        Ok(i) => batch.push(i),
-                        Err(_) => break,
-                    }
-                }
-                // Acks that arrived meanwhile ride along in the same transaction; a stream of
-                // frames can never starve them (or a status query).
-                st.drain_cmds(&mut cmds).await;
-                st.commit(batch).await;
-            }
-            Some(cmd) = cmds.recv() => {
-                st.on_cmd(cmd).await;
-                st.drain_cmds(&mut cmds).await;
-                // Acks alone wait a little for frames to share a commit with; a lost ack only
-                // means a redelivery, while an fsync between two frames costs ACK latency.
-                if st.ack_flush.is_none() && !(st.acks.is_empty() && st.parks.is_empty()) {
-                    st.ack_flush = Some(Instant::now() + ACK_FLUSH);
-                }
-                if st.pending_group_writes() >= ACK_FLUSH_COUNT && !st.must_retry() {
-                    st.commit(Vec::new()).await;
-                }
-            }
-            _ = tokio::time::sleep_until(st.ack_flush.unwrap_or(st.next_retention)), if st.ack_flush.is_some() && !must_retry => {
-                st.commit(Vec::new()).await;
-            }
-            _ = retry.tick(), if must_retry => {
-                let batch = std::mem::take(&mut st.stuck);
-                st.commit(batch).await;
-            }
-            _ = tokio::time::sleep_until(st.next_retention) => {}
-            _ = beat.tick() => {}
-        }
-        let now = Instant::now();
-        if st.over_bytes {
-            // Bytes over the bound are looked at again soon, never in a tight loop.
-            st.next_retention = st.next_retention.min(st.last_retention + RETENTION_MIN);
-        }
-        if now >= st.next_retention {
-            // A full disk cannot delete either (deletes go through the WAL): wait for recovery.
-            if !st.degraded() {
-                st.retention().await;
-                st.last_retention = now;
-            }
-            st.next_retention = now + retention_period(&st.opts);
-        }
-    }
-    // Acks a member sent before the stop still count: record them with the last commit.
-    while let Ok(cmd) = cmds.try_recv() {
-        match cmd {
-            Cmd::Ack { .. } | Cmd::Park { .. } => st.on_cmd(cmd).await,
-            _ => {}
-        }
-    }
-    if !st.degraded() {
-        st.commit(Vec::new()).await;
-    }
-    if !st.stuck.is_empty() {
-        warn!(
-            frames = st.stuck.len(),
-            "stopping with frames that never became durable; they were not ACKed, so DingTalk delivers them again"
-        );
-    }
-}
-
-impl State {
-    async fn drain_cmds(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
-        while let Ok(cmd) = cmds.try_recv() {
-            self.on_cmd(cmd).await;
-        }
-    }
-
-    /// One transaction: pending acks and parks, then `batch`. On success the batch's ACKs go
-    /// out (or are held for a callback response) and its lines are published; on failure
-    /// everything is kept for the retry and nothing is ACKed.
-    async fn commit(&mut self, batch: Vec<Inbound>) {
+    /// One transaction: pending acks and parks, then `batch`. On success the hook gets the
+    /// batch; on failure everything is kept for the retry and the hook is not called.
+    fn commit(&mut self, batch: Vec<Entry<T>>) {
         if batch.is_empty() && self.acks.is_empty() && self.parks.is_empty() {
             return;
         }
-        let msgs: Vec<NewMessage> = batch
-            .iter()
-            .map(|i| NewMessage {
-                dedupe_keys: i.frame.dedupe_keys(),
-                body: i.frame.consumer_body(&i.conn.to_string()),
-                topic: i.frame.topic().to_owned(),
-            })
-            .collect();
-        let acks = std::mem::take(&mut self.acks);
-        let parks = std::mem::take(&mut self.parks);
         self.ack_flush = None;
-        // ACKs and consumer lines go out from the blocking thread as soon as the commit
-        // returned: no hop back through the writer task, whose wakeup can queue behind other
-        // tasks on a busy runtime (it was most of the ACK latency tail).
-        let post = Post {
-            hub: self.hub.clone(),
-            callbacks: self.callbacks.clone(),
-            health: self.health.clone(),
-        };
-        let (batch, acks, parks, res, over) = self
-            .blocking(move |s| {
-                let r = s.commit(&msgs, &acks, &parks, SystemTime::now());
-                let over = s.over_max_bytes();
-                match r {
-                    Ok(outcome) => {
-                        post.dispatch(batch, outcome.appended, msgs);
-                        (Vec::new(), acks, parks, Ok(outcome.unknown_groups), over)
-                    }
-                    Err(e) => (batch, acks, parks, Err(e), over),
+        let (msgs, rides): (Vec<NewMessage>, Vec<T>) =
+            batch.into_iter().map(|e| (e.msg, e.ride)).unzip();
+        self.state.busy.store(true, Ordering::Relaxed);
+        let result = self
+            .store
+            .commit(&msgs, &self.acks, &self.parks, SystemTime::now());
+        self.state.busy.store(false, Ordering::Relaxed);
+        self.over_bytes = self.store.over_max_bytes();
+        match result {
+            Ok(outcome) => {
+                self.changed();
+                self.publish_totals();
+                self.acks.clear();
+                self.parks.clear();
+                self.next_retry = None;
+                if self.state.degraded.swap(false, Ordering::Relaxed) {
+                    info!(
+                        cause = "spool_recovered",
+                        "spool writable again: ACKing and delivering resumed"
+                    );
+                    self.state.set_last_error(None);
                 }
-            })
-            .await;
-        self.over_bytes = over;
-        let unknown_groups = match res {
-            Ok(u) => u,
-            Err(e) => {
-                let first = !self.health.degraded.swap(true, Ordering::Relaxed);
-                if first {
-                    if e.is_disk_full() {
-                        error!(cause = "spool_full", frames = batch.len(), error = %e, "spool full: not ACKing, delivering nothing new until space returns");
-                    } else {
-                        error!(cause = "spool_error", frames = batch.len(), error = %e, "spool write failed: not ACKing; retrying every second");
-                    }
+                if !outcome.unknown_groups.is_empty() {
+                    warn!(groups = ?outcome.unknown_groups, "acks or parks for consumer groups the spool does not know were dropped");
                 }
-                *self
-                    .health
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                self.stuck = batch;
-                self.acks = acks;
-                self.parks = parks;
-                return;
+                if msgs.is_empty() {
+                    return;
+                }
+                self.state.commits.fetch_add(1, Ordering::Relaxed);
+                let committed: Vec<Committed<T>> = msgs
+                    .into_iter()
+                    .zip(rides)
+                    .zip(outcome.appended)
+                    .map(|((msg, ride), appended)| {
+                        match appended {
+                            Appended::Stored { .. } => &self.state.stored,
+                            Appended::Duplicate { .. } => &self.state.duplicates,
+                        }
+                        .fetch_add(1, Ordering::Relaxed);
+                        Committed {
+                            appended,
+                            msg,
+                            ride,
+                        }
+                    })
+                    .collect();
+                (self.after_commit)(committed);
             }
-        };
-        if self.health.degraded.swap(false, Ordering::Relaxed) {
-            info!(
-                cause = "spool_recovered",
-                "spool writable again: ACKing and delivering resumed"
-            );
-            *self
-                .health
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
-        }
-        if !unknown_groups.is_empty() {
-            warn!(groups = ?unknown_groups, "acks or parks for consumer groups the spool does not know were dropped");
+            Err(e) => {
+                if !self.state.degraded.swap(true, Ordering::Relaxed) {
+                    if e.is_disk_full() {
+                        error!(cause = "spool_full", frames = msgs.len(), error = %e, "spool full: not ACKing, delivering nothing new until space returns");
+                    } else {
+                        error!(cause = "spool_error", frames = msgs.len(), error = %e, "spool write failed: not ACKing; retrying every second");
+                    }
+                }
+                self.state.set_last_error(Some(e.to_string()));
+                self.stuck = msgs
+                    .into_iter()
+                    .zip(rides)
+                    .map(|(msg, ride)| Entry { msg, ride })
+                    .collect();
+                self.next_retry = Some(Instant::now() + RETRY_EVERY);
+            }
         }
     }
 
-    async fn on_cmd(&mut self, cmd: Cmd) {
+    fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Ack { group, seq } => self.acks.entry(group).or_default().push(seq),
             Cmd::Park {
@@ -399,60 +416,50 @@ impl State {
             } => self.parks.push((group, seq, deliveries)),
             Cmd::EnsureGroup { name, start, reply } => {
                 // A group's position read from disk must include the acks still buffered.
-                if !self.must_retry() {
-                    self.commit(Vec::new()).await;
+                if self.next_retry.is_none() {
+                    self.commit(Vec::new());
                 }
-                let r = self.blocking(move |s| s.ensure_group(&name, start)).await;
-                let _ = reply.send(r);
-            }
-            Cmd::Stats { reply } => {
-                let r = self.blocking(|s| s.stats()).await;
-                let _ = reply.send(r);
-            }
-            Cmd::Parked { group, reply } => {
-                let r = self.blocking(move |s| s.parked(&group)).await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.store.ensure_group(&name, start));
+                self.changed();
             }
             Cmd::SetOptions(o) => {
                 self.next_retention = self
                     .next_retention
                     .min(Instant::now() + retention_period(&o));
                 self.opts = o.clone();
-                self.blocking(move |s| s.set_options(o)).await
+                self.store.set_options(o);
             }
+            Cmd::Stop => {}
         }
     }
 
-    async fn retention(&mut self) {
-        let pass = self
-            .blocking(|s| {
-                let r = s.enforce_retention(SystemTime::now());
-                let forced = r
-                    .as_ref()
-                    .is_ok_and(|r| r.forced_out_unacked + r.forced_out_other > 0);
-                // The first seq still stored (or the next one to be assigned).
-                let floor = if forced {
-                    s.stats().ok().map(|st| {
-                        if st.messages == 0 {
+    fn retention(&mut self) {
+        self.state.busy.store(true, Ordering::Relaxed);
+        let result = self.store.enforce_retention(SystemTime::now());
+        self.state.busy.store(false, Ordering::Relaxed);
+        match result {
+            Ok(r) => {
+                if r.deleted_acked + r.forced_out_unacked + r.forced_out_other + r.expired_keys > 0
+                {
+                    self.publish_totals();
+                    // Now, not within a second: what a bound forced out shows at once.
+                    self.refresh_figures = Some(Instant::now());
+                }
+                self.over_bytes = self.store.over_max_bytes();
+                if r.forced_out_unacked + r.forced_out_other > 0 {
+                    // The first seq still stored (or the next one to be assigned): groups must
+                    // not deliver anything below it from a memory cache.
+                    if let Ok(st) = self.store.stats() {
+                        let first = if st.messages == 0 {
                             st.newest_seq + 1
                         } else {
                             st.oldest_seq
-                        }
-                    })
-                } else {
-                    None
-                };
-                (r, s.over_max_bytes(), floor)
-            })
-            .await;
-        if let (_, _, Some(floor)) = pass {
-            self.health.floor.fetch_max(floor, Ordering::Relaxed);
-        }
-        match (pass.0, pass.1) {
-            (Ok(r), over) => {
-                self.over_bytes = over;
+                        };
+                        self.state.forced_below.fetch_max(first, Ordering::Relaxed);
+                    }
+                }
                 if r.forced_out_unacked > 0 {
-                    self.health
+                    self.state
                         .forced_out
                         .fetch_add(r.forced_out_unacked, Ordering::Relaxed);
                 }
@@ -464,10 +471,78 @@ impl State {
                     );
                 }
             }
-            (Err(e), _) => {
+            Err(e) => {
                 self.over_bytes = false;
                 warn!(error = %e, "spool retention failed; will try again");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::StartAt;
+    use crate::spool::test_support::{msg, opts};
+    use std::sync::mpsc as std_mpsc;
+
+    /// Starts a writer on a fresh spool; the hook reports each committed batch's seqs.
+    fn writer() -> (
+        tempfile::TempDir,
+        Submitter<u32>,
+        SpoolHandle,
+        WriterThread,
+        std_mpsc::Receiver<Vec<(u32, Appended)>>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), opts()).expect("open");
+        let (tx, rx) = std_mpsc::channel();
+        let hook: AfterCommit<u32> = Box::new(move |batch| {
+            let _ = tx.send(batch.into_iter().map(|c| (c.ride, c.appended)).collect());
+        });
+        let (sub, handle, thread) = start(store, hook, Progress::new()).expect("start");
+        (dir, sub, handle, thread, rx)
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_hand_back_rides_in_order_and_acked_messages_leave() {
+        let (_dir, sub, handle, thread, rx) = writer();
+        handle.ensure_group("g", StartAt::Oldest).await.expect("group");
+        for (i, key) in ["m:1", "m:2", "m:1"].into_iter().enumerate() {
+            assert!(sub.submit(Entry {
+                msg: msg(key, &[key]),
+                ride: i as u32,
+            }));
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.extend(rx.recv_timeout(Duration::from_secs(10)).expect("a batch"));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0, Appended::Stored { seq: 1 }),
+                (1, Appended::Stored { seq: 2 }),
+                (2, Appended::Duplicate { seq: 1 })
+            ]
+        );
+        wait_for("both messages counted", || {
+            handle.state.messages.load(Ordering::Relaxed) == 2
+        });
+        handle.ack("g", 1);
+        handle.ack("g", 2);
+        // Retention runs about once a second; the acked messages go.
+        wait_for("retention deleted the acked messages", || {
+            handle.state.messages.load(Ordering::Relaxed) == 0
+        });
+        thread.stop(Duration::from_secs(5)).await;
     }
 }

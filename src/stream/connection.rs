@@ -2,8 +2,9 @@
 //! tick, the pong deadline, the drain deadline and cancellation. Its timers are locals and die
 //! with it. It never reconnects: it returns *why* it ended and the supervisor decides.
 
-use super::{ConnEvent, ConnId, Inbound};
+use super::{ConnEvent, ConnId};
 use crate::config::Keepalive;
+use crate::relay::{Refused, Relay};
 use crate::wire::{Ack, Frame, FrameKind};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -95,8 +96,8 @@ pub struct ConnCtx {
     pub id: ConnId,
     /// Ping interval and pong timeout; changes apply from the next tick.
     pub liveness: tokio::sync::watch::Receiver<Liveness>,
-    /// Frames to the spool writer; full means shed.
-    pub inbound: mpsc::Sender<Inbound>,
+    /// Where EVENT and CALLBACK frames go: the path to the spool.
+    pub relay: Relay,
     /// Events to the supervisor (`disconnect` received, first frame...).
     pub events: mpsc::UnboundedSender<ConnEvent>,
     /// Cancelled on shutdown or when the supervisor retires this connection.
@@ -320,18 +321,13 @@ where
         FrameKind::Event | FrameKind::Callback => {
             debug!(connection = %id, kind = frame.kind.as_str(), topic = frame.topic(), message_id = frame.message_id(), "frame");
             ctx.stats.frames_in.fetch_add(1, Relaxed);
-            let inbound = Inbound {
-                frame,
-                conn: id,
-                reply: ack_tx.clone(),
-            };
-            match ctx.inbound.try_send(inbound) {
+            match ctx.relay.submit(frame, id, ack_tx) {
                 Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     warn!(connection = %id, "limits.max_pending_acks reached: frames are not becoming durable; shedding this connection so DingTalk routes elsewhere");
                     Some(End::Shed)
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => Some(End::Cancelled),
+                Err(Refused::Closed) => Some(End::Cancelled),
             }
         }
         FrameKind::Other(ref t) => {

@@ -7,7 +7,6 @@ pub mod socket;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
 
 /// The daemon's short name for a connection (`c7`); DingTalk's connectionId is the ticket and
 /// must not be shown.
@@ -18,17 +17,6 @@ impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}", self.0)
     }
-}
-
-/// An EVENT or CALLBACK frame on its way to the spool; `reply` reaches the connection it came
-/// on, so its ACK goes out there (protocol.md §3.1).
-pub struct Inbound {
-    /// The parsed frame.
-    pub frame: crate::wire::Frame,
-    /// Which connection it came on.
-    pub conn: ConnId,
-    /// The connection's ACK queue.
-    pub reply: mpsc::UnboundedSender<crate::wire::Ack>,
 }
 
 /// What a connection tells the supervisor while it runs.

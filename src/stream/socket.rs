@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 const MAX_PROXY_RESPONSE: usize = 16 * 1024;
 
 /// The options as the kernel reports them on a live socket.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SocketReport {
     /// SO_KEEPALIVE.
     pub keepalive: bool,

@@ -3,7 +3,7 @@
 //! `Retry-After` (itself capped at `max_delay`). About 40 lines of our own: the `backoff` crate
 //! is unmaintained.
 
-use rand::RngExt;
+use rand::{Rng, RngExt};
 use std::time::Duration;
 
 /// Backoff state: the number of consecutive failures.
@@ -40,12 +40,16 @@ impl Backoff {
         self.failures
     }
 
-    /// The next wait, and counts one more failure.
-    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+    /// The next wait, drawn from `rng`, and counts one more failure.
+    pub fn next_delay<R: Rng + ?Sized>(
+        &mut self,
+        retry_after: Option<Duration>,
+        rng: &mut R,
+    ) -> Duration {
         let ceiling = self.ceiling(self.failures);
         self.failures = self.failures.saturating_add(1);
-        let jittered =
-            Duration::from_nanos(rand::rng().random_range(0..=ceiling.as_nanos() as u64));
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        let jittered = Duration::from_nanos(rng.random_range(0..=nanos));
         match retry_after {
             Some(ra) => jittered.max(ra.min(self.max)),
             None => jittered,
@@ -76,7 +80,7 @@ mod tests {
         for _round in 0..200 {
             b.reset();
             for (n, seen) in maxima.iter_mut().enumerate() {
-                let d = b.next_delay(None);
+                let d = b.next_delay(None, &mut rand::rng());
                 let cap = m.min(i * 2u32.pow(n as u32));
                 assert!(d <= cap, "wait {n} = {d:?} above {cap:?}");
                 *seen = (*seen).max(d);
@@ -90,9 +94,11 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor_capped_at_max() {
         let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(5));
-        assert!(b.next_delay(Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        assert!(
+            b.next_delay(Some(Duration::from_secs(3)), &mut rand::rng()) >= Duration::from_secs(3)
+        );
         assert_eq!(
-            b.next_delay(Some(Duration::from_secs(3600))),
+            b.next_delay(Some(Duration::from_secs(3600)), &mut rand::rng()),
             Duration::from_secs(5)
         );
     }

@@ -1,20 +1,23 @@
-//! The one reconnect loop. It alone starts connections (one code path: [`Supervisor::attempt`]),
-//! fetching a fresh ticket each time; it backs off with full jitter, hands over
-//! make-before-break on `disconnect`, publishes the link state for status and STATUS=, and
-//! feeds the watchdog from its own `select!`.
+//! The one reconnect loop. Its decisions are [`machine::Machine`]'s (pure, unit-tested); this
+//! shell only performs them: it runs the attempt (fresh ticket, then the WebSocket: the only
+//! place a connection is started), spawns and closes connection tasks, arms the backoff timer,
+//! publishes the link state for status and STATUS=, and feeds the systemd watchdog from its own
+//! `select!`.
 
 pub mod backoff;
-pub mod policy;
-mod state;
+mod link;
+pub mod machine;
 
-pub use state::{LinkState, LinkStatus};
+pub use link::{LinkState, LinkStatus};
 
 use crate::gateway::ticket::{TicketClient, TicketError};
 use crate::notify::{Progress, Watchdog};
+use crate::relay::Relay;
 use crate::stream::connect::{self, ConnectError, ConnectParams, Established};
 use crate::stream::connection::{self, ConnCtx, End, Liveness};
-use crate::stream::{ConnEvent, ConnId, Inbound, StreamStats};
-use policy::{Decision, Event, Policy};
+use crate::stream::socket::SocketReport;
+use crate::stream::{ConnEvent, ConnId, StreamStats};
+use machine::{Action, Event, Machine, Phase, SHUTDOWN, Settings};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,20 +59,18 @@ impl AttemptError {
 #[error("{0}")]
 pub struct FatalCredentials(pub TicketError);
 
-/// Instructions from the rest of the daemon.
-pub enum Command {
-    /// A reloaded config. Every new setting is taken; with `relink` (credentials, endpoint,
-    /// subscriptions, CA or proxy changed) the link is also replaced make-before-break.
-    Reload {
-        /// The new ticket client (credentials, endpoint, `connect_timeout`).
-        ticket: Box<TicketClient>,
-        /// The new connect parameters (socket options apply to the next connection).
-        connect: Box<ConnectParams>,
-        /// initial_delay, max_delay, stable_after.
-        reconnect: (Duration, Duration, Duration),
-        /// Replace the current connection (and any attempt still using the old settings).
-        relink: bool,
-    },
+/// A reloaded config, for the supervisor. Every new setting is taken; with `relink`
+/// (credentials, endpoint, subscriptions, CA or proxy changed) the link is also replaced
+/// make-before-break.
+pub struct Reload {
+    /// The new ticket client (credentials, endpoint, `connect_timeout`).
+    pub ticket: TicketClient,
+    /// The new connect parameters (socket options apply to the next connection).
+    pub connect: ConnectParams,
+    /// initial_delay, max_delay, stable_after.
+    pub reconnect: (Duration, Duration, Duration),
+    /// Replace the current connection (and any attempt still using the old settings).
+    pub relink: bool,
 }
 
 /// Everything the loop needs.
@@ -78,30 +79,40 @@ pub struct Supervisor {
     pub ticket: TicketClient,
     /// WebSocket parameters.
     pub connect: ConnectParams,
-    /// Frames to the spool writer.
-    pub inbound: mpsc::Sender<Inbound>,
+    /// Where connections hand their frames.
+    pub relay: Relay,
     /// Traffic counters.
     pub stats: Arc<StreamStats>,
     /// The published link state.
     pub link: watch::Sender<LinkStatus>,
     /// Live ping settings.
     pub liveness: watch::Receiver<Liveness>,
-    /// Backoff and its memory.
-    pub policy: Policy,
+    /// Backoff settings.
+    pub settings: Settings,
     /// The reader's progress counter (shared by all connections).
     pub reader_progress: Arc<Progress>,
     /// The watchdog check.
     pub watchdog: Watchdog,
-    /// Reload commands.
-    pub commands: mpsc::UnboundedReceiver<Command>,
+    /// Reloads.
+    pub reloads: mpsc::UnboundedReceiver<Reload>,
 }
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Result<Established, AttemptError>> + Send>>;
 
-struct Current {
-    id: ConnId,
-    opened: Instant,
-    cancel: CancellationToken,
+/// The shell's side of the machine's state: what it holds to perform actions.
+struct Shell {
+    attempt: Option<AttemptFuture>,
+    /// The last attempt's error, kept for the fatal exit.
+    last_error: Option<AttemptError>,
+    /// The WebSocket an attempt opened, until the machine says which connection it is.
+    opened: Option<Established>,
+    wait_until: Option<tokio::time::Instant>,
+    conns: JoinSet<End>,
+    /// Which connection each task runs, so a task that fails (a panic) is still known.
+    task_conn: HashMap<tokio::task::Id, ConnId>,
+    cancel: HashMap<ConnId, CancellationToken>,
+    sockets: HashMap<ConnId, SocketReport>,
+    fatal: bool,
 }
 
 impl Supervisor {
@@ -115,94 +126,63 @@ impl Supervisor {
         })
     }
 
-    fn publish(&self, f: impl FnOnce(&mut LinkStatus)) {
-        self.link.send_modify(f);
-    }
-
     /// Runs until `shutdown`, or until credentials are rejected before the first success.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FatalCredentials> {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<ConnEvent>();
-        let mut conns: JoinSet<End> = JoinSet::new();
-        // Which connection each task runs, so a task that fails (a panic) is still known.
-        let mut task_conn: HashMap<tokio::task::Id, ConnId> = HashMap::new();
-        let mut current: Option<Current> = None;
-        let mut draining: HashMap<ConnId, CancellationToken> = HashMap::new();
-        let mut retire_on_open: Vec<CancellationToken> = Vec::new();
-        let mut next_id = 0u64;
-        let mut attempt: Option<AttemptFuture> = Some(self.attempt());
-        let mut attempt_no: u32 = 1;
-        let mut wait_until: Option<tokio::time::Instant> = None;
+        let jitter = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
+        let mut machine = Machine::new(self.settings, Box::new(jitter));
+        let mut sh = Shell {
+            attempt: None,
+            last_error: None,
+            opened: None,
+            wait_until: None,
+            conns: JoinSet::new(),
+            task_conn: HashMap::new(),
+            cancel: HashMap::new(),
+            sockets: HashMap::new(),
+            fatal: false,
+        };
         let mut watchdog_tick =
             tokio::time::interval(self.watchdog.interval.unwrap_or(Duration::from_secs(3600)));
         let watchdog_on = self.watchdog.interval.is_some();
-        self.publish(|s| {
-            s.state = LinkState::Connecting {
-                attempt: attempt_no,
-                since: SystemTime::now(),
-            }
-        });
-        info!(attempt = attempt_no, "connecting to DingTalk");
+        let mut ev = Some((Event::Start, None));
 
-        let result = loop {
-            tokio::select! {
+        loop {
+            if let Some((e, note)) = ev.take() {
+                let attempt = machine.attempt_no();
+                let now = Instant::now();
+                let actions = machine.on(e, now);
+                log_outcome(note, &actions, attempt, now);
+                self.perform(&machine, actions, attempt, &mut sh, &shutdown, &events_tx);
+                if sh.fatal {
+                    break;
+                }
+                continue;
+            }
+            ev = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled() => break,
                 _ = watchdog_tick.tick(), if watchdog_on => {
                     if let Err(part) = self.watchdog.check() {
                         error!(part, "not feeding the systemd watchdog: the {part} made no progress while it had work");
                     }
+                    None
                 }
-                Some(Command::Reload { ticket, connect, reconnect, relink }) = self.commands.recv() => {
-                    self.ticket = *ticket;
-                    self.connect = *connect;
-                    self.policy.backoff.set_bounds(reconnect.0, reconnect.1);
-                    self.policy.stable_after = reconnect.2;
-                    if relink {
-                        if let Some(cur) = current.take() {
-                            info!(connection = %cur.id, cause = "reload", "credentials or endpoint changed: opening a replacement before closing this connection");
-                            // The old connection keeps running until the new one is open.
-                            retire_on_open.push(cur.cancel.clone());
-                            draining.insert(cur.id, cur.cancel);
-                        }
-                        // An attempt under way still uses the old settings: start over.
-                        wait_until = None;
-                        attempt_no = 1;
-                        self.publish(|s| s.state = LinkState::Connecting { attempt: 1, since: SystemTime::now() });
-                        attempt = Some(self.attempt());
+                Some(r) = self.reloads.recv() => {
+                    self.ticket = r.ticket;
+                    self.connect = r.connect;
+                    if r.relink {
+                        info!(cause = "reload", "credentials or endpoint changed: opening a replacement before closing the current connection");
                     }
+                    Some((Event::Reload { reconnect: r.reconnect, relink: r.relink }, None))
                 }
-                res = async { attempt.as_mut().expect("guarded").await }, if attempt.is_some() => {
-                    attempt = None;
-                    match res {
+                res = async { sh.attempt.as_mut().expect("guarded").await }, if sh.attempt.is_some() => {
+                    sh.attempt = None;
+                    Some(match res {
                         Ok(est) => {
-                            next_id += 1;
-                            let id = ConnId(next_id);
-                            let cancel = shutdown.child_token();
-                            let ctx = ConnCtx {
-                                id,
-                                liveness: self.liveness.clone(),
-                                inbound: self.inbound.clone(),
-                                events: events_tx.clone(),
-                                cancel: cancel.clone(),
-                                stats: self.stats.clone(),
-                                progress: self.reader_progress.clone(),
-                            };
-                            let task = conns.spawn(connection::run(est.ws, ctx));
-                            task_conn.insert(task.id(), id);
-                            self.policy.decide(&Event::Connected);
-                            // Make-before-break: whatever was current keeps draining.
-                            for t in retire_on_open.drain(..) {
-                                t.cancel();
-                            }
-                            info!(connection = %id, attempt = attempt_no, peer = %est.peer, handover = !draining.is_empty(), "connected to DingTalk");
-                            let socket = est.socket.clone();
-                            self.publish(|s| {
-                                s.state = LinkState::Open { since: SystemTime::now(), conn: id, peer: est.peer.clone() };
-                                s.socket = Some(socket);
-                                s.connections_opened += 1;
-                            });
-                            current = Some(Current { id, opened: Instant::now(), cancel });
-                            attempt_no = 0;
+                            let peer = est.peer.clone();
+                            sh.opened = Some(est);
+                            (Event::AttemptOpened { peer }, None)
                         }
                         Err(e) => {
                             let cause = e.cause();
@@ -210,47 +190,21 @@ impl Supervisor {
                                 AttemptError::Ticket(t) => (t.is_credentials(), t.retry_after()),
                                 AttemptError::Connect(_) => (false, None),
                             };
-                            match self.policy.decide(&Event::AttemptFailed { credentials, retry_after }) {
-                                Decision::Fatal => {
-                                    let AttemptError::Ticket(t) = e else { unreachable!("only ticket errors are credentials") };
-                                    error!(cause = %cause, "{t}");
-                                    break Err(FatalCredentials(t));
-                                }
-                                Decision::Wait(delay) => {
-                                    warn!(attempt = attempt_no, cause = %cause, delay_ms = delay.as_millis() as u64, error = %e, "connection attempt failed; backing off");
-                                    self.schedule(&mut wait_until, delay, attempt_no, cause, credentials);
-                                }
-                                Decision::ConnectNow | Decision::Stay => {
-                                    attempt = Some(self.attempt());
-                                }
-                            }
+                            let note = Note::AttemptFailed { cause: cause.clone(), error: e.to_string() };
+                            sh.last_error = Some(e);
+                            (Event::AttemptFailed { cause, credentials, retry_after }, Some(note))
                         }
-                    }
+                    })
                 }
-                _ = tokio::time::sleep_until(wait_until.unwrap_or_else(tokio::time::Instant::now)), if wait_until.is_some() => {
-                    wait_until = None;
-                    attempt_no += 1;
-                    info!(attempt = attempt_no, "connecting to DingTalk");
-                    self.publish(|s| s.state = LinkState::Connecting { attempt: attempt_no, since: SystemTime::now() });
-                    attempt = Some(self.attempt());
+                _ = tokio::time::sleep_until(sh.wait_until.unwrap_or_else(tokio::time::Instant::now)), if sh.wait_until.is_some() => {
+                    sh.wait_until = None;
+                    Some((Event::WaitOver, None))
                 }
-                Some(ev) = events_rx.recv() => match ev {
-                    ConnEvent::Disconnect { id, reason } => {
-                        if let Some(cur) = current.take_if(|c| c.id == id) {
-                            draining.insert(cur.id, cur.cancel);
-                            self.stats_handover();
-                            if self.policy.decide(&Event::DisconnectRequested) == Decision::ConnectNow && attempt.is_none() {
-                                wait_until = None;
-                                attempt_no = 1;
-                                info!(connection = %id, cause = "server_disconnect", reason = %reason, "opening the replacement connection now (make-before-break)");
-                                // The state stays Open: the draining connection is still live
-                                // and ACKing until the replacement is up.
-                                attempt = Some(self.attempt());
-                            }
-                        }
-                    }
-                },
-                Some(joined) = conns.join_next_with_id(), if !conns.is_empty() => {
+                Some(ConnEvent::Disconnect { id, reason }) = events_rx.recv() => {
+                    info!(connection = %id, cause = "server_disconnect", reason = %reason, "opening the replacement connection now (make-before-break)");
+                    Some((Event::Disconnect { conn: id }, None))
+                }
+                Some(joined) = sh.conns.join_next_with_id(), if !sh.conns.is_empty() => {
                     let (task, end) = match joined {
                         Ok((task, end)) => (task, end),
                         // A failed task is a lost connection like any other: never a stall.
@@ -259,75 +213,204 @@ impl Supervisor {
                             (e.id(), End::Io(format!("connection task failed: {e}")))
                         }
                     };
-                    let Some(id) = task_conn.remove(&task) else { continue };
-                    if draining.remove(&id).is_some() {
-                        info!(connection = %id, cause = end.cause(), "retired connection closed");
-                        if current.is_none() && attempt.is_some() && draining.is_empty() {
-                            // The handover's replacement is not up yet and nothing is live now.
-                            self.publish(|s| s.state = LinkState::Connecting { attempt: attempt_no.max(1), since: SystemTime::now() });
-                        }
-                        continue;
-                    }
-                    let Some(cur) = current.take_if(|c| c.id == id) else { continue };
-                    let up_for = cur.opened.elapsed();
-                    if end == End::Cancelled {
-                        continue;
-                    }
-                    let Decision::Wait(delay) = self.policy.decide(&Event::Dropped { up_for }) else { continue };
-                    warn!(connection = %id, cause = end.cause(), detail = ?end, up_for_ms = up_for.as_millis() as u64, delay_ms = delay.as_millis() as u64, "connection lost; reconnecting with a fresh ticket");
-                    if attempt.is_none() {
-                        self.schedule(&mut wait_until, delay, attempt_no, end.cause().to_string(), false);
-                    }
+                    sh.task_conn.remove(&task).map(|conn| {
+                        sh.cancel.remove(&conn);
+                        sh.sockets.remove(&conn);
+                        let cause = if end == End::Cancelled { SHUTDOWN } else { end.cause() };
+                        let note = if !machine.is_current(conn) {
+                            Note::Retired { conn, cause }
+                        } else {
+                            Note::Lost {
+                                conn,
+                                cause,
+                                detail: format!("{end:?}"),
+                                up_for: machine.current_up_for(Instant::now()).unwrap_or_default(),
+                            }
+                        };
+                        (Event::Ended { conn, cause: cause.into() }, Some(note))
+                    })
                 }
-            }
-        };
+            };
+        }
 
+        let result = if sh.fatal {
+            match sh.last_error.take() {
+                Some(AttemptError::Ticket(t)) => {
+                    error!(cause = %t.cause(), "{t}");
+                    Err(FatalCredentials(t))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            Ok(())
+        };
         // Shutdown: every connection sends its Close frame, under a deadline. An attempt under
         // way may just have opened a WebSocket: let it finish briefly and close it properly
         // instead of dropping it (a dropped socket can reach DingTalk as a reset).
         if result.is_ok()
-            && let Some(pending) = attempt.take()
+            && let Some(pending) = sh.attempt.take()
             && let Ok(Ok(mut est)) = tokio::time::timeout(ATTEMPT_GRACE, pending).await
         {
             connection::close_handshake(&mut est.ws, "").await;
         }
-        if let Some(cur) = current.take() {
-            cur.cancel.cancel();
-        }
-        for (_, t) in draining.drain() {
+        for (_, t) in sh.cancel.drain() {
             t.cancel();
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while conns.join_next().await.is_some() {}
+            while sh.conns.join_next().await.is_some() {}
         })
         .await;
-        conns.abort_all();
-        self.publish(|s| s.state = LinkState::Stopped);
+        sh.conns.abort_all();
+        self.link.send_modify(|s| s.state = LinkState::Stopped);
         result
     }
 
-    fn schedule(
-        &self,
-        wait_until: &mut Option<tokio::time::Instant>,
-        delay: Duration,
+    /// Performs the machine's actions. `attempt` is the attempt number before the event.
+    fn perform(
+        &mut self,
+        machine: &Machine,
+        actions: Vec<Action>,
         attempt: u32,
-        cause: String,
-        credentials: bool,
+        sh: &mut Shell,
+        shutdown: &CancellationToken,
+        events: &mpsc::UnboundedSender<ConnEvent>,
     ) {
-        *wait_until = Some(tokio::time::Instant::now() + delay);
-        let until = SystemTime::now() + delay;
-        self.publish(|s| {
-            s.state = LinkState::Backoff {
+        for action in actions {
+            match action {
+                Action::Attempt => {
+                    sh.wait_until = None;
+                    info!(attempt = machine.attempt_no(), "connecting to DingTalk");
+                    sh.attempt = Some(self.attempt());
+                }
+                Action::AttemptAt(at) => {
+                    sh.wait_until = Some(tokio::time::Instant::from_std(at));
+                }
+                Action::Serve(id) => {
+                    let Some(est) = sh.opened.take() else {
+                        continue;
+                    };
+                    let cancel = shutdown.child_token();
+                    let ctx = ConnCtx {
+                        id,
+                        liveness: self.liveness.clone(),
+                        relay: self.relay.clone(),
+                        events: events.clone(),
+                        cancel: cancel.clone(),
+                        stats: self.stats.clone(),
+                        progress: self.reader_progress.clone(),
+                    };
+                    info!(connection = %id, attempt, peer = %est.peer, handover = machine.open_connections().len() > 1, "connected to DingTalk");
+                    sh.sockets.insert(id, est.socket.clone());
+                    let task = sh.conns.spawn(connection::run(est.ws, ctx));
+                    sh.task_conn.insert(task.id(), id);
+                    sh.cancel.insert(id, cancel);
+                }
+                Action::Close(id) => {
+                    if let Some(c) = sh.cancel.get(&id) {
+                        c.cancel();
+                    }
+                }
+                Action::Publish => {
+                    let view = machine.view();
+                    let socket = match &view.phase {
+                        Phase::Open { conn, .. } => sh.sockets.get(conn).cloned(),
+                        _ => None,
+                    };
+                    self.link.send_modify(|s| {
+                        s.state = LinkState::from_phase(&view.phase);
+                        s.last_cause = view.last_cause.clone();
+                        s.connections_opened = view.connections_opened;
+                        s.handovers = view.handovers;
+                        if socket.is_some() || !s.state.is_open() {
+                            s.socket = socket;
+                        }
+                    });
+                }
+                Action::Fatal => sh.fatal = true,
+            }
+        }
+    }
+}
+
+/// What to log about an event once the machine decided what follows from it.
+enum Note {
+    AttemptFailed {
+        cause: String,
+        error: String,
+    },
+    Lost {
+        conn: ConnId,
+        cause: &'static str,
+        detail: String,
+        up_for: Duration,
+    },
+    Retired {
+        conn: ConnId,
+        cause: &'static str,
+    },
+}
+
+/// Logs an attempt failure or a lost connection with the wait the machine chose.
+fn log_outcome(note: Option<Note>, actions: &[Action], attempt: u32, now: Instant) {
+    let delay_ms = actions.iter().find_map(|a| match a {
+        Action::AttemptAt(at) => Some(at.saturating_duration_since(now).as_millis() as u64),
+        _ => None,
+    });
+    match note {
+        Some(Note::AttemptFailed { cause, error }) => {
+            if let Some(delay_ms) = delay_ms {
+                warn!(attempt, cause = %cause, delay_ms, error = %error, "connection attempt failed; backing off");
+            }
+        }
+        Some(Note::Lost {
+            conn,
+            cause,
+            detail,
+            up_for,
+        }) if cause != SHUTDOWN => {
+            warn!(connection = %conn, cause, detail, up_for_ms = up_for.as_millis() as u64, delay_ms = delay_ms.unwrap_or(0), "connection lost; reconnecting with a fresh ticket");
+        }
+        Some(Note::Retired { conn, cause }) => {
+            info!(connection = %conn, cause, "retired connection closed");
+        }
+        Some(Note::Lost { .. }) | None => {}
+    }
+}
+
+impl LinkState {
+    /// The published form of a machine phase: monotonic instants become wall-clock times.
+    fn from_phase(p: &Phase) -> LinkState {
+        let wall = |t: Instant| {
+            let now = Instant::now();
+            if t >= now {
+                SystemTime::now() + (t - now)
+            } else {
+                SystemTime::now() - (now - t)
+            }
+        };
+        match p {
+            Phase::Starting => LinkState::Starting,
+            Phase::Connecting { attempt, since } => LinkState::Connecting {
+                attempt: *attempt,
+                since: wall(*since),
+            },
+            Phase::Open { conn, since, peer } => LinkState::Open {
+                since: wall(*since),
+                conn: *conn,
+                peer: peer.clone(),
+            },
+            Phase::Backoff {
                 attempt,
                 until,
+                cause,
+                credentials_rejected,
+            } => LinkState::Backoff {
+                attempt: *attempt,
+                until: wall(*until),
                 cause: cause.clone(),
-                credentials_rejected: credentials,
-            };
-            s.last_cause = Some(cause);
-        });
-    }
-
-    fn stats_handover(&self) {
-        self.publish(|s| s.handovers += 1);
+                credentials_rejected: *credentials_rejected,
+            },
+            Phase::Stopped => LinkState::Stopped,
+        }
     }
 }

@@ -240,41 +240,6 @@ impl Frame {
         }
         keys
     }
-
-    /// The consumer-facing body (design.md §5) without `seq`: the spool stores this and the
-    /// sink prefixes `{"seq":N,`. `data` is embedded as JSON when it is JSON, else as a string.
-    pub fn consumer_body(&self, connection: &str) -> String {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            topic: &'a str,
-            message_id: &'a str,
-            connection: &'a str,
-            headers: &'a Headers,
-            data: Data<'a>,
-        }
-        #[derive(Serialize)]
-        #[serde(untagged)]
-        enum Data<'a> {
-            Json(&'a serde_json::value::RawValue),
-            Text(&'a str),
-        }
-        let raw: Option<&serde_json::value::RawValue> = serde_json::from_str(&self.data).ok();
-        let body = Body {
-            kind: self.kind.as_str(),
-            topic: self.topic(),
-            message_id: self.message_id(),
-            connection,
-            headers: &self.headers,
-            data: match raw {
-                Some(r) => Data::Json(r),
-                None => Data::Text(&self.data),
-            },
-        };
-        // Serializing plain strings and already-valid JSON cannot fail.
-        serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
-    }
 }
 
 #[derive(Deserialize)]

@@ -48,7 +48,7 @@ fn callback_parses_and_keeps_unknown_headers_but_not_connection_id() {
     let f = Frame::parse(BOT).unwrap();
     assert_eq!(f.kind, FrameKind::Callback);
     assert_eq!(f.message_id(), "212b9d7c_165f_19bfa1a500a_1461def");
-    let body = f.consumer_body("c7");
+    let body = crate::consumers::line::body(&f, "c7");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "CALLBACK");
     assert_eq!(v["connection"], "c7");
@@ -71,7 +71,8 @@ fn event_with_numeric_header_is_accepted() {
     let f = Frame::parse(EVENT).unwrap();
     assert_eq!(f.headers.time.as_deref(), Some("1683533823336"));
     assert!(f.dedupe_keys().contains(&"evt:c7c7120f2c07419".to_string()));
-    let v: serde_json::Value = serde_json::from_str(&f.consumer_body("c1")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::consumers::line::body(&f, "c1")).unwrap();
     assert_eq!(v["headers"]["eventBornTime"], "1683533823336");
 }
 
@@ -81,7 +82,8 @@ fn non_json_data_is_forwarded_as_string() {
         r#"{"type":"CALLBACK","headers":{"messageId":"m","topic":"t"},"data":"plain text"}"#,
     )
     .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&f.consumer_body("c1")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::consumers::line::body(&f, "c1")).unwrap();
     assert_eq!(v["data"], "plain text");
 }
 

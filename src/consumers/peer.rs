@@ -2,9 +2,11 @@
 //! (so nothing committed meanwhile is missed), then classified by its first line within
 //! [`HELLO_WAIT`]: a hello makes it a group member, anything else leaves it a tap.
 
-use super::group::{GroupRegistry, MemberIo};
-use super::hub::{Hub, TapFeed};
-use super::protocol::{self, Line, LineCodec, LineError, Request};
+use super::groups::GroupRegistry;
+use super::hub::Hub;
+use super::member::{self, MemberIo};
+use super::protocol::{self, Line, LineCodec, Request};
+use super::tap;
 use futures_util::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,16 +79,12 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
             match protocol::parse(&line) {
                 Ok(Request::Hello { group }) => {
                     info!(peer = %peer_desc, group = %group, "group member joined");
-                    env.groups
-                        .join(
-                            &group,
-                            MemberIo {
-                                lines,
-                                writer: wr,
-                                peer: peer_desc.clone(),
-                            },
-                        )
-                        .await;
+                    let io = MemberIo {
+                        lines,
+                        writer: wr,
+                        peer: peer_desc.clone(),
+                    };
+                    member::serve(&env.groups, &group, io).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -98,7 +96,7 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
         }
         Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) | Ok(Some(Ok(_))) | Err(_) => {
             debug!(peer = %peer_desc, tap = tap_id, "tap connected");
-            run_tap(tap_id, feed, lines, wr, &env, &peer_desc).await;
+            tap::run(tap_id, feed, lines, wr, &env.shutdown, &peer_desc).await;
             env.hub.remove_tap(tap_id);
         }
         Ok(Some(Err(LinesCodecError::Io(_)))) => env.hub.remove_tap(tap_id),
@@ -123,58 +121,4 @@ pub async fn write_bounded(wr: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Resu
     tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
-}
-
-async fn run_tap(
-    id: u64,
-    mut feed: TapFeed,
-    mut lines: Lines,
-    mut wr: OwnedWriteHalf,
-    env: &PeerEnv,
-    peer: &str,
-) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    loop {
-        tokio::select! {
-            _ = env.shutdown.cancelled() => return,
-            _ = feed.kill.cancelled() => {
-                info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
-                // Best effort and never waiting: a stuck tap's socket buffer is full, and waiting
-                // on it would keep this task (and its max_consumers slot) forever.
-                let notice = format!("{}\n", LineError::new("too_slow", "disconnected: this tap did not keep up").to_line());
-                let _ = wr.try_write(notice.as_bytes());
-                return;
-            }
-            line = feed.rx.recv() => {
-                let Some(line) = line else { return };
-                buf.clear();
-                push_line(&mut buf, &line);
-                // Coalesce whatever else is already queued into one write.
-                while buf.len() < COALESCE_BYTES {
-                    match feed.rx.try_recv() {
-                        Ok(more) => push_line(&mut buf, &more),
-                        Err(_) => break,
-                    }
-                }
-                let sent = buf.len();
-                let ok = tokio::select! {
-                    r = wr.write_all(&buf) => r.is_ok(),
-                    _ = feed.kill.cancelled() => false,
-                    _ = env.shutdown.cancelled() => false,
-                };
-                feed.queued_bytes.fetch_sub(sent, Ordering::Relaxed);
-                if !ok {
-                    if feed.kill.is_cancelled() {
-                        info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
-                    }
-                    return;
-                }
-            }
-            incoming = lines.next() => match incoming {
-                None | Some(Err(LinesCodecError::Io(_))) => return,
-                // Taps have nothing to say; their lines are ignored.
-                Some(_) => {}
-            }
-        }
-    }
 }

@@ -1,5 +1,5 @@
-//! The link state: one enum carrying its data (connecting, open since, backoff until), plus the
-//! counters around it. Published through a `watch` channel for status, STATUS= and metrics.
+//! The published link state: one enum carrying its data (connecting, open since, backoff until),
+//! plus the counters around it, in wall-clock time, through a `watch` channel for status.
 
 use crate::stream::ConnId;
 use crate::stream::socket::SocketReport;

@@ -1,4 +1,4 @@
-//! The fan-out point between the spool writer and consumers. The writer calls
+//! The fan-out point between the spool writer and consumers. The relay calls
 //! [`Hub::publish`] after each commit: every tap gets each line through its own bounded queue
 //! (`try_send`, never waiting), a tap whose queue overflows is cut off with a logged, counted
 //! reason, and group dispatchers are woken through a `watch` of the newest seq. A small cache
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::line;
+
 /// Lines a tap may have queued before it is disconnected.
 pub const TAP_QUEUE_LINES: usize = 4096;
 /// Bytes a tap may have queued before it is disconnected.
@@ -18,25 +20,23 @@ pub const TAP_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Recent lines kept in memory for groups that are caught up.
 const RECENT: usize = 8192;
 
-/// A committed message, ready for consumers.
+/// A stored message, ready for consumers: its line is built once and shared by every tap,
+/// group and member it goes to.
 #[derive(Debug, Clone)]
-pub struct Committed {
+pub struct Message {
     /// The daemon's sequence number.
     pub seq: u64,
-    /// The NDJSON line without the newline: `{"seq":N,...}`.
+    /// The consumer line without the newline: `{"seq":N,...}`.
     pub line: Arc<str>,
-    /// For routing callbacks.
-    pub topic: Arc<str>,
 }
 
-/// Builds the consumer line from the stored body (`{"type":...}` without seq).
-pub fn line_for(seq: u64, body: &str, redelivered: bool) -> String {
-    let rest = body.strip_prefix('{').unwrap_or(body);
-    let sep = if rest.starts_with('}') { "" } else { "," };
-    if redelivered {
-        format!("{{\"seq\":{seq},\"redelivered\":true{sep}{rest}")
-    } else {
-        format!("{{\"seq\":{seq}{sep}{rest}")
+impl Message {
+    /// The message `seq` with its stored `body`.
+    pub fn new(seq: u64, body: &str) -> Message {
+        Message {
+            seq,
+            line: line::line(seq, body, false).into(),
+        }
     }
 }
 
@@ -75,7 +75,7 @@ pub struct SinkStats {
 /// The fan-out hub.
 pub struct Hub {
     taps: Mutex<Vec<Tap>>,
-    recent: Mutex<VecDeque<Committed>>,
+    recent: Mutex<VecDeque<Message>>,
     newest: watch::Sender<u64>,
     next_tap: AtomicU64,
     /// Counters.
@@ -132,7 +132,7 @@ impl Hub {
     }
 
     /// Hands a committed batch to every tap and wakes the groups. Never blocks on a consumer.
-    pub fn publish(&self, batch: &[Committed]) {
+    pub fn publish(&self, batch: &[Message]) {
         let Some(last) = batch.last() else { return };
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +178,7 @@ impl Hub {
     }
 
     /// Recent messages with `seq > after`, at most `limit`, if the cache still covers `after+1`.
-    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Committed>> {
+    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Message>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let first = recent.front()?.seq;
         if after + 1 < first {
@@ -194,22 +194,8 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn c(seq: u64) -> Committed {
-        Committed {
-            seq,
-            line: line_for(seq, r#"{"type":"EVENT"}"#, false).into(),
-            topic: "*".into(),
-        }
-    }
-
-    #[test]
-    fn lines_are_built_around_the_stored_body() {
-        assert_eq!(line_for(7, r#"{"a":1}"#, false), r#"{"seq":7,"a":1}"#);
-        assert_eq!(
-            line_for(7, r#"{"a":1}"#, true),
-            r#"{"seq":7,"redelivered":true,"a":1}"#
-        );
-        assert_eq!(line_for(7, "{}", false), r#"{"seq":7}"#);
+    fn c(seq: u64) -> Message {
+        Message::new(seq, r#"{"type":"EVENT"}"#)
     }
 
     #[tokio::test]

@@ -1,0 +1,552 @@
+//! A consumer group's bookkeeping, pure: no I/O, no clock (time comes in as arguments).
+//!
+//! One [`Record`] per message in flight: the line, how often it was given, and who holds it
+//! until when (or nobody: it waits for redelivery). The rules: each message goes to one member
+//! at a time, round robin over members with room (at most `in_flight` unacked each); an ack
+//! makes it done; after `ack_wait` it is given again; a member that leaves hands its messages
+//! back at once, in order; after `max_deliveries` a message is parked (done, kept in the spool).
+//! The group's position (`cursor`: everything at or below is done) follows the lowest message
+//! not yet done. The group task around it ([`super::task`]) reads the spool and writes sockets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A member, numbered by the registry.
+pub type MemberId = u64;
+
+/// The reloadable per-member limits (`consumers:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Unacked messages per member.
+    pub in_flight: usize,
+    /// Redelivery after this.
+    pub ack_wait: Duration,
+    /// Parking after this many deliveries.
+    pub max_deliveries: u32,
+}
+
+/// A message given at least once and not done yet.
+#[derive(Debug)]
+struct Record {
+    /// Its line as first given (`"redelivered":true` is added when given again).
+    line: Arc<str>,
+    /// How often it was given.
+    deliveries: u32,
+    /// The member holding it and until when; `None` while it waits for redelivery.
+    holder: Option<(MemberId, Instant)>,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: MemberId,
+    in_flight: usize,
+}
+
+/// What an ack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// The message is done now.
+    Done,
+    /// It was done already (a repeated ack): nothing to do.
+    Repeated,
+    /// Never given to this group: the member gets `unknown_seq`.
+    Unknown,
+}
+
+/// A delivery the task must send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// To whom.
+    pub member: MemberId,
+    /// Which message.
+    pub seq: u64,
+    /// The line to send (already marked redelivered when it is one).
+    pub line: Arc<str>,
+    /// Given before.
+    pub redelivered: bool,
+}
+
+/// Counters since start, for status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Redeliveries.
+    pub redelivered: u64,
+    /// Acks that made a message done.
+    pub acked: u64,
+    /// Messages parked.
+    pub parked: u64,
+}
+
+/// A consumer group's state.
+#[derive(Debug)]
+pub struct Book {
+    settings: GroupSettings,
+    members: Vec<Member>,
+    /// Where the round robin goes on.
+    next_member: usize,
+    records: BTreeMap<u64, Record>,
+    /// Records waiting for redelivery, in seq order.
+    waiting: BTreeSet<u64>,
+    /// Deadlines of held records.
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Seqs done (acked or parked) above the cursor.
+    done: BTreeSet<u64>,
+    /// The lowest seq not yet given for the first time.
+    next_fresh: u64,
+    /// Every seq at or below it is done.
+    cursor: u64,
+    counts: Counts,
+}
+
+impl Book {
+    /// A group at `cursor` (from the spool) whose seqs `done_above` are acked or parked.
+    pub fn new(
+        settings: GroupSettings,
+        cursor: u64,
+        done_above: impl IntoIterator<Item = u64>,
+    ) -> Book {
+        Book {
+            settings,
+            members: Vec::new(),
+            next_member: 0,
+            records: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            done: done_above.into_iter().filter(|s| *s > cursor).collect(),
+            next_fresh: cursor + 1,
+            cursor,
+            counts: Counts::default(),
+        }
+    }
+
+    /// New limits (reload): they apply to the next deliveries.
+    pub fn set_settings(&mut self, settings: GroupSettings) {
+        self.settings = settings;
+    }
+
+    /// A member joined.
+    pub fn join(&mut self, member: MemberId) {
+        if !self.members.iter().any(|m| m.id == member) {
+            self.members.push(Member {
+                id: member,
+                in_flight: 0,
+            });
+        }
+    }
+
+    /// A member left: what it held waits for the next member, at once.
+    pub fn leave(&mut self, member: MemberId) {
+        self.members.retain(|m| m.id != member);
+        let held: Vec<u64> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.holder.is_some_and(|(m, _)| m == member))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in held {
+            self.release(seq);
+        }
+    }
+
+    /// Connected members.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A member acked `seq` (any member of the group may ack any of its messages).
+    pub fn ack(&mut self, seq: u64) -> Acked {
+        if self.records.contains_key(&seq) {
+            self.finish(seq);
+            self.counts.acked += 1;
+            Acked::Done
+        } else if self.done.contains(&seq) || seq <= self.cursor {
+            Acked::Repeated
+        } else {
+            Acked::Unknown
+        }
+    }
+
+    /// Messages whose `ack_wait` passed at `now`: given again later, or parked once given
+    /// `max_deliveries` times. Returns the parked ones with their delivery counts.
+    pub fn expire(&mut self, now: Instant) -> Vec<(u64, u32)> {
+        let mut parked = Vec::new();
+        while let Some(&(at, seq)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.release(seq);
+            let deliveries = self.records.get(&seq).map_or(0, |r| r.deliveries);
+            if deliveries >= self.settings.max_deliveries {
+                self.finish(seq);
+                self.counts.parked += 1;
+                parked.push((seq, deliveries));
+            }
+        }
+        parked
+    }
+
+    /// When the next held message's `ack_wait` passes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The next member to give a message to, round robin over those with room (below
+    /// `in_flight` and `has_room`, e.g. its socket queue not full).
+    pub fn member_with_room(&self, has_room: impl Fn(MemberId) -> bool) -> Option<MemberId> {
+        let n = self.members.len();
+        (0..n)
+            .map(|i| &self.members[(self.next_member + i) % n])
+            .find(|m| m.in_flight < self.settings.in_flight && has_room(m.id))
+            .map(|m| m.id)
+    }
+
+    /// Gives the lowest message waiting for redelivery to `member`, if there is one. Messages
+    /// below `forced_below` (a spool bound removed them) are dropped as done instead.
+    pub fn redeliver(
+        &mut self,
+        member: MemberId,
+        now: Instant,
+        forced_below: u64,
+    ) -> Option<Delivery> {
+        loop {
+            let seq = self.waiting.pop_first()?;
+            if seq < forced_below {
+                self.waiting.insert(seq);
+                self.finish(seq);
+                continue;
+            }
+            let line = self.records.get(&seq)?.line.clone();
+            self.hand_out(member, seq, now);
+            self.counts.redelivered += 1;
+            return Some(Delivery {
+                member,
+                seq,
+                line: redelivered_line(&line, seq),
+                redelivered: true,
+            });
+        }
+    }
+
+    /// Where fresh messages start: the lowest seq not given yet.
+    pub fn next_fresh(&self) -> u64 {
+        self.next_fresh
+    }
+
+    /// Skips fresh messages below `seq` (a spool bound removed them).
+    pub fn skip_to(&mut self, seq: u64) {
+        if seq > self.next_fresh {
+            self.next_fresh = seq;
+            self.prune();
+        }
+    }
+
+    /// Whether message `seq` still needs its first delivery (not done, not in flight).
+    pub fn wants(&self, seq: u64) -> bool {
+        seq >= self.next_fresh && !self.done.contains(&seq) && !self.records.contains_key(&seq)
+    }
+
+    /// Gives fresh message `seq` to `member` for the first time.
+    pub fn deliver(
+        &mut self,
+        member: MemberId,
+        seq: u64,
+        line: Arc<str>,
+        now: Instant,
+    ) -> Delivery {
+        self.next_fresh = self.next_fresh.max(seq + 1);
+        self.records.insert(
+            seq,
+            Record {
+                line: line.clone(),
+                deliveries: 0,
+                holder: None,
+            },
+        );
+        self.hand_out(member, seq, now);
+        Delivery {
+            member,
+            seq,
+            line,
+            redelivered: false,
+        }
+    }
+
+    /// Undoes a delivery the socket refused (the member is going away): a message given
+    /// before waits for redelivery, a fresh one is fresh again.
+    pub fn undo(&mut self, d: &Delivery) {
+        let Some(r) = self.records.get_mut(&d.seq) else {
+            return;
+        };
+        r.deliveries = r.deliveries.saturating_sub(1);
+        self.counts.delivered = self.counts.delivered.saturating_sub(1);
+        if d.redelivered {
+            self.counts.redelivered = self.counts.redelivered.saturating_sub(1);
+            self.release(d.seq);
+        } else {
+            self.unhold(d.seq);
+            self.records.remove(&d.seq);
+            self.next_fresh = self.next_fresh.min(d.seq);
+        }
+    }
+
+    /// Every seq at or below this is done.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Messages held by members now.
+    pub fn in_flight(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Messages waiting for redelivery.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Counters since start.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    fn hand_out(&mut self, member: MemberId, seq: u64, now: Instant) {
+        let deadline = now + self.settings.ack_wait;
+        if let Some(r) = self.records.get_mut(&seq) {
+            r.deliveries += 1;
+            r.holder = Some((member, deadline));
+        }
+        self.deadlines.insert((deadline, seq));
+        if let Some(i) = self.members.iter().position(|m| m.id == member) {
+            self.members[i].in_flight += 1;
+            self.next_member = i + 1;
+        }
+        self.counts.delivered += 1;
+    }
+
+    /// Takes `seq` from its holder, if any.
+    fn unhold(&mut self, seq: u64) {
+        let Some(r) = self.records.get_mut(&seq) else {
+            return;
+        };
+        if let Some((member, deadline)) = r.holder.take() {
+            self.deadlines.remove(&(deadline, seq));
+            if let Some(m) = self.members.iter_mut().find(|m| m.id == member) {
+                m.in_flight = m.in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// `seq` goes back to the redelivery queue.
+    fn release(&mut self, seq: u64) {
+        self.unhold(seq);
+        if self.records.contains_key(&seq) {
+            self.waiting.insert(seq);
+        }
+    }
+
+    /// `seq` is done (acked, parked or gone).
+    fn finish(&mut self, seq: u64) {
+        self.unhold(seq);
+        self.waiting.remove(&seq);
+        self.records.remove(&seq);
+        self.done.insert(seq);
+        self.prune();
+    }
+
+    /// Moves the cursor up to just below the lowest message not done and forgets the done
+    /// seqs below it.
+    fn prune(&mut self) {
+        let low = self
+            .records
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_fresh)
+            .min(self.next_fresh);
+        while let Some(&first) = self.done.first() {
+            if first >= low {
+                break;
+            }
+            self.done.pop_first();
+        }
+        self.cursor = self.cursor.max(low.saturating_sub(1));
+    }
+}
+
+/// The line of a message given again: `"redelivered":true` after its seq.
+fn redelivered_line(line: &Arc<str>, seq: u64) -> Arc<str> {
+    let prefix = format!("{{\"seq\":{seq}");
+    match line.strip_prefix(&prefix) {
+        Some(rest) if !rest.starts_with(",\"redelivered\"") => {
+            format!("{prefix},\"redelivered\":true{rest}").into()
+        }
+        _ => line.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    fn settings(in_flight: usize, max_deliveries: u32) -> GroupSettings {
+        GroupSettings {
+            in_flight,
+            ack_wait: WAIT,
+            max_deliveries,
+        }
+    }
+
+    fn line(seq: u64) -> Arc<str> {
+        format!("{{\"seq\":{seq},\"type\":\"EVENT\"}}").into()
+    }
+
+    /// Gives fresh messages `seqs` round robin to whoever has room; returns (member, seq).
+    fn give(book: &mut Book, seqs: std::ops::RangeInclusive<u64>, now: Instant) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for seq in seqs {
+            let m = book.member_with_room(|_| true).expect("a member with room");
+            let d = book.deliver(m, seq, line(seq), now);
+            out.push((d.member, d.seq));
+        }
+        out
+    }
+
+    #[test]
+    fn round_robin_respects_in_flight() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(2, 10), 0, []);
+        b.join(1);
+        b.join(2);
+        assert_eq!(
+            give(&mut b, 1..=4, t0),
+            vec![(1, 1), (2, 2), (1, 3), (2, 4)]
+        );
+        assert_eq!(b.member_with_room(|_| true), None, "both at in_flight 2");
+        assert_eq!(b.member_with_room(|m| m == 1), None);
+        assert_eq!(b.ack(3), Acked::Done);
+        assert_eq!(b.member_with_room(|_| true), Some(1));
+        assert_eq!(
+            b.member_with_room(|m| m != 1),
+            None,
+            "a full socket counts too"
+        );
+        assert_eq!(b.in_flight(), 3);
+    }
+
+    #[test]
+    fn acks_move_the_cursor_only_when_contiguous() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 10), 0, []);
+        b.join(1);
+        give(&mut b, 1..=3, t0);
+        assert_eq!(b.ack(2), Acked::Done);
+        assert_eq!(b.cursor(), 0);
+        assert_eq!(b.ack(1), Acked::Done);
+        assert_eq!(b.cursor(), 2);
+        assert_eq!(b.ack(1), Acked::Repeated);
+        assert_eq!(b.ack(3), Acked::Done);
+        assert_eq!(b.cursor(), 3);
+        assert_eq!(b.ack(9), Acked::Unknown, "never given");
+        assert_eq!(b.counts().acked, 3);
+    }
+
+    #[test]
+    fn ack_wait_redelivers_then_parks_after_max_deliveries() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 2), 0, []);
+        b.join(1);
+        give(&mut b, 1..=2, t0);
+        assert_eq!(b.next_deadline(), Some(t0 + WAIT));
+        assert!(b.expire(t0 + WAIT - Duration::from_millis(1)).is_empty());
+        assert!(
+            b.expire(t0 + WAIT).is_empty(),
+            "first expiry: given again, not parked"
+        );
+        assert_eq!((b.waiting(), b.in_flight()), (2, 0));
+        let t1 = t0 + WAIT;
+        let d = b.redeliver(1, t1, 0).expect("seq 1 again");
+        assert_eq!((d.seq, d.redelivered), (1, true));
+        assert_eq!(
+            &*d.line,
+            "{\"seq\":1,\"redelivered\":true,\"type\":\"EVENT\"}"
+        );
+        assert_eq!(
+            b.expire(t1 + WAIT),
+            vec![(1, 2)],
+            "second delivery expired: parked"
+        );
+        assert_eq!(b.counts().parked, 1);
+        assert_eq!(b.cursor(), 1, "a parked message counts as done");
+        assert_eq!(b.ack(1), Acked::Repeated);
+        assert_eq!(b.waiting(), 1, "seq 2 still waits");
+    }
+
+    #[test]
+    fn leaving_member_hands_back_in_order_at_once() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 10), 0, []);
+        b.join(1);
+        b.join(2);
+        give(&mut b, 1..=4, t0);
+        b.leave(1);
+        assert_eq!(b.members(), 1);
+        assert_eq!(b.waiting(), 2);
+        let first = b.redeliver(2, t0, 0).expect("redelivery");
+        let second = b.redeliver(2, t0, 0).expect("redelivery");
+        assert_eq!((first.seq, second.seq), (1, 3), "in seq order");
+        assert_eq!(b.redeliver(2, t0, 0), None);
+        assert_eq!(b.in_flight(), 4);
+    }
+
+    #[test]
+    fn restart_position_skips_what_was_done() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 10), 5, [7, 9, 3]);
+        assert_eq!(b.next_fresh(), 6);
+        assert!(b.wants(6) && !b.wants(7) && b.wants(8) && !b.wants(9));
+        b.join(1);
+        b.deliver(1, 6, line(6), t0);
+        b.ack(6);
+        assert_eq!(b.cursor(), 6, "8 was not considered yet");
+        assert_eq!(b.ack(7), Acked::Repeated, "done before the restart");
+        b.deliver(1, 8, line(8), t0);
+        b.ack(8);
+        assert_eq!(b.cursor(), 8, "7 was done, so the cursor passes it");
+    }
+
+    #[test]
+    fn undo_puts_a_refused_delivery_back() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 10), 0, []);
+        b.join(1);
+        let d = b.deliver(1, 1, line(1), t0);
+        b.undo(&d);
+        assert!(b.wants(1), "fresh again");
+        assert_eq!((b.in_flight(), b.counts().delivered), (0, 0));
+        let d = b.deliver(1, 1, line(1), t0);
+        b.expire(t0 + WAIT);
+        let again = b.redeliver(1, t0 + WAIT, 0).expect("again");
+        b.undo(&again);
+        assert_eq!(b.waiting(), 1, "a redelivery goes back to waiting");
+        assert_eq!(d.seq, 1);
+    }
+
+    #[test]
+    fn forced_out_messages_are_dropped_not_redelivered() {
+        let t0 = Instant::now();
+        let mut b = Book::new(settings(10, 10), 0, []);
+        b.join(1);
+        give(&mut b, 1..=3, t0);
+        b.expire(t0 + WAIT);
+        let d = b.redeliver(1, t0 + WAIT, 3).expect("seq 3 survives");
+        assert_eq!(d.seq, 3);
+        assert_eq!(b.cursor(), 2);
+        b.skip_to(10);
+        assert_eq!(b.next_fresh(), 10);
+    }
+}

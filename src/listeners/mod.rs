@@ -1,0 +1,259 @@
+//! Every listening socket the daemon serves, and how it gets them: the consumer socket and the
+//! control socket (from systemd socket activation, else bound here: [`activation`]) and the
+//! optional metrics endpoint. Each accept loop hands a connection to its own task; what a
+//! connection says is handled by [`crate::consumers`] and [`crate::control`].
+
+pub mod activation;
+
+use crate::config::Config;
+use crate::consumers::peer::{self, PeerEnv};
+use crate::consumers::protocol::LineError;
+use crate::status::Sources;
+use activation::{Inherited, ListenError, Matched};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How long an accept loop waits after a failed accept (EMFILE and friends) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a control client has to send its request line.
+const CONTROL_READ: Duration = Duration::from_secs(5);
+
+/// The two Unix sockets, and the paths the daemon bound itself (removed when it stops;
+/// sockets passed by systemd belong to systemd and are never removed).
+pub struct UnixSockets {
+    /// The consumer socket.
+    pub stream: UnixListener,
+    /// The control socket.
+    pub control: UnixListener,
+    /// Paths to remove on stop.
+    pub bound: Vec<PathBuf>,
+}
+
+impl UnixSockets {
+    /// Takes the sockets systemd passed (`LISTEN_FDS`), else binds `socket.path` and
+    /// `control.path` with `socket.mode`.
+    pub fn open(c: &Config) -> Result<UnixSockets, ListenError> {
+        let mut inherited = Inherited::from_env()?;
+        let mut bound = Vec::new();
+        let mode = c.socket.mode.0;
+        let stream = take_or_bind(
+            &mut inherited,
+            "stream",
+            0,
+            &c.socket.path,
+            &c.control.path,
+            mode,
+            &mut bound,
+        )?;
+        let control = take_or_bind(
+            &mut inherited,
+            "control",
+            1,
+            &c.control.path,
+            &c.socket.path,
+            mode,
+            &mut bound,
+        )?;
+        let unclaimed = inherited.unclaimed();
+        if !unclaimed.is_empty() {
+            warn!(sockets = ?unclaimed, "LISTEN_FDS passed sockets that match neither socket.path nor control.path; closing them");
+        }
+        Ok(UnixSockets {
+            stream,
+            control,
+            bound,
+        })
+    }
+}
+
+/// Removes the socket files the daemon bound itself.
+pub fn remove_bound(paths: &[PathBuf]) {
+    for p in paths {
+        if let Err(e) = std::fs::remove_file(p) {
+            warn!(path = %p.display(), error = %e, "cannot remove socket file");
+        }
+    }
+}
+
+/// The listener for `role`: the inherited one when there is one, else bound at `path`.
+fn take_or_bind(
+    inherited: &mut Inherited,
+    role: &'static str,
+    index: usize,
+    path: &Path,
+    other: &Path,
+    mode: u32,
+    bound: &mut Vec<PathBuf>,
+) -> Result<UnixListener, ListenError> {
+    let std_listener = match inherited.take(role, index, path, &[other]) {
+        Some((l, how, at)) => {
+            let at = at.map_or_else(
+                || "an unnamed socket".to_owned(),
+                |p| p.display().to_string(),
+            );
+            if how == Matched::Path {
+                info!(socket = role, path = %at, "using the socket passed by systemd");
+            } else {
+                warn!(socket = role, path = %at, configured = %path.display(), matched = ?how, "using the socket passed by systemd, although it is not bound to the configured path");
+            }
+            l
+        }
+        None => {
+            let l = activation::bind(path, mode)?;
+            bound.push(path.to_owned());
+            l
+        }
+    };
+    UnixListener::from_std(std_listener).map_err(|source| ListenError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Accepts consumers until shutdown, refusing those over `limits.max_consumers`.
+pub async fn serve_consumers(
+    listener: UnixListener,
+    env: PeerEnv,
+    max_consumers: usize,
+    tasks: TaskTracker,
+) {
+    let active = Arc::new(tokio::sync::Semaphore::new(max_consumers));
+    loop {
+        let accepted = tokio::select! {
+            _ = env.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: log, breathe, keep serving the others.
+                warn!(error = %e, "accepting a consumer failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let desc = match stream.peer_cred() {
+            Ok(c) => format!("pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
+            Err(_) => "unknown".into(),
+        };
+        let Ok(permit) = active.clone().try_acquire_owned() else {
+            env.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %desc, limit = max_consumers, "refusing a consumer: limits.max_consumers reached");
+            let mut s = stream;
+            let line =
+                LineError::new("too_many_consumers", "limits.max_consumers reached").to_line();
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(
+                    peer::WRITE_TIMEOUT,
+                    s.write_all(format!("{line}\n").as_bytes()),
+                )
+                .await;
+            });
+            continue;
+        };
+        debug!(peer = %desc, "consumer connected");
+        let env = env.clone();
+        tasks.spawn(async move {
+            env.hub.stats.consumers.fetch_add(1, Ordering::Relaxed);
+            peer::serve(stream, env.clone(), desc).await;
+            env.hub.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Serves the control socket until shutdown: one request line, one response line.
+pub async fn serve_control(
+    listener: UnixListener,
+    sources: Sources,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        tasks.spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let limited = rd.take(crate::control::MAX_REQUEST as u64);
+            let read =
+                tokio::time::timeout(CONTROL_READ, BufReader::new(limited).read_line(&mut line))
+                    .await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let reply = crate::control::answer(&line, &sources);
+            debug!("control request answered");
+            let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) until shutdown.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let sources = sources.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(crate::control::metrics::render(
+                                    &sources.report(),
+                                ))))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.unwrap_or_default())
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,215 @@
+//! What the daemon knows about itself, gathered into one typed [`Report`] from the live parts
+//! (link state, counters, groups, the spool writer's figures). Building a report never waits:
+//! everything is read from memory, and the spool's file figures are at most about a second
+//! old. The `STATUS=` line is the report's `summary`.
+
+pub mod report;
+
+pub use report::{
+    ConsumersReport, GroupReport, LinkReport, Report, SpoolReport, StreamReport, short_duration,
+};
+
+use crate::consumers::groups::GroupRegistry;
+use crate::consumers::hub::Hub;
+use crate::relay::Relay;
+use crate::relay::callbacks::Callbacks;
+use crate::spool::SpoolHandle;
+use crate::stream::StreamStats;
+use crate::supervisor::{LinkState, LinkStatus};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// The live parts a report is read from.
+#[derive(Clone)]
+pub struct Sources {
+    /// When the daemon started.
+    pub started: SystemTime,
+    /// The link state.
+    pub link: watch::Receiver<LinkStatus>,
+    /// Frame counters.
+    pub stream: Arc<StreamStats>,
+    /// The spool.
+    pub spool: SpoolHandle,
+    /// Frames waiting to become durable.
+    pub relay: Relay,
+    /// Taps and consumer counters.
+    pub hub: Arc<Hub>,
+    /// Consumer groups.
+    pub groups: GroupRegistry,
+    /// Held callback ACKs.
+    pub callbacks: Callbacks,
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Sources {
+    /// The report now.
+    pub fn report(&self) -> Report {
+        let link = self.link.borrow().clone();
+        let now = SystemTime::now();
+        let figures = self.spool.state.figures();
+        let newest = self.hub.newest_seq();
+        let groups = self
+            .groups
+            .snapshots()
+            .into_iter()
+            .map(|(name, g)| {
+                let parked_seqs = figures.parked.get(&name).cloned().unwrap_or_default();
+                let report = GroupReport {
+                    members: g.members as u64,
+                    in_flight: g.in_flight as u64,
+                    retry: g.retry as u64,
+                    cursor: g.cursor,
+                    backlog: newest.saturating_sub(g.cursor),
+                    delivered: g.delivered,
+                    redelivered: g.redelivered,
+                    acked: g.acked,
+                    parked: g.parked,
+                    parked_seqs,
+                };
+                (name, report)
+            })
+            .collect();
+        let w = &self.spool.state;
+        let s = &figures.stats;
+        let st = &self.stream;
+        let mut report = Report {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: rfc3339(self.started),
+            uptime_s: now
+                .duration_since(self.started)
+                .unwrap_or_default()
+                .as_secs(),
+            state: link.state.name().into(),
+            link: link_report(&link, now),
+            summary: String::new(),
+            stream: StreamReport {
+                frames_in: StreamStats::get(&st.frames_in),
+                acks_sent: StreamStats::get(&st.acks_sent),
+                pings_answered: StreamStats::get(&st.pings),
+                malformed_frames: StreamStats::get(&st.malformed),
+            },
+            spool: SpoolReport {
+                degraded: w.degraded.load(Relaxed),
+                last_error: w.last_error(),
+                pending_acks: self.relay.pending() as u64,
+                stored: w.stored.load(Relaxed),
+                duplicates: w.duplicates.load(Relaxed),
+                batches: w.commits.load(Relaxed),
+                forced_out_unacked: w.forced_out.load(Relaxed),
+                messages: w.messages.load(Relaxed),
+                bytes: w.bytes.load(Relaxed),
+                dedupe_keys: w.dedupe_keys.load(Relaxed),
+                oldest_seq: s.oldest_seq,
+                newest_seq: w.newest_seq.load(Relaxed).max(newest),
+                parked: s.parked,
+                file_bytes: s.file_bytes,
+                stats_error: figures.error,
+            },
+            consumers: ConsumersReport {
+                connected: self.hub.stats.consumers.load(Relaxed),
+                taps: self.hub.tap_count() as u64,
+                tap_lines: self.hub.stats.tap_lines.load(Relaxed),
+                taps_dropped_slow: self.hub.stats.taps_dropped_slow.load(Relaxed),
+                refused: self.hub.stats.refused.load(Relaxed),
+                bad_lines: self.hub.stats.bad_lines.load(Relaxed),
+            },
+            groups,
+            callbacks_held: self.callbacks.held() as u64,
+        };
+        report.summary = one_liner(&report, &link.state, now);
+        report
+    }
+}
+
+fn link_report(link: &LinkStatus, now: SystemTime) -> LinkReport {
+    let mut r = LinkReport {
+        state: link.state.name().into(),
+        last_cause: link.last_cause.clone(),
+        connections_opened: link.connections_opened,
+        handovers: link.handovers,
+        ..LinkReport::default()
+    };
+    match &link.state {
+        LinkState::Open { since, conn, peer } => {
+            r.since = Some(rfc3339(*since));
+            r.since_ms = Some(epoch_ms(*since));
+            r.connection = Some(conn.to_string());
+            r.peer = Some(peer.clone());
+            r.socket = link.socket.clone();
+        }
+        LinkState::Connecting { attempt, since } => {
+            r.attempt = Some(*attempt);
+            r.since = Some(rfc3339(*since));
+        }
+        LinkState::Backoff {
+            attempt,
+            until,
+            cause,
+            ..
+        } => {
+            r.attempt = Some(*attempt);
+            r.until = Some(rfc3339(*until));
+            r.retry_in_ms = Some(
+                u64::try_from(until.duration_since(now).unwrap_or_default().as_millis())
+                    .unwrap_or(u64::MAX),
+            );
+            r.cause = Some(cause.clone());
+        }
+        LinkState::Starting | LinkState::Stopped => {}
+    }
+    r
+}
+
+/// The `STATUS=` line: `connected 2h13m · 1234 in · backlog 0 · 2 consumers`, ...
+fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
+    let head = match state {
+        LinkState::Open { since, .. } => format!(
+            "connected {}",
+            short_duration(now.duration_since(*since).unwrap_or_default())
+        ),
+        LinkState::Connecting { attempt, .. } => format!("connecting (attempt {attempt})"),
+        LinkState::Backoff {
+            attempt,
+            until,
+            cause,
+            credentials_rejected,
+        } => {
+            // Rounded up: "backing off 0s" would read as "stuck".
+            let left = short_duration(
+                until.duration_since(now).unwrap_or_default() + Duration::from_millis(999),
+            );
+            // `ticket_503` reads as "ticket 503" for a person; the log keeps CAUSE=ticket_503.
+            let cause = cause.replace('_', " ");
+            if *credentials_rejected {
+                format!("credentials rejected ({cause}): retrying in {left}")
+            } else {
+                format!("backing off {left} after {cause} (attempt {attempt})")
+            }
+        }
+        LinkState::Starting => "starting".into(),
+        LinkState::Stopped => "stopping".into(),
+    };
+    let consumers = r.consumers.connected;
+    let spool = if r.spool.degraded {
+        " · spool full: not acking"
+    } else {
+        ""
+    };
+    format!(
+        "{head} · {} in · backlog {} · {consumers} consumer{}{spool}",
+        r.stream.frames_in,
+        r.backlog(),
+        if consumers == 1 { "" } else { "s" }
+    )
+}

@@ -1,0 +1,693 @@
+//! The reconnect rules as a pure state machine: [`Machine::on`] takes what happened and returns
+//! what to do. No I/O and no clock reads: time comes in with each event, randomness (the
+//! backoff jitter) from an injected generator, so every rule is unit-tested without sockets.
+//!
+//! The rules: one attempt at a time, each with a fresh ticket; a failed attempt or an
+//! unexpected drop waits a full-jitter backoff (the first retry after a drop too: no stampede);
+//! credentials rejected before any success are fatal (exit 78), later they are retried at
+//! `max_delay`; the backoff resets once a connection stayed up `stable_after`; a server
+//! `disconnect` opens the replacement before the old connection goes (make-before-break); a
+//! reload that changes credentials or the endpoint does the same and then closes the old one.
+
+use super::backoff::Backoff;
+use crate::stream::ConnId;
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+/// Where the link is, as the machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the first event.
+    Starting,
+    /// An attempt (ticket, TCP, TLS, upgrade) is under way, with nothing open.
+    Connecting {
+        /// 1-based attempt number since the last success.
+        attempt: u32,
+        /// When it started.
+        since: Instant,
+    },
+    /// A connection serves.
+    Open {
+        /// The serving connection.
+        conn: ConnId,
+        /// When it opened.
+        since: Instant,
+        /// The gateway's host:port.
+        peer: String,
+    },
+    /// Waiting before the next attempt.
+    Backoff {
+        /// The attempt that failed, or 1 for the wait after a drop.
+        attempt: u32,
+        /// When the next attempt starts.
+        until: Instant,
+        /// Why.
+        cause: String,
+        /// DingTalk rejected the credentials (after an earlier success).
+        credentials_rejected: bool,
+    },
+    /// Shut down.
+    Stopped,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The daemon starts: connect.
+    Start,
+    /// The attempt under way opened a WebSocket to `peer`.
+    AttemptOpened {
+        /// The gateway's host:port.
+        peer: String,
+    },
+    /// The attempt under way failed.
+    AttemptFailed {
+        /// Short cause (`ticket_503`, `tcp_timeout`, ...).
+        cause: String,
+        /// Credentials rejected (401, or 400 systemError).
+        credentials: bool,
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The backoff wait is over.
+    WaitOver,
+    /// The server sent `disconnect` on `conn`.
+    Disconnect {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// Connection `conn`'s task ended (a task that failed counts as an I/O error).
+    Ended {
+        /// Which connection.
+        conn: ConnId,
+        /// Why (`pong_timeout`, `eof`, ... or `shutdown` when the daemon closed it).
+        cause: String,
+    },
+    /// A reloaded config.
+    Reload {
+        /// New `initial_delay`, `max_delay`, `stable_after`.
+        reconnect: (Duration, Duration, Duration),
+        /// Credentials, endpoint, subscriptions, CA or proxy changed: replace the link.
+        relink: bool,
+    },
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start an attempt now (fresh ticket), dropping any attempt under way.
+    Attempt,
+    /// Start an attempt at this time (a backoff wait).
+    AttemptAt(Instant),
+    /// Serve the WebSocket the attempt opened as connection `conn`.
+    Serve(ConnId),
+    /// Close connection `conn` (a Close frame, then wait for the peer's).
+    Close(ConnId),
+    /// The link state changed: publish it.
+    Publish,
+    /// Credentials rejected before any success: stop the daemon (exit 78).
+    Fatal,
+}
+
+/// Reconnect settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Ceiling of the first wait.
+    pub initial_delay: Duration,
+    /// Ceiling of every wait.
+    pub max_delay: Duration,
+    /// A connection up this long resets the backoff.
+    pub stable_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    id: ConnId,
+    opened: Instant,
+}
+
+/// The machine.
+pub struct Machine {
+    phase: Phase,
+    /// The serving connection (also while its replacement is being opened).
+    current: Option<Conn>,
+    /// Retired connections still open: they drain until the server closes them.
+    draining: Vec<Conn>,
+    /// Connections to close once a replacement is open (a reload's make-before-break).
+    close_on_open: Vec<ConnId>,
+    /// An attempt is under way.
+    attempting: bool,
+    /// Attempts since the last success (for status).
+    attempt_no: u32,
+    backoff: Backoff,
+    stable_after: Duration,
+    ever_connected: bool,
+    next_id: u64,
+    last_cause: Option<String>,
+    connections_opened: u64,
+    handovers: u64,
+    rng: Box<dyn Rng + Send>,
+}
+
+/// What the machine shows to status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// The phase.
+    pub phase: Phase,
+    /// Why the last connection or attempt ended.
+    pub last_cause: Option<String>,
+    /// Connections opened since start.
+    pub connections_opened: u64,
+    /// Server `disconnect` handovers since start.
+    pub handovers: u64,
+}
+
+impl Machine {
+    /// A machine with these settings, drawing jitter from `rng`.
+    pub fn new(s: Settings, rng: Box<dyn Rng + Send>) -> Machine {
+        Machine {
+            phase: Phase::Starting,
+            current: None,
+            draining: Vec::new(),
+            close_on_open: Vec::new(),
+            attempting: false,
+            attempt_no: 0,
+            backoff: Backoff::new(s.initial_delay, s.max_delay),
+            stable_after: s.stable_after,
+            ever_connected: false,
+            next_id: 0,
+            last_cause: None,
+            connections_opened: 0,
+            handovers: 0,
+            rng,
+        }
+    }
+
+    /// What status shows now.
+    pub fn view(&self) -> View {
+        View {
+            phase: self.phase.clone(),
+            last_cause: self.last_cause.clone(),
+            connections_opened: self.connections_opened,
+            handovers: self.handovers,
+        }
+    }
+
+    /// Connections the machine considers open (serving or draining).
+    pub fn open_connections(&self) -> Vec<ConnId> {
+        self.current
+            .iter()
+            .chain(&self.draining)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Whether `conn` is the serving connection (not a retired, draining one).
+    pub fn is_current(&self, conn: ConnId) -> bool {
+        self.current.as_ref().is_some_and(|c| c.id == conn)
+    }
+
+    /// How long the serving connection has been up.
+    pub fn current_up_for(&self, now: Instant) -> Option<Duration> {
+        self.current.as_ref().map(|c| now.duration_since(c.opened))
+    }
+
+    /// The attempt number under way or that failed last (1-based).
+    pub fn attempt_no(&self) -> u32 {
+        self.attempt_no.max(1)
+    }
+
+    /// An attempt is under way.
+    pub fn attempting(&self) -> bool {
+        self.attempting
+    }
+
+    /// Applies `ev`, which happened at `now`, and says what to do.
+    pub fn on(&mut self, ev: Event, now: Instant) -> Vec<Action> {
+        match ev {
+            Event::Start => self.start_attempt(now, 1),
+            Event::AttemptOpened { peer } => self.opened(peer, now),
+            Event::AttemptFailed {
+                cause,
+                credentials,
+                retry_after,
+            } => self.attempt_failed(cause, credentials, retry_after, now),
+            Event::WaitOver => {
+                if matches!(self.phase, Phase::Backoff { .. }) && !self.attempting {
+                    let n = self.attempt_no.saturating_add(1).max(1);
+                    self.start_attempt(now, n)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Disconnect { conn } => self.disconnect(conn),
+            Event::Ended { conn, cause } => self.ended(conn, cause, now),
+            Event::Reload { reconnect, relink } => self.reload(reconnect, relink, now),
+        }
+    }
+
+    fn start_attempt(&mut self, now: Instant, attempt: u32) -> Vec<Action> {
+        self.attempting = true;
+        self.attempt_no = attempt;
+        self.phase = Phase::Connecting {
+            attempt,
+            since: now,
+        };
+        vec![Action::Attempt, Action::Publish]
+    }
+
+    fn opened(&mut self, peer: String, now: Instant) -> Vec<Action> {
+        if !self.attempting {
+            return Vec::new();
+        }
+        self.attempting = false;
+        self.attempt_no = 0;
+        self.ever_connected = true;
+        self.next_id += 1;
+        let id = ConnId(self.next_id);
+        self.connections_opened += 1;
+        let mut out = vec![Action::Serve(id)];
+        // A reload's make-before-break: the old connection goes now that the new one serves.
+        out.extend(self.close_on_open.drain(..).map(Action::Close));
+        self.current = Some(Conn { id, opened: now });
+        self.phase = Phase::Open {
+            conn: id,
+            since: now,
+            peer,
+        };
+        out.push(Action::Publish);
+        out
+    }
+
+    fn attempt_failed(
+        &mut self,
+        cause: String,
+        credentials: bool,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Vec<Action> {
+        if !self.attempting {
+            return Vec::new();
+        }
+        self.attempting = false;
+        if credentials && !self.ever_connected {
+            self.last_cause = Some(cause);
+            return vec![Action::Fatal];
+        }
+        let delay = if credentials {
+            // The secret was rotated under us: no point hurrying, but keep trying.
+            self.backoff.next_delay(None, &mut *self.rng);
+            self.backoff.max()
+        } else {
+            self.backoff.next_delay(retry_after, &mut *self.rng)
+        };
+        self.wait(delay, cause, credentials, now)
+    }
+
+    /// Waits `delay` before the next attempt.
+    fn wait(
+        &mut self,
+        delay: Duration,
+        cause: String,
+        credentials: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        let until = now + delay;
+        self.last_cause = Some(cause.clone());
+        self.phase = Phase::Backoff {
+            attempt: self.attempt_no,
+            until,
+            cause,
+            credentials_rejected: credentials,
+        };
+        vec![Action::AttemptAt(until), Action::Publish]
+    }
+
+    fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
+        let Some(cur) = self.current.take_if(|c| c.id == conn) else {
+            return Vec::new();
+        };
+        self.draining.push(cur);
+        self.handovers += 1;
+        if self.attempting {
+            return vec![Action::Publish];
+        }
+        // Make-before-break: the phase stays open (the old connection still ACKs) until the
+        // replacement is up.
+        self.attempting = true;
+        self.attempt_no = 1;
+        vec![Action::Attempt, Action::Publish]
+    }
+
+    fn ended(&mut self, conn: ConnId, cause: String, now: Instant) -> Vec<Action> {
+        if let Some(i) = self.draining.iter().position(|c| c.id == conn) {
+            self.draining.remove(i);
+            if self.current.is_none() && self.draining.is_empty() && self.attempting {
+                // The handover's replacement is not up yet and nothing is live now.
+                self.phase = Phase::Connecting {
+                    attempt: self.attempt_no.max(1),
+                    since: now,
+                };
+                return vec![Action::Publish];
+            }
+            return Vec::new();
+        }
+        let Some(cur) = self.current.take_if(|c| c.id == conn) else {
+            return Vec::new();
+        };
+        if cause == SHUTDOWN {
+            return Vec::new();
+        }
+        if now.duration_since(cur.opened) >= self.stable_after {
+            self.backoff.reset();
+        }
+        // Even the first retry waits a random 0..initial_delay: no stampede when a gateway
+        // node dies under many hosts at once.
+        let delay = self.backoff.next_delay(None, &mut *self.rng);
+        self.wait(delay, cause, false, now)
+    }
+
+    fn reload(
+        &mut self,
+        (initial, max, stable_after): (Duration, Duration, Duration),
+        relink: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.backoff.set_bounds(initial, max);
+        self.stable_after = stable_after;
+        if !relink {
+            return Vec::new();
+        }
+        // The old connection keeps serving until the replacement is open; an attempt or a
+        // wait still using the old settings is replaced now.
+        if let Some(cur) = self.current.take() {
+            self.close_on_open.push(cur.id);
+            self.draining.push(cur);
+        }
+        self.start_attempt(now, 1)
+    }
+}
+
+/// The cause of a connection the daemon closed itself (stopping, or retiring it).
+pub const SHUTDOWN: &str = "shutdown";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    const INITIAL: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    const STABLE: Duration = Duration::from_secs(30);
+
+    fn machine() -> (Machine, Instant) {
+        let s = Settings {
+            initial_delay: INITIAL,
+            max_delay: MAX,
+            stable_after: STABLE,
+        };
+        let rng = rand::rngs::StdRng::seed_from_u64(7);
+        (Machine::new(s, Box::new(rng)), Instant::now())
+    }
+
+    fn opened() -> Event {
+        Event::AttemptOpened {
+            peer: "gw:443".into(),
+        }
+    }
+
+    fn failed(cause: &str, credentials: bool) -> Event {
+        Event::AttemptFailed {
+            cause: cause.into(),
+            credentials,
+            retry_after: None,
+        }
+    }
+
+    fn ended(conn: u64, cause: &str) -> Event {
+        Event::Ended {
+            conn: ConnId(conn),
+            cause: cause.into(),
+        }
+    }
+
+    /// The wait an action list schedules, relative to `now`.
+    fn wait_of(actions: &[Action], now: Instant) -> Duration {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::AttemptAt(at) => Some(at.duration_since(now)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no wait in {actions:?}"))
+    }
+
+    /// Starts and opens the first connection (c1).
+    fn connected() -> (Machine, Instant) {
+        let (mut m, t0) = machine();
+        assert_eq!(
+            m.on(Event::Start, t0),
+            vec![Action::Attempt, Action::Publish]
+        );
+        assert_eq!(
+            m.on(opened(), t0),
+            vec![Action::Serve(ConnId(1)), Action::Publish]
+        );
+        (m, t0)
+    }
+
+    #[test]
+    fn a_drop_waits_a_jittered_backoff_even_the_first_time() {
+        let mut waits = Vec::new();
+        for seed in 0..50 {
+            let (mut m, t0) = connected();
+            m.rng = Box::new(rand::rngs::StdRng::seed_from_u64(seed));
+            let t = t0 + STABLE;
+            let a = m.on(ended(1, "eof"), t);
+            let w = wait_of(&a, t);
+            assert!(w <= INITIAL, "first retry after a stable connection: {w:?}");
+            assert!(matches!(m.view().phase, Phase::Backoff { ref cause, .. } if cause == "eof"));
+            assert_eq!(m.view().last_cause.as_deref(), Some("eof"));
+            waits.push(w);
+        }
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 40, "jitter spreads the waits: {waits:?}");
+    }
+
+    #[test]
+    fn the_wait_ends_in_a_new_attempt_with_a_fresh_ticket() {
+        let (mut m, t0) = connected();
+        m.on(ended(1, "pong_timeout"), t0 + Duration::from_secs(1));
+        let a = m.on(Event::WaitOver, t0 + Duration::from_secs(2));
+        assert_eq!(a, vec![Action::Attempt, Action::Publish]);
+        assert!(matches!(
+            m.view().phase,
+            Phase::Connecting { attempt: 1, .. }
+        ));
+        let a = m.on(failed("ticket_503", false), t0 + Duration::from_secs(3));
+        assert!(matches!(m.view().phase, Phase::Backoff { attempt: 1, .. }));
+        assert!(wait_of(&a, t0 + Duration::from_secs(3)) <= INITIAL * 4);
+        m.on(Event::WaitOver, t0 + Duration::from_secs(4));
+        assert!(matches!(
+            m.view().phase,
+            Phase::Connecting { attempt: 2, .. }
+        ));
+        assert_eq!(
+            m.on(opened(), t0 + Duration::from_secs(5)),
+            vec![Action::Serve(ConnId(2)), Action::Publish]
+        );
+    }
+
+    #[test]
+    fn flapping_connections_keep_backing_off_and_a_stable_one_resets() {
+        let (mut m, mut t) = connected();
+        let mut id = 1;
+        for _ in 0..5 {
+            t += Duration::from_secs(1);
+            m.on(ended(id, "eof"), t);
+            m.on(Event::WaitOver, t);
+            m.on(opened(), t);
+            id += 1;
+        }
+        assert_eq!(m.backoff.failures(), 5, "up 1 s each: never stable");
+        t += STABLE;
+        let a = m.on(ended(id, "eof"), t);
+        assert_eq!(
+            m.backoff.failures(),
+            1,
+            "reset, then the wait after the drop"
+        );
+        assert!(wait_of(&a, t) <= INITIAL);
+    }
+
+    #[test]
+    fn credentials_rejected_are_fatal_only_before_the_first_success() {
+        let (mut m, t0) = machine();
+        m.on(Event::Start, t0);
+        assert_eq!(m.on(failed("ticket_401", true), t0), vec![Action::Fatal]);
+
+        let (mut m, t0) = connected();
+        m.on(ended(1, "eof"), t0);
+        m.on(Event::WaitOver, t0);
+        let a = m.on(failed("ticket_401", true), t0);
+        assert_eq!(wait_of(&a, t0), MAX, "retried at max_delay");
+        assert!(matches!(
+            m.view().phase,
+            Phase::Backoff {
+                credentials_rejected: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let (mut m, t0) = machine();
+        m.on(Event::Start, t0);
+        let a = m.on(
+            Event::AttemptFailed {
+                cause: "ticket_503".into(),
+                credentials: false,
+                retry_after: Some(Duration::from_secs(3)),
+            },
+            t0,
+        );
+        assert!(wait_of(&a, t0) >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn disconnect_opens_the_replacement_before_the_old_one_goes() {
+        let (mut m, t0) = connected();
+        let t = t0 + Duration::from_secs(60);
+        let a = m.on(Event::Disconnect { conn: ConnId(1) }, t);
+        assert_eq!(
+            a,
+            vec![Action::Attempt, Action::Publish],
+            "at once, no wait"
+        );
+        assert!(
+            matches!(
+                m.view().phase,
+                Phase::Open {
+                    conn: ConnId(1),
+                    ..
+                }
+            ),
+            "still served by c1 meanwhile"
+        );
+        assert_eq!(m.view().handovers, 1);
+        assert_eq!(m.open_connections(), vec![ConnId(1)]);
+        let a = m.on(opened(), t);
+        assert_eq!(a, vec![Action::Serve(ConnId(2)), Action::Publish]);
+        assert!(
+            !a.contains(&Action::Close(ConnId(1))),
+            "c1 drains until the server closes it"
+        );
+        assert_eq!(m.open_connections(), vec![ConnId(2), ConnId(1)]);
+        assert_eq!(
+            m.on(ended(1, "server_close"), t),
+            vec![],
+            "a drained connection ends quietly"
+        );
+        assert!(matches!(
+            m.view().phase,
+            Phase::Open {
+                conn: ConnId(2),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_failed_replacement_backs_off_while_the_old_one_drains() {
+        let (mut m, t0) = connected();
+        m.on(Event::Disconnect { conn: ConnId(1) }, t0);
+        let a = m.on(failed("tcp_timeout", false), t0);
+        wait_of(&a, t0);
+        assert_eq!(m.on(ended(1, "drained"), t0), vec![]);
+        m.on(Event::WaitOver, t0);
+        assert!(matches!(m.view().phase, Phase::Connecting { .. }));
+    }
+
+    #[test]
+    fn reload_with_new_credentials_replaces_the_link_make_before_break() {
+        let (mut m, t0) = connected();
+        let settings = (INITIAL, MAX, STABLE);
+        assert_eq!(
+            m.on(
+                Event::Reload {
+                    reconnect: settings,
+                    relink: false
+                },
+                t0
+            ),
+            vec![],
+            "settings only: nothing to do"
+        );
+        let a = m.on(
+            Event::Reload {
+                reconnect: settings,
+                relink: true,
+            },
+            t0,
+        );
+        assert_eq!(a, vec![Action::Attempt, Action::Publish]);
+        assert_eq!(m.open_connections(), vec![ConnId(1)], "c1 still open");
+        let a = m.on(opened(), t0);
+        assert_eq!(
+            a,
+            vec![
+                Action::Serve(ConnId(2)),
+                Action::Close(ConnId(1)),
+                Action::Publish
+            ]
+        );
+        assert_eq!(m.on(ended(1, SHUTDOWN), t0), vec![]);
+        assert!(matches!(
+            m.view().phase,
+            Phase::Open {
+                conn: ConnId(2),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn reload_during_a_backoff_starts_over_at_once() {
+        let (mut m, t0) = machine();
+        m.on(Event::Start, t0);
+        m.on(failed("ticket_503", false), t0);
+        let a = m.on(
+            Event::Reload {
+                reconnect: (INITIAL, MAX, STABLE),
+                relink: true,
+            },
+            t0,
+        );
+        assert_eq!(a, vec![Action::Attempt, Action::Publish]);
+        assert!(matches!(
+            m.view().phase,
+            Phase::Connecting { attempt: 1, .. }
+        ));
+        assert_eq!(
+            m.on(Event::WaitOver, t0),
+            vec![],
+            "the old wait no longer counts"
+        );
+    }
+
+    #[test]
+    fn a_failed_connection_task_is_a_drop_like_any_other() {
+        let (mut m, t0) = connected();
+        let a = m.on(ended(1, "io_error"), t0);
+        wait_of(&a, t0);
+        assert_eq!(m.view().last_cause.as_deref(), Some("io_error"));
+        assert_eq!(m.open_connections(), vec![]);
+    }
+
+    #[test]
+    fn a_connection_closed_for_shutdown_schedules_nothing() {
+        let (mut m, t0) = connected();
+        assert_eq!(m.on(ended(1, SHUTDOWN), t0), vec![]);
+    }
+}
