@@ -1,7 +1,7 @@
 //! Connection-health benchmark: zombie detection time, time from a dropped TCP connection to a
 //! new live one, and the time with no open connection during a server `disconnect`, measured
 //! over several runs against the fake gateway on 127.0.0.1 with the daemon in-process. Prints a
-//! Markdown table next to the official SDKs' behaviour from protocol.md §5.
+//! Markdown table next to the official SDKs' behaviour from docs/protocol.md §5.
 //!
 //! `cargo bench --bench health` (set `BENCH_FULL=1` to add the real 10 s + 5 s defaults, ~2 min).
 //! Detection is timed from the moment the gateway goes silent to the daemon's own
@@ -314,7 +314,7 @@ fn main() {
 
         println!("\n### Connection health (`cargo bench --bench health`{})\n", if full { ", BENCH_FULL=1" } else { "" });
         println!("Machine: {}. Fake gateway and daemon on 127.0.0.1, in one process.\n", machine());
-        println!("| Measure | dingtalk-streamd | Target | Official SDKs (protocol.md §5) |");
+        println!("| Measure | dingtalk-streamd | Target | Official SDKs (docs/protocol.md §5) |");
         println!("|---|---|---|---|");
         let sdk_zombie = "PY 20 s ping + 20 s timeout (20–40 s); NODE never by default (8–16 s with keepAlive); GO v0.9.0 never; GO v0.9.1/0.9.2 120 s idle + 5 s (~125 s); JAVA 60 s idle + 5 s (~65 s); OC-soimy ~40–60 s";
         match &z_default {

@@ -1,4 +1,4 @@
-//! The command line (design.md §3), with clap derive.
+//! The command line, with clap derive.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

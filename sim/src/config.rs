@@ -1,6 +1,6 @@
 //! The gateway's configuration and the plain types of its public API.
 //!
-//! Defaults follow what DingTalk documents or field reports show (protocol.md §1.1, §3.5,
+//! Defaults follow what DingTalk documents or field reports show (docs/protocol.md §1.1, §3.5,
 //! §4.2), so a test states only what it changes.
 
 use std::net::SocketAddr;
@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::events::ConnId;
 
-/// Ticket lifetime DingTalk documents (protocol.md §1.1).
+/// Ticket lifetime DingTalk documents (docs/protocol.md §1.1).
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(90);
-/// Redelivery delay seen in field reports for unACKed bot messages (protocol.md §3.5).
+/// Redelivery delay seen in field reports for unACKed bot messages (docs/protocol.md §3.5).
 pub const DEFAULT_REDELIVER_AFTER: Duration = Duration::from_secs(60);
-/// Silence between `disconnect` and the TCP close (protocol.md §4.2).
+/// Silence between `disconnect` and the TCP close (docs/protocol.md §4.2).
 pub const DEFAULT_DISCONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// How the fake gateway behaves. `Default` suits tests: plain `ws://` on `127.0.0.1:0`, no
@@ -92,7 +92,7 @@ pub enum PushError {
 /// Where a push goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// A random deliverable connection, like DingTalk's load balancing (protocol.md §7).
+    /// A random deliverable connection, like DingTalk's load balancing (docs/protocol.md §7).
     Random,
     /// This connection (a zombie swallows it; a draining one is refused).
     To(ConnId),

@@ -93,7 +93,7 @@ impl OutFrame {
     }
 }
 
-/// A bot message (`/v1.0/im/bot/messages/get` data, protocol.md §6.2). Fields are public so a
+/// A bot message (`/v1.0/im/bot/messages/get` data, docs/protocol.md §6.2). Fields are public so a
 /// test can pin any of them (e.g. `msg_id` to simulate a redelivery under a new `messageId`).
 #[derive(Debug, Clone)]
 pub struct BotMessage {

@@ -2,7 +2,7 @@
 //!
 //! Used in-process by the integration tests (on `127.0.0.1:0`) and by the
 //! `dingtalk-streamd-sim` binary, so the daemon can be developed and demonstrated without
-//! DingTalk credentials. It speaks the real protocol (protocol.md §9 checklist), records what
+//! DingTalk credentials. It speaks the real protocol (docs/protocol.md §9 checklist), records what
 //! the client does as [`GatewayEvent`]s, and injects the failures seen in production.
 //!
 //! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`

@@ -1,4 +1,4 @@
-//! Redelivery of EVENT/CALLBACK frames that were not ACKed in time (protocol.md §3.5, §9.5).
+//! Redelivery of EVENT/CALLBACK frames that were not ACKed in time (docs/protocol.md §3.5, §9.5).
 //!
 //! One task sleeps until the earliest deadline, then pushes each overdue frame again, identical
 //! (same `messageId`, same `data`), on the same connection if it can still take deliveries,

@@ -1,5 +1,5 @@
 //! `POST /v1.0/gateway/connections/open`: records the request, applies faults, checks the
-//! credentials and issues a single-use ticket (protocol.md §1.1, §1.2).
+//! credentials and issues a single-use ticket (docs/protocol.md §1.1, §1.2).
 //!
 //! The client secret is compared and kept in the recorded request, never logged.
 

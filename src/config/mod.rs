@@ -1,4 +1,4 @@
-//! The typed configuration (design.md §4): serde structs with `deny_unknown_fields`, defaults as
+//! The typed configuration (the README's configuration table): serde structs with `deny_unknown_fields`, defaults as
 //! named constants, [`Config::load`] = parse + [`validate`](Config::validate) + secret
 //! resolution. Every error names the file and line (and column), or the key path for
 //! cross-field rules.
@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 /// Where the packaged daemon reads its config.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dingtalk-streamd/config.yml";
-/// DingTalk's production ticket endpoint (protocol.md §1.1).
+/// DingTalk's production ticket endpoint (docs/protocol.md §1.1).
 pub const DEFAULT_OPEN_URL: &str = "https://api.dingtalk.com/v1.0/gateway/connections/open";
-/// The consumer socket (design.md §2).
+/// The consumer socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/dingtalk-streamd/stream.sock";
-/// The control socket (design.md §2).
+/// The control socket.
 pub const DEFAULT_CONTROL_PATH: &str = "/run/dingtalk-streamd/control.sock";
 /// The spool directory (systemd `StateDirectory=`).
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/dingtalk-streamd";
@@ -202,7 +202,8 @@ pub struct Keepalive {
     pub tcp_keepalive_interval: HumanDuration,
     /// TCP_KEEPCNT.
     pub tcp_keepalive_count: u32,
-    /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the socket (ops-notes §3).
+    /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the socket (without it a
+    /// busy, black-holed link is noticed only after ~15 min).
     pub tcp_user_timeout: HumanDuration,
 }
 

@@ -287,7 +287,7 @@ pub(super) fn resolve_secret(
         ));
     };
     // A file conventionally ends with one newline; anything else around the value is a mistake
-    // DingTalk answers with a bare 401 (protocol.md §1.2), so say it here instead.
+    // DingTalk answers with a bare 401 (docs/protocol.md §1.2), so say it here instead.
     let value = match source {
         SecretSource::Inline => raw.as_str(),
         _ => raw

@@ -6,6 +6,7 @@
 use crate::wire::{Frame, Headers};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// The stored body of a frame's line: everything but `seq`. `headers` are the frame's minus
 /// `connectionId` (the ticket); `connection` is the daemon's short id for the connection;
@@ -58,6 +59,18 @@ pub fn line(seq: u64, body: &str, redelivered: bool) -> String {
     out
 }
 
+/// The line of message `seq` given again, from the line it was first given with:
+/// `"redelivered":true` right after the seq.
+pub fn redelivered(line: &Arc<str>, seq: u64) -> Arc<str> {
+    let prefix = format!("{{\"seq\":{seq}");
+    match line.strip_prefix(&prefix) {
+        Some(rest) if !rest.starts_with(",\"redelivered\"") => {
+            format!("{prefix},\"redelivered\":true{rest}").into()
+        }
+        _ => line.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +83,9 @@ mod tests {
             r#"{"seq":7,"redelivered":true,"a":1}"#
         );
         assert_eq!(line(7, "{}", false), r#"{"seq":7}"#);
+        let first: Arc<str> = line(7, r#"{"a":1}"#, false).into();
+        assert_eq!(&*redelivered(&first, 7), line(7, r#"{"a":1}"#, true));
+        let again = redelivered(&first, 7);
+        assert_eq!(redelivered(&again, 7), again, "marked once");
     }
 }

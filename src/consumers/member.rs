@@ -4,7 +4,7 @@
 //! messages back to the group at once.
 
 use super::groups::{GroupMsg, GroupRegistry, Out};
-use super::peer::{COALESCE_BYTES, Lines, push_line, write_bounded, write_line};
+use super::io::{COALESCE_BYTES, Lines, push_line, write_bounded, write_line};
 use super::protocol::{self, LineError, Request};
 use futures_util::StreamExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -86,6 +86,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     }
     done.cancel();
     out_task.abort();
+    let _ = out_task.await;
     info!(peer = %peer, group, "group member left");
     let _ = gtx.send(GroupMsg::Leave { id });
 }

@@ -4,28 +4,21 @@
 
 use super::groups::GroupRegistry;
 use super::hub::Hub;
+use super::io::{Lines, write_line};
 use super::member::{self, MemberIo};
-use super::protocol::{self, Line, LineCodec, Request};
+use super::protocol::{self, Request};
 use super::tap;
-use futures_util::{Stream, StreamExt};
-use std::pin::Pin;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio_util::codec::{FramedRead, LinesCodecError};
+use tokio_util::codec::LinesCodecError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How long a new peer has to say hello before it is treated as a tap (design.md §5).
+/// How long a new peer has to say hello before it is treated as a tap.
 pub const HELLO_WAIT: Duration = Duration::from_millis(200);
-/// Lines already queued for a consumer are sent together, up to about this many bytes.
-pub const COALESCE_BYTES: usize = 64 * 1024;
-/// A reply to a peer that is not read within this time ends the connection.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every peer task needs.
 #[derive(Clone)]
@@ -38,32 +31,6 @@ pub struct PeerEnv {
     pub max_line: usize,
     /// Stops everything.
     pub shutdown: CancellationToken,
-}
-
-/// A consumer's lines, bounded: a too-long line is one `MaxLineLengthExceeded` item and is
-/// skipped to its newline; the stream goes on after it (and after bytes that are not UTF-8).
-/// It ends only at EOF, or after an `Io` item.
-pub struct Lines(FramedRead<tokio::net::unix::OwnedReadHalf, LineCodec>);
-
-impl Lines {
-    /// Reads lines of at most `max` bytes from `rd`.
-    pub fn new(rd: tokio::net::unix::OwnedReadHalf, max: usize) -> Lines {
-        Lines(FramedRead::new(rd, LineCodec::new(max)))
-    }
-}
-
-impl Stream for Lines {
-    type Item = Result<String, LinesCodecError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().0.poll_next_unpin(cx).map(|item| {
-            item.map(|r| match r {
-                Ok(Line::Text(s)) => Ok(s),
-                Ok(Line::TooLong) => Err(LinesCodecError::MaxLineLengthExceeded),
-                Err(e) => Err(LinesCodecError::Io(e)),
-            })
-        })
-    }
 }
 
 /// Serves one accepted consumer until it leaves.
@@ -101,24 +68,4 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
         }
         Ok(Some(Err(LinesCodecError::Io(_)))) => env.hub.remove_tap(tap_id),
     }
-}
-
-/// Writes one line, bounded by [`WRITE_TIMEOUT`].
-pub async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(line.len() + 1);
-    push_line(&mut buf, line);
-    write_bounded(wr, &buf).await
-}
-
-/// Appends one NDJSON line (and its newline) to an outgoing buffer.
-pub fn push_line(buf: &mut Vec<u8>, line: &str) {
-    buf.extend_from_slice(line.as_bytes());
-    buf.push(b'\n');
-}
-
-/// Writes a buffer of whole lines in one go, bounded by [`WRITE_TIMEOUT`].
-pub async fn write_bounded(wr: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
 }

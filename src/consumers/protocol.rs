@@ -1,4 +1,4 @@
-//! The consumer socket's line protocol (design.md §5): what a consumer may send (hello, ack)
+//! The consumer socket's line protocol (the README's "consumer protocol"): what a consumer may send (hello, ack)
 //! and the error replies. Parsing never fails loudly: a bad line becomes an `{"error":...}`
 //! reply naming what was wrong.
 

@@ -4,7 +4,7 @@
 //! ignored.
 
 use super::hub::TapFeed;
-use super::peer::{COALESCE_BYTES, Lines, push_line};
+use super::io::{COALESCE_BYTES, Lines, push_line};
 use super::protocol::LineError;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;

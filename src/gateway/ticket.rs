@@ -1,4 +1,4 @@
-//! `POST connections/open` (protocol.md §1): trade the client id and secret for a one-time
+//! `POST connections/open` (docs/protocol.md §1): trade the client id and secret for a one-time
 //! ticket and the WebSocket endpoint. One request per connection attempt; the ticket is never
 //! stored or reused. [`TicketError`] tells the supervisor whether to give up, back off, or
 //! honour a `Retry-After`.
@@ -39,7 +39,7 @@ pub enum TicketError {
         /// DingTalk's message.
         message: String,
     },
-    /// 400: usually an app that is not published or not in Stream mode (protocol.md §1.2).
+    /// 400: usually an app that is not published or not in Stream mode (docs/protocol.md §1.2).
     #[error(
         "DingTalk refused to open a connection (HTTP 400 {code}: {message}). Usually the app is not \
          published, its robot capability is off, its message receiving mode is not \"Stream\", or its \

@@ -117,6 +117,49 @@ fn take_or_bind(
     })
 }
 
+/// A listener of either kind.
+trait Accept {
+    type Stream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream>;
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// The next connection on `listener`, or `None` once `shutdown` is cancelled. A failed accept
+/// (EMFILE and friends) is logged, and the loop breathes before the next one, so the others
+/// keep being served.
+async fn next_connection<L: Accept>(
+    listener: &L,
+    shutdown: &CancellationToken,
+    what: &'static str,
+) -> Option<L::Stream> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            a = listener.accept_one() => a,
+        };
+        match accepted {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// Accepts consumers until shutdown, refusing those over `limits.max_consumers`.
 pub async fn serve_consumers(
     listener: UnixListener,
@@ -125,20 +168,7 @@ pub async fn serve_consumers(
     tasks: TaskTracker,
 ) {
     let active = Arc::new(tokio::sync::Semaphore::new(max_consumers));
-    loop {
-        let accepted = tokio::select! {
-            _ = env.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and friends: log, breathe, keep serving the others.
-                warn!(error = %e, "accepting a consumer failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+    while let Some(stream) = next_connection(&listener, &env.shutdown, "consumer").await {
         let desc = match stream.peer_cred() {
             Ok(c) => format!("pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
             Err(_) => "unknown".into(),
@@ -151,7 +181,7 @@ pub async fn serve_consumers(
                 LineError::new("too_many_consumers", "limits.max_consumers reached").to_line();
             tasks.spawn(async move {
                 let _ = tokio::time::timeout(
-                    peer::WRITE_TIMEOUT,
+                    crate::consumers::io::WRITE_TIMEOUT,
                     s.write_all(format!("{line}\n").as_bytes()),
                 )
                 .await;
@@ -176,18 +206,7 @@ pub async fn serve_control(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_connection(&listener, &shutdown, "control").await {
         let sources = sources.clone();
         tasks.spawn(async move {
             let (rd, mut wr) = stream.into_split();
@@ -215,18 +234,7 @@ pub async fn serve_metrics(
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_connection(&listener, &shutdown, "metrics").await {
         let sources = sources.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

@@ -486,13 +486,15 @@ mod tests {
     use crate::spool::test_support::{msg, opts};
     use std::sync::mpsc as std_mpsc;
 
+    type Batches = std_mpsc::Receiver<Vec<(u32, Appended)>>;
+
     /// Starts a writer on a fresh spool; the hook reports each committed batch's seqs.
     fn writer() -> (
         tempfile::TempDir,
         Submitter<u32>,
         SpoolHandle,
         WriterThread,
-        std_mpsc::Receiver<Vec<(u32, Appended)>>,
+        Batches,
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), opts()).expect("open");
@@ -515,7 +517,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commits_hand_back_rides_in_order_and_acked_messages_leave() {
         let (_dir, sub, handle, thread, rx) = writer();
-        handle.ensure_group("g", StartAt::Oldest).await.expect("group");
+        handle
+            .ensure_group("g", StartAt::Oldest)
+            .await
+            .expect("group");
         for (i, key) in ["m:1", "m:2", "m:1"].into_iter().enumerate() {
             assert!(sub.submit(Entry {
                 msg: msg(key, &[key]),

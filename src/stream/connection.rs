@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// After `disconnect`, DingTalk closes TCP within 10 s (protocol.md §4.2); we stop waiting then.
+/// After `disconnect`, DingTalk closes TCP within 10 s (docs/protocol.md §4.2); we stop waiting then.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a Close frame may take on shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
 //! The WebSocket's TCP socket: SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, TCP_USER_TIMEOUT
-//! and TCP_NODELAY, all set before the handshake (ops-notes §3: without TCP_USER_TIMEOUT a link
-//! with unacknowledged data is declared dead only after ~15 min). Also the HTTP CONNECT tunnel
+//! and TCP_NODELAY, all set before the handshake (without TCP_USER_TIMEOUT a link
+//! with unacknowledged data is declared dead only after ~15 min: keepalive probes stop
+//! while data is in flight, and tcp_retries2=15 takes that long). Also the HTTP CONNECT tunnel
 //! through a proxy, and reading the options back from the live socket for status and tests.
 
 use crate::config::Keepalive;

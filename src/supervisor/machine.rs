@@ -217,11 +217,6 @@ impl Machine {
         self.attempt_no.max(1)
     }
 
-    /// An attempt is under way.
-    pub fn attempting(&self) -> bool {
-        self.attempting
-    }
-
     /// Applies `ev`, which happened at `now`, and says what to do.
     pub fn on(&mut self, ev: Event, now: Instant) -> Vec<Action> {
         match ev {

@@ -1,4 +1,4 @@
-//! The DingTalk Stream wire format (protocol.md §2–3): downstream frames as typed serde structs
+//! The DingTalk Stream wire format (docs/protocol.md §2–3): downstream frames as typed serde structs
 //! and the upstream ACK frames. Header values are strings on the wire; we also accept numbers
 //! (the DOC's first edition used them) and keep unknown headers. `connectionId` is the ticket, so
 //! it is held as a [`Secret`] and never printed or forwarded.
@@ -225,7 +225,7 @@ impl Frame {
         self.headers.message_id.as_deref().unwrap_or("")
     }
 
-    /// The keys a redelivery of this frame is recognised by (protocol.md §7): the messageId,
+    /// The keys a redelivery of this frame is recognised by (docs/protocol.md §7): the messageId,
     /// `data.msgId` for bot messages, `headers.eventId` for events.
     pub fn dedupe_keys(&self) -> Vec<String> {
         let mut keys = vec![format!("mid:{}", self.message_id())];
@@ -280,7 +280,7 @@ pub struct AckHeaders {
     pub content_type: String,
 }
 
-/// An upstream ACK / response frame (protocol.md §3.1).
+/// An upstream ACK / response frame (docs/protocol.md §3.1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ack {
     /// 200 success, 404 unknown topic.

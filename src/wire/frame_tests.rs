@@ -1,4 +1,4 @@
-//! Frame parsing and ACK shapes against the examples of protocol.md §2–4.
+//! Frame parsing and ACK shapes against the examples of docs/protocol.md §2–4.
 
 use super::*;
 

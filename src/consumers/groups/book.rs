@@ -224,7 +224,7 @@ impl Book {
             return Some(Delivery {
                 member,
                 seq,
-                line: redelivered_line(&line, seq),
+                line: crate::consumers::line::redelivered(&line, seq),
                 redelivered: true,
             });
         }
@@ -373,17 +373,6 @@ impl Book {
             self.done.pop_first();
         }
         self.cursor = self.cursor.max(low.saturating_sub(1));
-    }
-}
-
-/// The line of a message given again: `"redelivered":true` after its seq.
-fn redelivered_line(line: &Arc<str>, seq: u64) -> Arc<str> {
-    let prefix = format!("{{\"seq\":{seq}");
-    match line.strip_prefix(&prefix) {
-        Some(rest) if !rest.starts_with(",\"redelivered\"") => {
-            format!("{prefix},\"redelivered\":true{rest}").into()
-        }
-        _ => line.clone(),
     }
 }
 

@@ -1,0 +1,62 @@
+//! Reading and writing consumer sockets: bounded lines in ([`Lines`]), whole lines out, every
+//! write bounded in time. Shared by taps, members and the accept loop.
+
+use super::protocol::{Line, LineCodec};
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio_util::codec::{FramedRead, LinesCodecError};
+
+/// Lines already queued for a consumer are sent together, up to about this many bytes.
+pub const COALESCE_BYTES: usize = 64 * 1024;
+/// A reply to a peer that is not read within this time ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumer's lines, bounded: a too-long line is one `MaxLineLengthExceeded` item and is
+/// skipped to its newline; the stream goes on after it (and after bytes that are not UTF-8).
+/// It ends only at EOF, or after an `Io` item.
+pub struct Lines(FramedRead<tokio::net::unix::OwnedReadHalf, LineCodec>);
+
+impl Lines {
+    /// Reads lines of at most `max` bytes from `rd`.
+    pub fn new(rd: tokio::net::unix::OwnedReadHalf, max: usize) -> Lines {
+        Lines(FramedRead::new(rd, LineCodec::new(max)))
+    }
+}
+
+impl Stream for Lines {
+    type Item = Result<String, LinesCodecError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_next_unpin(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(Line::Text(s)) => Ok(s),
+                Ok(Line::TooLong) => Err(LinesCodecError::MaxLineLengthExceeded),
+                Err(e) => Err(LinesCodecError::Io(e)),
+            })
+        })
+    }
+}
+
+/// Writes one line, bounded by [`WRITE_TIMEOUT`].
+pub async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    push_line(&mut buf, line);
+    write_bounded(wr, &buf).await
+}
+
+/// Appends one NDJSON line (and its newline) to an outgoing buffer.
+pub fn push_line(buf: &mut Vec<u8>, line: &str) {
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+}
+
+/// Writes a buffer of whole lines in one go, bounded by [`WRITE_TIMEOUT`].
+pub async fn write_bounded(wr: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
+}
