@@ -315,6 +315,11 @@ pub struct Consumers {
     pub ack_wait: HumanDuration,
     /// Deliveries before a message is parked.
     pub max_deliveries: u32,
+    /// A hello may name a group not listed in `groups`; when false it is refused
+    /// (`unknown_group`).
+    pub adhoc_groups: bool,
+    /// An ad-hoc group with no member this long is removed and its backlog released.
+    pub adhoc_ttl: HumanDuration,
 }
 
 impl Default for Consumers {
@@ -323,6 +328,8 @@ impl Default for Consumers {
             in_flight: 100,
             ack_wait: HumanDuration::from_secs(60),
             max_deliveries: 10,
+            adhoc_groups: true,
+            adhoc_ttl: HumanDuration::from_secs(24 * 3600),
         }
     }
 }
@@ -354,8 +361,21 @@ pub struct Limits {
     pub max_line_bytes: ByteSize,
     /// Consumer connections at once.
     pub max_consumers: u32,
-    /// Frames awaiting durability before the connection is shed.
+    /// Consumer groups at once, configured and ad-hoc; a hello beyond gets `too_many_groups`.
+    pub max_groups: u32,
+    /// Connections per listener (metrics, control); at the cap the oldest connection that
+    /// has not sent a whole request is closed to make room.
+    pub max_listener_connections: u32,
+    /// A metrics or control client must send its request within this.
+    pub request_timeout: HumanDuration,
+    /// Frames read but not yet durable: above it the reader pauses (TCP pushes back).
     pub max_pending_acks: u32,
+    /// The same bound in bytes.
+    pub max_pending_bytes: ByteSize,
+    /// Frames waiting and no commit this long: only then the connection is given up.
+    pub commit_stall: HumanDuration,
+    /// Committed messages kept in memory for fan-out; older ones are read back from the spool.
+    pub recent_cache_bytes: ByteSize,
 }
 
 impl Default for Limits {
@@ -364,7 +384,13 @@ impl Default for Limits {
             max_frame_bytes: ByteSize::mib(1),
             max_line_bytes: ByteSize::mib(1),
             max_consumers: 64,
+            max_groups: 64,
+            max_listener_connections: 64,
+            request_timeout: HumanDuration::from_secs(1),
             max_pending_acks: 10_000,
+            max_pending_bytes: ByteSize::mib(64),
+            commit_stall: HumanDuration::from_secs(30),
+            recent_cache_bytes: ByteSize::mib(16),
         }
     }
 }

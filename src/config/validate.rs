@@ -147,6 +147,7 @@ impl Config {
             return bad("consumers.max_deliveries", "must be at least 1".into());
         }
         positive(file, "consumers.ack_wait", c.ack_wait.get())?;
+        positive(file, "consumers.adhoc_ttl", c.adhoc_ttl.get())?;
         for (i, cb) in self.callbacks.iter().enumerate() {
             check_group_name(file, &format!("callbacks[{i}].group"), &cb.group)?;
             positive(file, &format!("callbacks[{i}].timeout"), cb.timeout.get())?;
@@ -165,9 +166,29 @@ impl Config {
         if l.max_consumers == 0 {
             return bad("limits.max_consumers", "must be at least 1".into());
         }
-        if l.max_pending_acks == 0 {
-            return bad("limits.max_pending_acks", "must be at least 1".into());
+        for (key, n) in [
+            ("limits.max_groups", l.max_groups),
+            ("limits.max_listener_connections", l.max_listener_connections),
+            ("limits.max_pending_acks", l.max_pending_acks),
+        ] {
+            if n == 0 {
+                return bad(key, "must be at least 1".into());
+            }
         }
+        if l.max_pending_bytes.get() < l.max_frame_bytes.get() {
+            return bad(
+                "limits.max_pending_bytes",
+                format!(
+                    "must be at least limits.max_frame_bytes ({})",
+                    l.max_frame_bytes.get()
+                ),
+            );
+        }
+        if l.recent_cache_bytes.get() == 0 {
+            return bad("limits.recent_cache_bytes", "must be greater than zero".into());
+        }
+        positive(file, "limits.request_timeout", l.request_timeout.get())?;
+        positive(file, "limits.commit_stall", l.commit_stall.get())?;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return bad(
                 "log.level",
@@ -287,7 +308,7 @@ pub(super) fn resolve_secret(
         ));
     };
     // A file conventionally ends with one newline; anything else around the value is a mistake
-    // DingTalk answers with a bare 401 (docs/protocol.md §1.2), so say it here instead.
+    // DingTalk answers only with 401 authFailed (docs/protocol.md §1.2), so say it here instead.
     let value = match source {
         SecretSource::Inline => raw.as_str(),
         _ => raw

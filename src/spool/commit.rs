@@ -12,7 +12,7 @@ use super::append::append_in;
 use super::error::{SpoolError, SqlContext};
 use super::groups::{ack_in, park_in, unknown_group};
 use super::store::Store;
-use super::types::{AckOutcome, Appended, NewMessage};
+use super::types::{AckOutcome, Appended, NewMessage, get_u64};
 
 /// What one [`Store::commit`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,10 +43,15 @@ impl Store {
             return Ok(out);
         }
         let path = self.path.as_path();
-        let last_seq = self.last_seq;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        // The seq counter is read inside the transaction: it is the database's, never a copy
+        // another process could have moved past.
+        let last_seq: u64 = tx
+            .prepare_cached("SELECT last_seq FROM meta WHERE id = 1")
+            .and_then(|mut s| s.query_row([], |r| get_u64(r, 0)))
             .at(path)?;
         for (group, seqs) in acks {
             match ack_in(&tx, path, group, seqs, last_seq) {

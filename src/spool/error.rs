@@ -34,6 +34,9 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+    /// Another daemon holds the spool's lock.
+    #[error("spool directory {path} is in use by another dingtalk-streamd ({}): one daemon per spool; stop that one or give this one another spool.dir", pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")))]
+    Locked { path: PathBuf, pid: Option<u32> },
     /// The database file is damaged or is not a spool database.
     #[error("spool database {path} is corrupt or not a spool: {detail}")]
     Corrupt { path: PathBuf, detail: String },
@@ -96,7 +99,8 @@ impl SpoolError {
             | SpoolError::NotWritable { .. }
             | SpoolError::Corrupt { .. }
             | SpoolError::SchemaTooNew { .. }
-            | SpoolError::Unusable { .. } => true,
+            | SpoolError::Unusable { .. }
+            | SpoolError::Locked { .. } => true,
             SpoolError::Closed => false,
             SpoolError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),

@@ -10,6 +10,7 @@
 //!
 //! Layout:
 //! - `store.rs`: open and directory checks, reads, stats
+//! - `lock.rs`: one daemon per spool (`flock` on `spool.dir/lock`)
 //! - `commit.rs`: `commit`, the one transaction for messages, acks and parks (and its wrappers)
 //! - `append.rs`: appending inside that transaction: seqs and persisted dedupe
 //! - `checkpoint.rs`: the WAL checkpoint thread (keeps checkpoints out of commits)
@@ -26,6 +27,7 @@ mod checkpoint;
 mod commit;
 mod error;
 mod groups;
+mod lock;
 mod handle;
 mod reader;
 mod retention;
@@ -41,6 +43,7 @@ pub use error::SpoolError;
 pub use handle::{SpoolFigures, SpoolHandle, WriterState};
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
+pub use lock::LOCK_FILE;
 pub use store::{DB_FILE, Store};
 pub use types::{
     AckOutcome, Appended, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, GroupState,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
 use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
+use super::lock::SpoolLock;
 use super::error::{SpoolError, SqlContext};
 use super::reader;
 use super::schema;
@@ -27,6 +28,8 @@ pub struct Store {
     /// Declared first so it stops before the writer's connection closes (the last connection
     /// to close checkpoints and removes the WAL).
     _checkpointer: Option<Checkpointer>,
+    /// Held while the store is open; declared last, so it is released last.
+    _lock: SpoolLock,
     pub(super) conn: Connection,
     pub(super) dir: PathBuf,
     pub(super) path: PathBuf,
@@ -43,6 +46,7 @@ impl Store {
     /// The directory must exist and be writable; errors name the path.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, SpoolError> {
         check_dir(dir)?;
+        let lock = SpoolLock::acquire(dir)?;
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -76,6 +80,7 @@ impl Store {
         tracing::debug!(path = %path.display(), last_seq, "spool opened");
         Ok(Store {
             _checkpointer: checkpointer,
+            _lock: lock,
             conn,
             dir: dir.to_path_buf(),
             path,
