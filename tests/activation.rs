@@ -3,15 +3,12 @@
 //! unlinked; and the secret from `$CREDENTIALS_DIRECTORY`.
 
 mod common;
-mod systemd_common;
 
-use common::{Paths, SECRET, WAIT, bin, config_yaml, gateway};
+use common::systemd::Service;
+use common::*;
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-use systemd_common::*;
 
 /// The secret from `$CREDENTIALS_DIRECTORY/client_secret` (systemd's LoadCredential=) when the
 /// config names none.
@@ -24,8 +21,8 @@ async fn secret_from_credentials_directory() {
         .filter(|l| !l.contains("client_secret"))
         .map(|l| format!("{l}\n"))
         .collect();
-    write_config(&p, &yaml);
-    let creds = p.dir.path().join("credentials");
+    p.write_config(&yaml);
+    let creds = p.path("credentials");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("client_secret"), format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(
@@ -34,36 +31,30 @@ async fn secret_from_credentials_directory() {
     )
     .unwrap();
     let creds_s = creds.to_str().unwrap();
+    let check = ["--config", p.config.to_str().unwrap(), "check-config"];
 
-    let out = Command::new(bin())
-        .args(["--config", p.config.to_str().unwrap(), "check-config"])
-        .env("CREDENTIALS_DIRECTORY", creds_s)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = output(&check, &[("CREDENTIALS_DIRECTORY", creds_s)]).await;
+    let text = &out.stdout;
     assert!(
-        out.status.success() && text.contains("systemd credential"),
+        out.code == Some(0) && text.contains("systemd credential"),
         "{text}"
     );
     assert!(!text.contains(SECRET));
-    let without = Command::new(bin())
-        .args(["--config", p.config.to_str().unwrap(), "check-config"])
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
+    // The harness never passes the runner's CREDENTIALS_DIRECTORY on.
+    let without = output(&check, &[]).await;
     assert_eq!(
-        without.status.code(),
+        without.code,
         Some(78),
         "no secret anywhere is a config error"
     );
 
-    let mut d = Daemon::run(&p.config, &[("CREDENTIALS_DIRECTORY", creds_s)]);
+    let mut d = Service::run(&p.config, &[("CREDENTIALS_DIRECTORY", creds_s)]);
     d.ready().await;
     gw.wait_connected(1, WAIT)
         .await
         .expect("the credential's secret was accepted");
     assert!(d.stop().await.success());
-    assert!(!d.drain_log().contains(SECRET));
+    assert!(!d.log().contains(SECRET));
 }
 
 /// One socket-activation scenario: `bind` sockets at these paths (in this fd order) with these
@@ -77,8 +68,8 @@ async fn activated(
 ) {
     let gw = gateway(false).await;
     let p = Paths::new();
-    write_config(&p, &config_yaml(&gw, &p, ""));
-    let path = |n: &str| p.dir.path().join(n);
+    p.configure(&gw, "");
+    let path = |n: &str| p.path(n);
     let mut args: Vec<String> = Vec::new();
     if let Some(n) = names {
         args.extend(["--names".into(), n.into()]);
@@ -96,7 +87,7 @@ async fn activated(
     let mut all = vec![support("listenfds.py").display().to_string()];
     all.extend(args);
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let mut d = Daemon::spawn(Path::new(&launcher), &refs, &[]);
+    let mut d = Service::spawn(Path::new(&launcher), &refs, &[]);
     d.ready().await;
 
     let inode = |n: &str| {
@@ -121,22 +112,10 @@ async fn activated(
         );
     }
     gw.wait_connected(1, WAIT).await.expect("connected");
-    let mut tap = common::Consumer::tap(&path(stream_at)).await;
-    let pushed = loop {
-        let m = gw
-            .push_bot_text("via an inherited socket")
-            .await
-            .expect("push");
-        if let Some(v) = tap.next_within(Duration::from_millis(500)).await {
-            break (m, v);
-        }
-    };
-    assert_eq!(
-        pushed.1["message_id"],
-        pushed.0.message_id.as_str(),
-        "the stream role is served at {stream_at}"
-    );
-    let st: Value = common::status(&path(control_at)).await;
+    // The stream role is served at `stream_at`.
+    let mut tap = Consumer::tap(&path(stream_at)).await;
+    tap.first_push_through(&gw, "via an inherited socket").await;
+    let st: Value = status(&path(control_at)).await;
     assert_eq!(
         st["state"], "connected",
         "the control role is served at {control_at}: {st}"
@@ -144,7 +123,7 @@ async fn activated(
     if warn_expected {
         d.logs("not bound to the configured path", WAIT).await;
     } else {
-        let log = d.drain_log();
+        let log = d.log();
         assert!(!log.contains("not bound to the configured path"), "{log}");
     }
 

@@ -3,12 +3,10 @@
 //! the first connection (exit 78 with what to check), SIGTERM/SIGINT (Close frame, socket files
 //! removed, exit 0), the stale-socket rule, and `status` exit codes 0/1/3.
 
-mod binrun;
 mod common;
 
-use binrun::{Proc, output};
 use common::*;
-use dingtalk_streamd_sim::{CloseReason, FakeGateway, GatewayEvent, TicketFault};
+use dingtalk_streamd_sim::{CloseReason, GatewayEvent, TicketFault};
 use nix::sys::signal::Signal;
 use std::path::Path;
 
@@ -273,18 +271,6 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
     }
 }
 
-/// A config for the binary against `gw`, written to `paths.config`.
-fn write_config(gw: &FakeGateway, paths: &Paths, extra: &str) {
-    std::fs::write(&paths.config, config_yaml(gw, paths, extra)).expect("write config");
-}
-
-/// Starts `run` and waits until the consumer socket accepts.
-async fn start(paths: &Paths) -> Proc {
-    let p = Proc::spawn(&["--config", path_str(&paths.config), "run"], &[]);
-    wait_for_socket(&paths.socket).await;
-    p
-}
-
 #[tokio::test]
 async fn credentials_rejected_before_the_first_connection_exit_78_with_what_to_check() {
     for (status, needles) in [
@@ -312,11 +298,10 @@ async fn credentials_rejected_before_the_first_connection_exit_78_with_what_to_c
         let gw = gateway(false).await;
         gw.set_ticket_fault(Some(TicketFault::status(status)));
         let paths = Paths::new();
-        write_config(&gw, &paths, "");
-        let mut p = Proc::spawn(&["--config", path_str(&paths.config), "run"], &[]);
-        let st = p.wait_exit(WAIT).await;
-        let err = p.stderr();
-        assert_eq!(st.code(), Some(78), "HTTP {status}: {err}");
+        paths.configure(&gw, "");
+        let o = run_to_exit(&paths).await;
+        let err = o.stderr;
+        assert_eq!(o.code, Some(78), "HTTP {status}: {err}");
         for n in needles {
             assert!(err.contains(n), "HTTP {status}: no {n:?} in:\n{err}");
         }
@@ -338,8 +323,8 @@ async fn sigterm_and_sigint_close_the_websocket_remove_the_sockets_and_exit_0() 
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let gw = gateway(false).await;
         let paths = Paths::new();
-        write_config(&gw, &paths, "");
-        let mut p = start(&paths).await;
+        paths.configure(&gw, "");
+        let mut p = start_run(&paths, &[]).await;
         let conn = gw.wait_connected(1, WAIT).await.expect("connected")[0];
         wait_for_socket(&paths.control).await;
         let mut closed = gw.subscribe();
@@ -382,8 +367,8 @@ async fn a_stale_socket_file_is_replaced_but_a_regular_file_is_refused() {
     drop(std::os::unix::net::UnixListener::bind(&paths.socket).unwrap());
     drop(std::os::unix::net::UnixListener::bind(&paths.control).unwrap());
     assert!(paths.socket.exists());
-    write_config(&gw, &paths, "");
-    let mut p = start(&paths).await;
+    paths.configure(&gw, "");
+    let mut p = start_run(&paths, &[]).await;
     let mut tap = Consumer::tap(&paths.socket).await;
     gw.wait_connected(1, WAIT).await.unwrap();
     let pushed = gw.push_bot_text("through a replaced socket").await.unwrap();
@@ -394,12 +379,11 @@ async fn a_stale_socket_file_is_replaced_but_a_regular_file_is_refused() {
     // A regular file is someone's data: never replaced.
     let paths = Paths::new();
     std::fs::write(&paths.socket, "not a socket").unwrap();
-    write_config(&gw, &paths, "");
-    let mut p = Proc::spawn(&["--config", path_str(&paths.config), "run"], &[]);
-    let st = p.wait_exit(WAIT).await;
-    let err = p.stderr();
-    assert!(!st.success(), "started over a regular file: {err}");
-    assert_eq!(st.code(), Some(1), "{err}");
+    paths.configure(&gw, "");
+    let o = run_to_exit(&paths).await;
+    let err = o.stderr;
+    assert_ne!(o.code, Some(0), "started over a regular file: {err}");
+    assert_eq!(o.code, Some(1), "{err}");
     assert!(
         err.contains(&paths.socket.display().to_string()),
         "the path is not named:\n{err}"
@@ -416,7 +400,7 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     // Not running: nothing at the control socket; the message names it.
     let paths = Paths::new();
     let gw = gateway(false).await;
-    write_config(&gw, &paths, "");
+    paths.configure(&gw, "");
     let cfg = path_str(&paths.config).to_owned();
     let o = output(&["--config", &cfg, "status"], &[]).await;
     assert_eq!(o.code, Some(3), "{}", o.stderr);
@@ -435,7 +419,7 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     );
 
     // Running and connected.
-    let mut p = start(&paths).await;
+    let mut p = start_run(&paths, &[]).await;
     gw.wait_connected(1, WAIT).await.unwrap();
     wait_for_socket(&paths.control).await;
     let o = output(&["--config", &cfg, "status"], &[]).await;
@@ -456,9 +440,9 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     let gw = gateway(false).await;
     gw.set_ticket_fault(Some(TicketFault::status(503)));
     let paths = Paths::new();
-    write_config(&gw, &paths, "");
+    paths.configure(&gw, "");
     let cfg = path_str(&paths.config).to_owned();
-    let mut p = start(&paths).await;
+    let mut p = start_run(&paths, &[]).await;
     gw.wait_for(
         |e| matches!(e, GatewayEvent::TicketRejected { status: 503 }),
         WAIT,

@@ -10,68 +10,24 @@ use dingtalk_streamd_sim::{FakeGateway, Route};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
-/// A group member that survives the daemon dying under it (EOF is an answer, not a panic).
-struct Member {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    wr: tokio::net::unix::OwnedWriteHalf,
+/// A group member once the (re)started daemon accepts; survives the daemon dying under it
+/// (`Got::Closed` is an answer, not a panic).
+async fn join(p: &Paths, group: &str) -> Consumer {
+    wait_for_socket(&p.socket).await;
+    Consumer::member(&p.socket, group).await
 }
 
-enum Got {
-    Line(Value),
-    Quiet,
-    Closed,
+fn start(p: &Paths) -> Proc {
+    spawn_run(&p.config, &[])
 }
 
-impl Member {
-    async fn join(p: &Paths, group: &str) -> Member {
-        wait_for_socket(&p.socket).await;
-        let s = UnixStream::connect(&p.socket).await.expect("connect");
-        let (rd, wr) = s.into_split();
-        let mut m = Member {
-            lines: BufReader::new(rd).lines(),
-            wr,
-        };
-        m.send(&format!("{{\"hello\":{{\"group\":\"{group}\"}}}}"))
-            .await;
-        match m.next(WAIT).await {
-            Got::Line(v) => assert_eq!(v["welcome"]["group"], group, "{v}"),
-            _ => panic!("no welcome"),
-        }
-        m
-    }
-
-    async fn send(&mut self, line: &str) -> bool {
-        self.wr
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .is_ok()
-    }
-
-    async fn next(&mut self, within: Duration) -> Got {
-        match tokio::time::timeout(within, self.lines.next_line()).await {
-            Ok(Ok(Some(l))) => Got::Line(
-                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")),
-            ),
-            Ok(Ok(None)) | Ok(Err(_)) => Got::Closed,
-            Err(_) => Got::Quiet,
-        }
-    }
-}
-
-fn start(p: &Paths) -> Child {
-    spawn_bin(&["--config", p.config.to_str().unwrap(), "run"], &[])
-}
-
-fn sigkill(mut child: Child) {
-    signal(&child, Signal::SIGKILL);
-    let st = child.wait().expect("wait");
+async fn sigkill(mut daemon: Proc) {
+    daemon.signal(Signal::SIGKILL);
+    let st = daemon.wait_exit(WAIT).await;
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&st),
         Some(9),
@@ -79,9 +35,9 @@ fn sigkill(mut child: Child) {
     );
 }
 
-fn sigterm(mut child: Child) {
-    signal(&child, Signal::SIGTERM);
-    let st = wait_exit(&mut child, WAIT);
+async fn sigterm(mut daemon: Proc) {
+    daemon.signal(Signal::SIGTERM);
+    let st = daemon.wait_exit(WAIT).await;
     assert_eq!(st.code(), Some(0), "clean stop");
 }
 
@@ -144,28 +100,28 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
     .await;
     let p = Paths::new();
     // `audit` never connects, so nothing leaves the spool and the file can be checked at the end.
-    std::fs::write(&p.config, config_yaml(&gw, &p, "groups: [bot, audit]\n")).unwrap();
+    p.configure(&gw, "groups: [bot, audit]\n");
     let stop = Arc::new(AtomicBool::new(false));
     let pushed = Arc::new(Mutex::new(Vec::new()));
     let push_task = pusher(gw.clone(), stop.clone(), pushed.clone());
     let mut seen = Seen::default();
     let mut child = start(&p);
     for round in 0..10u64 {
-        let mut m = Member::join(&p, "bot").await;
+        let mut m = join(&p, "bot").await;
         // Kill at a different point of the stream each time (frames in flight, commits under
         // way, acks not yet recorded).
         let until = tokio::time::Instant::now() + Duration::from_millis(250 + 97 * round);
         while tokio::time::Instant::now() < until {
-            match m.next(Duration::from_millis(20)).await {
+            match m.read(Duration::from_millis(20)).await {
                 Got::Line(v) => {
                     let seq = seen.record(&v);
-                    m.send(&format!("{{\"ack\":{seq}}}")).await;
+                    let _ = m.try_ack(seq).await;
                 }
                 Got::Quiet => {}
                 Got::Closed => panic!("the daemon went away by itself in round {round}"),
             }
         }
-        sigkill(child);
+        sigkill(child).await;
         child = start(&p);
     }
     stop.store(true, Ordering::Relaxed);
@@ -177,7 +133,7 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
         pushed.len()
     );
 
-    let mut m = Member::join(&p, "bot").await;
+    let mut m = join(&p, "bot").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while pushed.iter().any(|id| !seen.seqs_of.contains_key(id)) || !gw.unacked().is_empty() {
         assert!(
@@ -189,12 +145,12 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
                 .count(),
             gw.unacked().len()
         );
-        if let Got::Line(v) = m.next(Duration::from_millis(100)).await {
+        if let Got::Line(v) = m.read(Duration::from_millis(100)).await {
             let seq = seen.record(&v);
-            m.send(&format!("{{\"ack\":{seq}}}")).await;
+            let _ = m.try_ack(seq).await;
         }
     }
-    sigterm(child);
+    sigterm(child).await;
 
     for (id, seqs) in &seen.seqs_of {
         assert_eq!(seqs.len(), 1, "{id} was stored under seqs {seqs:?}");
@@ -243,16 +199,9 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
         pushed.len(),
         "the spool holds each pushed message once"
     );
-    let redelivered = gw
-        .events()
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.event,
-                dingtalk_streamd_sim::GatewayEvent::Redelivered { .. }
-            )
-        })
-        .count();
+    let redelivered = count(&gw, |e| {
+        matches!(e, dingtalk_streamd_sim::GatewayEvent::Redelivered { .. })
+    });
     eprintln!(
         "pushed {}, consumer lines {}, same-seq repeats {}, gateway redeliveries {redelivered}",
         pushed.len(),
@@ -265,9 +214,9 @@ async fn ten_sigkills_lose_nothing_and_store_nothing_twice() {
 async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     let gw = gateway_with(|c| c.redeliver_after = Some(Duration::from_millis(300))).await;
     let p = Paths::new();
-    std::fs::write(&p.config, config_yaml(&gw, &p, "groups: [bot]\n")).unwrap();
+    p.configure(&gw, "groups: [bot]\n");
     let child = start(&p);
-    let mut m = Member::join(&p, "bot").await;
+    let mut m = join(&p, "bot").await;
     gw.wait_connected(1, WAIT).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -280,7 +229,7 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     }
     let mut first = BTreeMap::new();
     for id in &ids {
-        let Got::Line(v) = m.next(WAIT).await else {
+        let Got::Line(v) = m.read(WAIT).await else {
             panic!("no line")
         };
         assert_eq!(&v["message_id"], id.as_str());
@@ -288,10 +237,10 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     }
     // The consumer dies with nothing acked, and comes back.
     drop(m);
-    let mut m = Member::join(&p, "bot").await;
+    let mut m = join(&p, "bot").await;
     let mut again = BTreeMap::new();
     for _ in &ids {
-        let Got::Line(v) = m.next(WAIT).await else {
+        let Got::Line(v) = m.read(WAIT).await else {
             panic!("not given again")
         };
         assert_eq!(v["redelivered"], true, "{v}");
@@ -302,22 +251,22 @@ async fn a_consumer_that_dies_before_acking_gets_its_messages_again() {
     }
     assert_eq!(again, first, "the same seqs");
     // Now the daemon dies too, before any ack: after the restart they are still owed.
-    sigkill(child);
+    sigkill(child).await;
     let child = start(&p);
-    let mut m = Member::join(&p, "bot").await;
+    let mut m = join(&p, "bot").await;
     let mut after = BTreeMap::new();
     for _ in &ids {
-        let Got::Line(v) = m.next(WAIT).await else {
+        let Got::Line(v) = m.read(WAIT).await else {
             panic!("lost in the crash")
         };
         let seq = v["seq"].as_u64().unwrap();
         after.insert(seq, v["message_id"].as_str().unwrap().to_owned());
-        m.send(&format!("{{\"ack\":{seq}}}")).await;
+        let _ = m.try_ack(seq).await;
     }
     assert_eq!(after, first, "the same seqs after the restart");
     assert!(
-        matches!(m.next(Duration::from_millis(400)).await, Got::Quiet),
+        matches!(m.read(QUIET).await, Got::Quiet),
         "acked: nothing more"
     );
-    sigterm(child);
+    sigterm(child).await;
 }

@@ -3,12 +3,10 @@
 //! overlapping connections.
 
 mod common;
-mod spool_common;
 
 use common::*;
 use dingtalk_streamd_sim::{BotMessage, OutFrame, Route};
 use serde_json::json;
-use spool_common::*;
 use std::time::Duration;
 
 #[tokio::test]
@@ -23,7 +21,7 @@ async fn same_message_id_is_acked_again_and_delivered_once() {
         .await
         .unwrap();
     wait_acked(&gw, &[&first.message_id]).await;
-    let v = expect_next(&mut tap, &first.message_id).await;
+    let v = tap.expect_message(&first.message_id).await;
     gw.push(
         bot.into_frame().with_message_id(&first.message_id),
         Route::Random,
@@ -34,7 +32,7 @@ async fn same_message_id_is_acked_again_and_delivered_once() {
         .await
         .unwrap();
     let marker = gw.push_bot_text("marker").await.unwrap();
-    let m = expect_next(&mut tap, &marker.message_id).await;
+    let m = tap.expect_message(&marker.message_id).await;
     assert_eq!(
         m["seq"].as_u64(),
         v["seq"].as_u64().map(|s| s + 1),
@@ -90,9 +88,9 @@ async fn same_bot_msg_id_or_event_id_under_a_new_message_id_is_a_duplicate() {
         );
     }
     let marker = gw.push_bot_text("marker").await.unwrap();
-    expect_next(&mut tap, &a.message_id).await;
-    expect_next(&mut tap, &e1.message_id).await;
-    expect_next(&mut tap, &marker.message_id).await;
+    tap.expect_message(&a.message_id).await;
+    tap.expect_message(&e1.message_id).await;
+    tap.expect_message(&marker.message_id).await;
     assert_eq!(d.status().await["spool"]["duplicates"], 2);
     d.stop().await.0.unwrap();
 }
@@ -129,7 +127,7 @@ async fn dedupe_survives_a_restart() {
         .unwrap();
     wait_acked(&gw, &[&same_id.message_id, &same_msg.message_id]).await;
     let marker = gw.push_bot_text("marker").await.unwrap();
-    let v = expect_next(&mut tap, &marker.message_id).await;
+    let v = tap.expect_message(&marker.message_id).await;
     assert_eq!(
         v["seq"], 2,
         "seq continues after the one stored message: {v}"
@@ -184,8 +182,8 @@ async fn dedupe_works_across_two_overlapping_connections() {
         .push(OutFrame::bot_text("marker"), Route::To(c2))
         .await
         .unwrap();
-    expect_next(&mut tap, &first.message_id).await;
-    expect_next(&mut tap, &marker.message_id).await;
+    tap.expect_message(&first.message_id).await;
+    tap.expect_message(&marker.message_id).await;
     assert!(
         gw.unacked().is_empty(),
         "nothing left for the fake to redeliver: {:?}",

@@ -5,57 +5,9 @@
 mod common;
 
 use common::*;
-use dingtalk_streamd_sim::FakeGateway;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-/// Long enough to be sure nothing more is coming in a "nothing arrives" check.
-const QUIET: Duration = Duration::from_millis(400);
-
-/// Pushes `n` bot messages and waits until each is ACKed (so stored); returns their messageIds.
-async fn push_acked(gw: &FakeGateway, n: usize, tag: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            gw.push_bot_text(&format!("{tag} {i}"))
-                .await
-                .expect("push")
-                .message_id,
-        );
-    }
-    gw.wait_until(|g| ids.iter().all(|m| !g.acks(m).is_empty()), WAIT)
-        .await
-        .expect("all ACKed");
-    ids
-}
-
-/// Polls status until `pred` holds (deadline [`WAIT`]); returns the document.
-async fn wait_status(d: &Daemon, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let st = d.status().await;
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never showed {what}: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn seq(v: &Value) -> u64 {
-    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {v}"))
-}
-
-fn mid(v: &Value) -> String {
-    v["message_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message_id: {v}"))
-        .to_owned()
-}
 
 #[tokio::test]
 async fn hello_welcome_and_every_group_gets_everything() {
@@ -76,10 +28,11 @@ async fn hello_welcome_and_every_group_gets_everything() {
             m.ack(last).await;
         }
     }
-    let st = wait_status(&d, "both groups acked", |s| {
-        s["groups"]["alpha"]["acked"] == 5 && s["groups"]["beta"]["acked"] == 5
-    })
-    .await;
+    let st = d
+        .status_until("both groups acked", |s| {
+            s["groups"]["alpha"]["acked"] == 5 && s["groups"]["beta"]["acked"] == 5
+        })
+        .await;
     assert_eq!(st["groups"]["alpha"]["members"], 1, "{st}");
     d.stop().await.0.unwrap();
 }
@@ -221,10 +174,12 @@ async fn after_max_deliveries_a_message_is_parked_and_shown_in_status() {
     );
     let s = seq(&first);
     // The group's list and the spool's count are two reads of a moving spool: wait for both.
-    let st = wait_status(&d, "a parked seq", |st| {
-        st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s]) && st["spool"]["parked"] == 1
-    })
-    .await;
+    let st = d
+        .status_until("a parked seq", |st| {
+            st["groups"]["picky"]["parked_seqs"] == serde_json::json!([s])
+                && st["spool"]["parked"] == 1
+        })
+        .await;
     assert_eq!(st["groups"]["picky"]["parked"], 1, "{st}");
     assert_eq!(st["spool"]["parked"], 1, "{st}");
     assert!(m.next_within(QUIET).await.is_none(), "parked: skipped");
@@ -285,7 +240,7 @@ async fn a_group_that_was_away_gets_its_backlog_also_after_a_restart() {
     let unacked = m.next().await;
     assert_eq!(mid(&unacked), away[2]);
     let acked_through = seqs[1];
-    wait_status(&d, "the acks", |st| {
+    d.status_until("the acks", |st| {
         st["groups"]["bot"]["cursor"] == acked_through
     })
     .await;

@@ -2,13 +2,36 @@
 //! draining connection that the server never closes is closed after 10 s.
 
 mod common;
-mod health_common;
 
 use common::*;
-use dingtalk_streamd_sim::{CloseReason, GatewayEvent, OutFrame, Route};
-use health_common::*;
+use dingtalk_streamd_sim::{
+    CloseReason, ConnId, EventCursor, GatewayEvent, OutFrame, Route, TimedEvent,
+};
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What follows a `disconnect` sent to `old`: when the frame went out, the replacement's
+/// `Connected` event after it, and then `old`'s `Closed` event (within `close_within`).
+async fn handover_events(
+    cur: &mut EventCursor,
+    old: ConnId,
+    close_within: Duration,
+) -> (Instant, TimedEvent, TimedEvent) {
+    let disc_at = cur
+        .wait_for(|e| matches!(e, GatewayEvent::DisconnectSent { .. }), WAIT)
+        .await
+        .unwrap()
+        .at;
+    let new = cur.wait_for(is_connected, WAIT).await.unwrap();
+    let closed = cur
+        .wait_for(
+            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == old),
+            close_within,
+        )
+        .await
+        .unwrap();
+    (disc_at, new, closed)
+}
 
 /// The server's `disconnect`: ACKed, a replacement opened at once on a new ticket, the old one
 /// kept reading and ACKing until the server closes it. Messages flow before, during and after;
@@ -44,23 +67,11 @@ async fn disconnect_hands_over_make_before_break_with_nothing_lost_or_duplicated
                 .unwrap(),
         );
     }
-    let disc_at = cur
-        .wait_for(|e| matches!(e, GatewayEvent::DisconnectSent { .. }), WAIT)
-        .await
-        .unwrap()
-        .at;
-    let new = cur.wait_for(is_connected, WAIT).await.unwrap();
+    let (disc_at, new, closed) = handover_events(&mut cur, c1, WAIT).await;
     let GatewayEvent::Connected { conn: c2, ticket } = new.event.clone() else {
         unreachable!()
     };
     assert_ne!(ticket, old_ticket);
-    let closed = cur
-        .wait_for(
-            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
-            WAIT,
-        )
-        .await
-        .unwrap();
     assert!(
         matches!(
             closed.event,
@@ -162,19 +173,7 @@ async fn a_draining_connection_is_closed_after_ten_seconds() {
     let mut cur = gw.subscribe();
     gw.send_disconnect_with_grace(c1, Duration::from_secs(60))
         .unwrap();
-    let disc_at = cur
-        .wait_for(|e| matches!(e, GatewayEvent::DisconnectSent { .. }), WAIT)
-        .await
-        .unwrap()
-        .at;
-    let new = cur.wait_for(is_connected, WAIT).await.unwrap();
-    let closed = cur
-        .wait_for(
-            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
-            Duration::from_secs(15),
-        )
-        .await
-        .unwrap();
+    let (disc_at, new, closed) = handover_events(&mut cur, c1, Duration::from_secs(15)).await;
     assert!(
         matches!(
             closed.event,

@@ -5,45 +5,14 @@
 
 mod common;
 
-use common::{Paths, SECRET, WAIT, bin, config_yaml, gateway};
+use common::privileged::{
+    REQUIRE_PRIVILEGED, in_mount_namespace, mount_namespace_with_tmpfs, skip_or_fail,
+};
+use common::*;
 use dingtalk_streamd_sim::GatewayEvent;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
-fn support(script: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(script)
-}
-
-fn write_config(p: &Paths, yaml: &str) {
-    std::fs::write(&p.config, yaml).expect("write config");
-}
-
-fn journal_capture_possible() -> Result<(), String> {
-    // /proc/self belongs to the effective uid.
-    if std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(1)
-        != 0
-    {
-        return Err("not root".into());
-    }
-    let ok = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Ok(())
-    } else {
-        Err("unshare --mount not permitted".into())
-    }
-}
 
 fn read_journal(path: &Path) -> Vec<serde_json::Map<String, Value>> {
     std::fs::read_to_string(path)
@@ -61,23 +30,19 @@ fn read_journal(path: &Path) -> Vec<serde_json::Map<String, Value>> {
 /// logged as text on stderr at the same time; no secret or ticket appears anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journald_native_fields() {
-    if let Err(why) = journal_capture_possible() {
-        common::skip_or_fail("journald_native_fields", &why);
+    if let Err(why) = mount_namespace_with_tmpfs() {
+        skip_or_fail(REQUIRE_PRIVILEGED, "journald_native_fields", &why);
         return;
     }
     let gw = gateway(false).await;
     let p = Paths::new();
-    write_config(
-        &p,
-        &config_yaml(
-            &gw,
-            &p,
-            "groups: [bot]\nlog:\n  level: info,dingtalk_streamd=debug\n",
-        ),
+    p.configure(
+        &gw,
+        "groups: [bot]\nlog:\n  level: info,dingtalk_streamd=debug\n",
     );
-    let out = p.dir.path().join("journal.jsonl");
-    let pidfile = p.dir.path().join("daemon.pid");
-    let stderr = p.dir.path().join("stderr.log");
+    let out = p.path("journal.jsonl");
+    let pidfile = p.path("daemon.pid");
+    let stderr = p.path("stderr.log");
     let script = format!(
         "{{ if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; else mount -t tmpfs tmpfs /run; fi; }} && exec \"${{PYTHON3:-python3}}\" {} {} {} {} -- {} --config {} run",
         support("fake_journald.py").display(),
@@ -87,42 +52,42 @@ async fn journald_native_fields() {
         bin(),
         p.config.display()
     );
-    let mut ns = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("unshare");
-    let guard = KillOnDrop(&mut ns, pidfile.clone());
+    let mut cmd = in_mount_namespace(&script);
+    clean_env(&mut cmd);
+    let mut journald = Journald {
+        proc: Proc::spawn("fake journald", cmd),
+        pidfile: pidfile.clone(),
+    };
 
     let conn = gw.wait_connected(1, WAIT).await.expect("connected")[0];
-    let mut member = common::Consumer::member(&p.socket, "bot").await;
+    let mut member = Consumer::member(&p.socket, "bot").await;
     let m = gw.push_bot_text("journal me").await.expect("push");
     member.next().await;
     let mut cur = gw.subscribe();
     gw.set_zombie(conn, true).expect("zombie");
     // The pong deadline declares the connection dead; wait for that entry.
-    let deadline = Instant::now() + WAIT;
-    while !read_journal(&out)
-        .iter()
-        .any(|e| e.get("CAUSE").and_then(Value::as_str) == Some("pong_timeout"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no CAUSE=pong_timeout entry: {:#?}",
-            read_journal(&out)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(WAIT, "CAUSE=pong_timeout journal entry", async || {
+        let entries = read_journal(&out);
+        let found = entries
+            .iter()
+            .any(|e| e.get("CAUSE").and_then(Value::as_str) == Some("pong_timeout"));
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{entries:#?}"))
+        }
+    })
+    .await;
     cur.wait_for(|e| matches!(e, GatewayEvent::Connected { .. }), WAIT)
         .await
         .expect("reconnected");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
+    let pid: u32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")
         .trim()
         .parse()
         .expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
-    let status = guard.wait(WAIT);
+    signal(pid, Signal::SIGTERM);
+    let status = journald.proc.wait_exit(WAIT).await;
     assert!(status.success(), "fake journald/unshare: {status:?}");
 
     let entries = read_journal(&out);
@@ -199,36 +164,21 @@ fn journal_is_real() -> bool {
     Path::new("/run/systemd/journal/stdout").exists()
 }
 
-/// The `unshare` process, and the daemon inside it (its pid in the pidfile).
-struct KillOnDrop<'a>(&'a mut Child, PathBuf);
-
-impl KillOnDrop<'_> {
-    fn wait(self, d: Duration) -> ExitStatus {
-        let deadline = Instant::now() + d;
-        loop {
-            if let Some(st) = self.0.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {d:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// The fake journald in its mount namespace, and the daemon it started (its pid in
+/// `pidfile`): the daemon is killed on drop unless the run ended (then `Proc` ends the rest).
+struct Journald {
+    proc: Proc,
+    pidfile: PathBuf,
 }
 
-impl Drop for KillOnDrop<'_> {
+impl Drop for Journald {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            if let Some(pid) = std::fs::read_to_string(&self.1)
+        if self.proc.running()
+            && let Some(pid) = std::fs::read_to_string(&self.pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-            {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        {
+            let _ = try_signal(pid, Signal::SIGKILL);
         }
     }
 }

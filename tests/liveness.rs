@@ -4,11 +4,9 @@
 //! (SO_KEEPALIVE, TCP_USER_TIMEOUT, TCP_NODELAY) are read back from the live socket.
 
 mod common;
-mod health_common;
 
 use common::*;
 use dingtalk_streamd_sim::GatewayEvent;
-use health_common::*;
 use std::time::Duration;
 
 async fn zombie_case(ping: Duration, pong: Duration) {
@@ -148,7 +146,9 @@ async fn socket_options_of_the_live_connection_are_in_status() {
     let gw = gateway(true).await;
     let d = Daemon::start(&gw, CUSTOM_KEEPALIVE).await;
     gw.wait_connected(1, WAIT).await.unwrap();
-    let st = status_until(&d.paths.control, |s| s["state"] == "connected", WAIT).await;
+    let st = d
+        .status_until("connected", |s| s["state"] == "connected")
+        .await;
     assert_eq!(st["link"]["socket"], expected_socket(), "{st}");
     d.stop().await.0.unwrap();
 }
@@ -166,7 +166,7 @@ async fn socket_options_read_back_from_an_established_websocket() {
 
     let gw = gateway(false).await;
     let p = Paths::new();
-    std::fs::write(&p.config, config_yaml(&gw, &p, CUSTOM_KEEPALIVE)).unwrap();
+    p.configure(&gw, CUSTOM_KEEPALIVE);
     let loaded = dingtalk_streamd::config::Config::load(&p.config).unwrap();
     let c = &loaded.config;
     let proxies = ProxySettings::from_env(None);

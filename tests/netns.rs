@@ -9,30 +9,19 @@
 //! Namespaces and processes are removed by a guard even when an assertion fails.
 
 mod common;
-mod health_common;
 
-use common::{SECRET, WAIT};
-use health_common::*;
+use common::privileged::{REQUIRE_NETNS, is_root, skip_or_fail};
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The gateway's port inside its namespace.
 const PORT: u16 = 8443;
-/// Scheduling slack on a shared 2-core machine.
-const SLACK: Duration = Duration::from_secs(1);
-
-fn required() -> bool {
-    std::env::var("DTS_REQUIRE_NETNS").is_ok_and(|v| v == "1")
-}
 
 /// Reports a skip (or fails when namespaces are required).
 fn skip(why: &str) {
-    assert!(
-        !required(),
-        "netns test cannot run: {why} (DTS_REQUIRE_NETNS=1)"
-    );
-    eprintln!("SKIPPED: {why}");
+    skip_or_fail(REQUIRE_NETNS, "netns test", why);
 }
 
 fn run(args: &[&str]) -> Result<String, String> {
@@ -96,10 +85,7 @@ impl Drop for Net {
 impl Net {
     /// Sets up the pair, or `None` (after `skip`) when this machine cannot.
     fn setup(index: u8) -> Option<Net> {
-        // /proc/self belongs to the effective uid.
-        let root = std::fs::metadata("/proc/self")
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-        if !root {
+        if !is_root() {
             skip("not root: network namespaces need CAP_SYS_ADMIN");
             return None;
         }
@@ -131,100 +117,25 @@ impl Net {
         }
         net.created.push(net.client.clone());
         let (va, vb) = (format!("dtva{tag}"), format!("dtvb{tag}"));
-        let steps: Vec<Vec<String>> = vec![
-            vec![
-                "ip".into(),
-                "netns".into(),
-                "add".into(),
-                net.server.clone(),
+        let (client, server) = (net.client.clone(), net.server.clone());
+        let client_cidr = format!("{}/30", net.client_ip);
+        let server_cidr = format!("{}/30", net.server_ip);
+        let steps: [&[&str]; 10] = [
+            &["ip", "netns", "add", &server],
+            &[
+                "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
             ],
-            vec![
-                "ip".into(),
-                "link".into(),
-                "add".into(),
-                va.clone(),
-                "type".into(),
-                "veth".into(),
-                "peer".into(),
-                "name".into(),
-                vb.clone(),
-            ],
-            vec![
-                "ip".into(),
-                "link".into(),
-                "set".into(),
-                va.clone(),
-                "netns".into(),
-                net.client.clone(),
-            ],
-            vec![
-                "ip".into(),
-                "link".into(),
-                "set".into(),
-                vb.clone(),
-                "netns".into(),
-                net.server.clone(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.client.clone(),
-                "addr".into(),
-                "add".into(),
-                format!("{}/30", net.client_ip),
-                "dev".into(),
-                va.clone(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.server.clone(),
-                "addr".into(),
-                "add".into(),
-                format!("{}/30", net.server_ip),
-                "dev".into(),
-                vb.clone(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.client.clone(),
-                "link".into(),
-                "set".into(),
-                va.clone(),
-                "up".into(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.server.clone(),
-                "link".into(),
-                "set".into(),
-                vb.clone(),
-                "up".into(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.client.clone(),
-                "link".into(),
-                "set".into(),
-                "lo".into(),
-                "up".into(),
-            ],
-            vec![
-                "ip".into(),
-                "-n".into(),
-                net.server.clone(),
-                "link".into(),
-                "set".into(),
-                "lo".into(),
-                "up".into(),
-            ],
+            &["ip", "link", "set", &va, "netns", &client],
+            &["ip", "link", "set", &vb, "netns", &server],
+            &["ip", "-n", &client, "addr", "add", &client_cidr, "dev", &va],
+            &["ip", "-n", &server, "addr", "add", &server_cidr, "dev", &vb],
+            &["ip", "-n", &client, "link", "set", &va, "up"],
+            &["ip", "-n", &server, "link", "set", &vb, "up"],
+            &["ip", "-n", &client, "link", "set", "lo", "up"],
+            &["ip", "-n", &server, "link", "set", "lo", "up"],
         ];
-        for (i, step) in steps.iter().enumerate() {
-            let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            if let Err(e) = run(&args) {
+        for (i, step) in steps.into_iter().enumerate() {
+            if let Err(e) = run(step) {
                 if i == 0 {
                     skip(&format!("cannot create a second network namespace: {e}"));
                     return None;
@@ -234,16 +145,19 @@ impl Net {
                 panic!("network setup failed: {e}");
             }
             if i == 0 {
-                net.created.push(net.server.clone());
+                net.created.push(server.clone());
             }
         }
         Some(net)
     }
 
-    fn exec(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
+    /// `program args` in namespace `ns`, with a clean environment.
+    fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Command {
+        command(
+            "ip",
+            &[&["netns", "exec", ns, program][..], args].concat(),
+            &[],
+        )
     }
 
     /// Drops every packet arriving at the gateway's port, in the gateway's namespace.
@@ -297,20 +211,27 @@ impl Net {
 }
 
 /// The gateway in the server namespace (TLS: plain ws:// is only allowed to loopback).
-fn start_gateway(net: &Net, dir: &Path, server_pings: Option<&str>) -> LogChild {
-    let mut c = net.exec(&net.server, common::sim_bin().to_str().expect("utf-8 path"));
-    c.args(["--listen", &format!("{}:{PORT}", net.server_ip)])
-        .arg("--state-dir")
-        .arg(dir)
-        .args(["--client-id", "sim-client", "--client-secret", SECRET])
-        .args([
+fn start_gateway(net: &Net, dir: &Path, server_pings: Option<&str>) -> Proc {
+    let sim = sim_bin();
+    let c = net.exec(
+        &net.server,
+        sim.to_str().expect("utf-8 path"),
+        &[
+            "--listen",
+            &format!("{}:{PORT}", net.server_ip),
+            "--state-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--client-id",
+            "sim-client",
+            "--client-secret",
+            SECRET,
             "--ping-interval",
             server_pings.unwrap_or("off"),
             "--redeliver-after",
             "off",
-        ]);
-    c.env_remove("RUST_LOG");
-    LogChild::spawn("gateway", c)
+        ],
+    );
+    Proc::spawn("gateway", c)
 }
 
 fn daemon_config(net: &Net, dir: &Path, keepalive: &str) -> PathBuf {
@@ -330,22 +251,10 @@ fn daemon_config(net: &Net, dir: &Path, keepalive: &str) -> PathBuf {
     path
 }
 
-fn start_daemon(net: &Net, config: &Path) -> LogChild {
-    let mut c = net.exec(&net.client, env!("CARGO_BIN_EXE_dingtalk-streamd"));
-    c.arg("--config").arg(config).arg("run");
-    for k in [
-        "RUST_LOG",
-        "NOTIFY_SOCKET",
-        "JOURNAL_STREAM",
-        "LISTEN_FDS",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        c.env_remove(k);
-    }
-    LogChild::spawn("daemon", c)
+fn start_daemon(net: &Net, config: &Path) -> Proc {
+    let config = config.to_str().expect("utf-8 path");
+    let c = net.exec(&net.client, bin(), &["--config", config, "run"]);
+    Proc::spawn("daemon", c)
 }
 
 /// Connects, black-holes the gateway, and returns the "connection lost" line with how long
@@ -363,24 +272,19 @@ async fn black_hole_case(
     let config = daemon_config(&net, dir.path(), keepalive);
     let daemon = start_daemon(&net, &config);
     daemon.wait_for("connected to DingTalk", WAIT).await;
-    let st = status_until(
-        &dir.path().join("control.sock"),
-        |s| s["state"] == "connected",
-        WAIT,
-    )
-    .await;
+    let control = dir.path().join("control.sock");
+    let st = status_until(&control, "connected", |s| s["state"] == "connected").await;
     assert!(
         st["link"]["socket"]["user_timeout_ms"].as_u64().is_some(),
         "{st}"
     );
 
-    let before = daemon.len();
+    let mut from = daemon.len();
     net.black_hole(true);
     let dropped_at = Instant::now();
-    let (i, lost) = daemon
-        .wait_line_from(before, |t| t.contains("connection lost"), deadline + WAIT)
-        .await
-        .unwrap();
+    let lost = daemon
+        .wait_line(&mut from, "connection lost", deadline + WAIT)
+        .await;
     let took = lost.at - dropped_at;
     assert!(
         took <= deadline,
@@ -388,45 +292,37 @@ async fn black_hole_case(
         lost.text
     );
     // The supervisor goes on trying, each attempt cut at connect_timeout (1 s) in the hole.
-    let (j, _) = daemon
-        .wait_line_from(
-            i,
-            |t| t.contains("connecting to DingTalk"),
+    daemon
+        .wait_line(
+            &mut from,
+            "connecting to DingTalk",
             Duration::from_millis(100) + SLACK,
         )
-        .await
-        .unwrap();
-    let (k, failed) = daemon
-        .wait_line_from(
-            j,
-            |t| t.contains("connection attempt failed"),
+        .await;
+    let failed = daemon
+        .wait_line(
+            &mut from,
+            "connection attempt failed",
             Duration::from_secs(1) + SLACK * 2,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         field(&failed.text, "cause"),
         Some("ticket_timeout"),
         "{}",
         failed.text
     );
-    let st = status_until(
-        &dir.path().join("control.sock"),
-        |s| s["state"] != "connected",
-        WAIT,
-    )
-    .await;
+    let st = status_until(&control, "not connected", |s| s["state"] != "connected").await;
     assert!(st["link"]["last_cause"].is_string(), "{st}");
 
     net.black_hole(false);
     daemon
-        .wait_line_from(
-            k,
-            |t| t.contains("connected to DingTalk"),
+        .wait_line(
+            &mut from,
+            "connected to DingTalk",
             Duration::from_secs(2) + SLACK * 2,
         )
-        .await
-        .unwrap();
+        .await;
     let text = lost.text.clone();
     drop(daemon);
     drop(gw);

@@ -4,11 +4,9 @@
 //! connect_timeout. Timing asserts use the bounds plus slack for a loaded 2-core machine.
 
 mod common;
-mod health_common;
 
 use common::*;
 use dingtalk_streamd_sim::{CloseReason, GatewayEvent, HandshakeFault, TicketFault};
-use health_common::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,11 +46,7 @@ async fn dropped_tcp_reconnects_with_a_fresh_ticket_through_one_path() {
     gw.wait_until(|g| !g.acks(&p.message_id).is_empty(), WAIT)
         .await
         .unwrap();
-    let connects = gw
-        .events()
-        .iter()
-        .filter(|e| is_connected(&e.event))
-        .count();
+    let connects = count(&gw, is_connected);
     assert_eq!(connects, ROUNDS + 1);
     assert_eq!(gw.tickets_issued(), ROUNDS + 1);
     assert_eq!(gw.open_connections(), vec![conn]);
@@ -75,23 +69,19 @@ async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
     gw.set_ticket_fault(Some(TicketFault::status(503)));
     let p = Paths::new();
     let (initial, max) = (20u64, 320u64);
-    let extra = reconnect(&format!("{initial}ms"), &format!("{max}ms"), "2s");
-    std::fs::write(&p.config, config_yaml(&gw, &p, &extra)).unwrap();
-    let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
+    p.configure(
+        &gw,
+        &reconnect(&format!("{initial}ms"), &format!("{max}ms"), "2s"),
+    );
+    let mut d = spawn_run(&p.config, &[]);
 
     const FAILURES: usize = 14;
     let mut delays = Vec::new();
     let mut from = 0;
     for k in 1..=FAILURES {
-        let (i, l) = d
-            .wait_line_from(
-                from,
-                |t| t.contains("connection attempt failed; backing off"),
-                WAIT,
-            )
-            .await
-            .unwrap();
-        from = i + 1;
+        let l = d
+            .wait_line(&mut from, "connection attempt failed; backing off", WAIT)
+            .await;
         let attempt: u32 = field(&l.text, "attempt").unwrap().parse().unwrap();
         let delay: u64 = field(&l.text, "delay_ms").unwrap().parse().unwrap();
         assert_eq!(attempt as usize, k, "{}", l.text);
@@ -105,7 +95,7 @@ async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
         delays.push(delay);
     }
     // Status shows the backoff with its cause while the storm lasts.
-    let st = status_until(&p.control, |s| s["state"] == "backing_off", WAIT).await;
+    let st = status_until(&p.control, "backing off", |s| s["state"] == "backing_off").await;
     assert_eq!(st["link"]["cause"], "ticket_503", "{st}");
     assert!(
         st["link"]["attempt"].as_u64().unwrap() >= FAILURES as u64,
@@ -113,21 +103,11 @@ async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
     );
 
     // What the daemon really waited, on the gateway's clock (the request after the last wait).
-    let count_requests = |g: &dingtalk_streamd_sim::FakeGateway| {
-        g.events()
-            .iter()
-            .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
-            .count()
-    };
-    gw.wait_until(|g| count_requests(g) > FAILURES, WAIT)
+    let requested = |e: &GatewayEvent| matches!(e, GatewayEvent::TicketRequested(_));
+    gw.wait_until(|g| count(g, requested) > FAILURES, WAIT)
         .await
         .unwrap();
-    let requests: Vec<Instant> = gw
-        .events()
-        .iter()
-        .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
-        .map(|e| e.at)
-        .collect();
+    let requests = times(&gw, requested);
     for (k, delay) in delays.iter().enumerate() {
         let gap = ms(requests[k + 1] - requests[k]);
         assert!(
@@ -156,9 +136,9 @@ async fn ticket_503_storm_backs_off_capped_with_full_jitter_then_recovers() {
         "recovered only after {:?}",
         at.elapsed()
     );
-    let st = status_until(&p.control, |s| s["state"] == "connected", WAIT).await;
+    let st = status_until(&p.control, "connected", |s| s["state"] == "connected").await;
     assert_eq!(st["link"]["last_cause"], "ticket_503", "{st}");
-    let status = d.stop(WAIT).expect("daemon stops on SIGTERM");
+    let status = d.stop(WAIT).await.expect("daemon stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", d.text());
 }
 
@@ -172,24 +152,15 @@ async fn retry_after_is_honoured() {
     ));
     let d = Daemon::start(&gw, &reconnect("50ms", "3s", "2s")).await;
     gw.wait_connected(1, WAIT).await.unwrap();
-    let requests: Vec<Instant> = gw
-        .events()
-        .iter()
-        .filter(|e| matches!(e.event, GatewayEvent::TicketRequested(_)))
-        .map(|e| e.at)
-        .collect();
+    let requests = times(&gw, |e| matches!(e, GatewayEvent::TicketRequested(_)));
     assert_eq!(requests.len(), 3);
-    for w in requests.windows(2) {
-        let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(1000),
-            "retried after {gap:?} despite Retry-After: 1"
-        );
-        assert!(
-            gap <= Duration::from_millis(1000) + SLACK,
-            "retried after {gap:?}"
-        );
-    }
+    let retry_after = Duration::from_millis(1000);
+    assert_gaps(
+        &requests,
+        retry_after,
+        retry_after + SLACK,
+        "retried despite Retry-After: 1",
+    );
     assert_eq!(d.status().await["link"]["last_cause"], "ticket_503");
     d.stop().await.0.unwrap();
 }
@@ -199,27 +170,14 @@ async fn rejected_handshake_backs_off_with_a_fresh_ticket_each_time() {
     let gw = gateway(false).await;
     gw.set_handshake_fault(Some(HandshakeFault::status(403).times(3)));
     let p = Paths::new();
-    std::fs::write(
-        &p.config,
-        config_yaml(&gw, &p, &reconnect("40ms", "400ms", "2s")),
-    )
-    .unwrap();
-    let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
+    p.configure(&gw, &reconnect("40ms", "400ms", "2s"));
+    let mut d = spawn_run(&p.config, &[]);
     gw.wait_connected(1, WAIT).await.unwrap();
-    let rejected = gw
-        .events()
-        .iter()
-        .filter(|e| matches!(e.event, GatewayEvent::HandshakeRejected { status: 403, .. }))
-        .count();
+    let rejected = count(&gw, |e| {
+        matches!(e, GatewayEvent::HandshakeRejected { status: 403, .. })
+    });
     assert_eq!(rejected, 3);
-    let issued: HashSet<String> = gw
-        .events()
-        .iter()
-        .filter_map(|e| match &e.event {
-            GatewayEvent::TicketIssued { ticket } => Some(ticket.clone()),
-            _ => None,
-        })
-        .collect();
+    let issued: HashSet<String> = issued_tickets(&gw).into_iter().collect();
     assert_eq!(issued.len(), 4, "every attempt needs its own ticket");
     d.wait_for("connected to DingTalk", WAIT).await;
     let backoffs: Vec<String> = d
@@ -234,14 +192,14 @@ async fn rejected_handshake_backs_off_with_a_fresh_ticket_each_time() {
         let delay: u64 = field(l, "delay_ms").unwrap().parse().unwrap();
         assert!(delay <= 400u64.min(40 << n), "{l}");
     }
-    let st = status_until(&p.control, |s| s["state"] == "connected", WAIT).await;
+    let st = status_until(&p.control, "connected", |s| s["state"] == "connected").await;
     assert_eq!(st["link"]["last_cause"], "ws_rejected_403", "{st}");
     assert!(
         !d.text().contains("ticket="),
         "the ticket URL was logged:\n{}",
         d.text()
     );
-    d.stop(WAIT);
+    d.stop(WAIT).await;
 }
 
 /// After a successful connection, 401 is not fatal: retried every max_delay, shown as
@@ -265,23 +223,13 @@ async fn credentials_rejected_after_a_success_are_retried_at_max_delay() {
             .unwrap();
         rejections.push(e.at);
     }
-    for w in rejections.windows(2) {
-        let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(500),
-            "401 retried after {gap:?} < max_delay"
-        );
-        assert!(
-            gap <= Duration::from_millis(500) + SLACK,
-            "401 retried after {gap:?}"
-        );
-    }
-    let st = status_until(
-        &d.paths.control,
-        |s| s["state"] == "credentials_rejected",
-        WAIT,
-    )
-    .await;
+    let max_delay = Duration::from_millis(500);
+    assert_gaps(&rejections, max_delay, max_delay + SLACK, "401 retried");
+    let st = d
+        .status_until("credentials rejected", |s| {
+            s["state"] == "credentials_rejected"
+        })
+        .await;
     assert_eq!(st["link"]["cause"], "ticket_401", "{st}");
     assert!(
         !d.task.is_finished(),
@@ -289,7 +237,9 @@ async fn credentials_rejected_after_a_success_are_retried_at_max_delay() {
     );
     gw.set_ticket_fault(None);
     cur.wait_for(is_connected, WAIT).await.unwrap();
-    let st = status_until(&d.paths.control, |s| s["state"] == "connected", WAIT).await;
+    let st = d
+        .status_until("connected", |s| s["state"] == "connected")
+        .await;
     assert_eq!(st["link"]["last_cause"], "ticket_401", "{st}");
     d.stop().await.0.unwrap();
 }
@@ -301,11 +251,11 @@ async fn credentials_rejected_before_any_success_exit_78() {
         let gw = gateway(false).await;
         gw.set_ticket_fault(Some(TicketFault::status(status)));
         let p = Paths::new();
-        std::fs::write(&p.config, config_yaml(&gw, &p, "")).unwrap();
-        let mut d = LogChild::spawn("daemon", daemon_cmd(&p.config));
-        let st = d.wait_exit(WAIT).await;
-        assert_eq!(st.code(), Some(78), "HTTP {status}:\n{}", d.text());
-        assert!(!d.text().contains(SECRET), "secret in the output");
+        p.configure(&gw, "");
+        let o = run_to_exit(&p).await;
+        let text = o.stdout + &o.stderr;
+        assert_eq!(o.code, Some(78), "HTTP {status}:\n{text}");
+        assert!(!text.contains(SECRET), "secret in the output");
         assert_eq!(
             gw.ticket_requests().len(),
             1,
@@ -329,23 +279,18 @@ async fn a_hanging_ticket_endpoint_is_bounded_by_connect_timeout() {
                 .at,
         );
     }
-    for w in hung.windows(2) {
-        let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(500),
-            "next attempt after {gap:?}: before connect_timeout"
-        );
-        assert!(
-            gap <= Duration::from_millis(500 + 200) + SLACK,
-            "the hung request was not cut at connect_timeout: {gap:?}"
-        );
-    }
-    let st = status_until(
-        &d.paths.control,
-        |s| s["link"]["last_cause"] == "ticket_timeout",
-        WAIT,
-    )
-    .await;
+    // connect_timeout 500 ms, then a wait of at most max_delay 200 ms.
+    assert_gaps(
+        &hung,
+        Duration::from_millis(500),
+        Duration::from_millis(500 + 200) + SLACK,
+        "next attempt on a hung ticket request (cut at connect_timeout)",
+    );
+    let st = d
+        .status_until("a ticket timeout", |s| {
+            s["link"]["last_cause"] == "ticket_timeout"
+        })
+        .await;
     assert_ne!(st["state"], "connected");
     gw.set_ticket_fault(None);
     gw.wait_connected(1, Duration::from_millis(500 + 200) + SLACK * 2)
@@ -418,10 +363,7 @@ async fn silent_peer_case(tls: bool) {
         &gw.open_url(),
         &format!("http://127.0.0.1:{ticket_port}/v1.0/gateway/connections/open"),
     );
-    std::fs::write(&p.config, yaml).unwrap();
-    let loaded = dingtalk_streamd::config::Config::load(&p.config).unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(dingtalk_streamd::run(loaded, shutdown.clone()));
+    let d = Daemon::start_yaml(p, &yaml).await;
     let mut accepts = Vec::new();
     for _ in 0..3 {
         accepts.push(
@@ -431,33 +373,26 @@ async fn silent_peer_case(tls: bool) {
                 .unwrap(),
         );
     }
-    for w in accepts.windows(2) {
-        let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(500),
-            "next attempt after {gap:?}"
-        );
-        assert!(
-            gap <= Duration::from_millis(600) + SLACK,
-            "stage not cut at connect_timeout: {gap:?}"
-        );
-    }
+    // connect_timeout 500 ms, then a wait of at most max_delay 100 ms.
+    assert_gaps(
+        &accepts,
+        Duration::from_millis(500),
+        Duration::from_millis(600) + SLACK,
+        "next attempt on a silent peer (cut at connect_timeout)",
+    );
     let want = if tls {
         "tls_timeout"
     } else {
         "websocket_timeout"
     };
-    let st = status_until(&p.control, |s| s["link"]["last_cause"] == want, WAIT).await;
+    let st = d
+        .status_until(want, |s| s["link"]["last_cause"] == want)
+        .await;
     assert!(
         st["state"] == "connecting" || st["state"] == "backing_off",
         "{st}"
     );
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    d.stop().await.0.unwrap();
 }
 
 #[tokio::test]

@@ -3,12 +3,11 @@
 //! rejected and the old one kept; changed credentials handed over make-before-break.
 
 mod common;
-mod systemd_common;
 
-use common::{Paths, SECRET, WAIT, config_yaml, gateway, gateway_with};
+use common::systemd::Service;
+use common::*;
 use dingtalk_streamd_sim::GatewayEvent;
 use std::time::Duration;
-use systemd_common::*;
 
 /// SIGHUP through the real binary: the log level changes, keepalive changes without a new
 /// connection, a new group starts, a broken config is rejected (old one kept, still serving),
@@ -18,34 +17,23 @@ use systemd_common::*;
 async fn sighup_reload() {
     let gw = gateway(false).await;
     let p = Paths::new();
-    let slow = "keepalive:\n  ping_interval: 1s\n  pong_timeout: 500ms\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n";
-    let fast = "keepalive:\n  ping_interval: 200ms\n  pong_timeout: 150ms\n  tcp_keepalive_idle: 1s\n  tcp_keepalive_interval: 1s\n  tcp_keepalive_count: 2\n  tcp_user_timeout: 3s\n";
-    write_config(&p, &config_yaml(&gw, &p, slow));
-    let mut d = Daemon::run(&p.config, &[]);
+    let slow = keepalive("1s", "500ms");
+    let fast = keepalive("200ms", "150ms");
+    p.configure(&gw, &slow);
+    let mut d = Service::run(&p.config, &[]);
     d.ready().await;
     let conn_a = gw.wait_connected(1, WAIT).await.expect("connected")[0];
-    let mut tap = common::Consumer::tap(&p.socket).await;
-    // The hub registers a tap after its silent 200 ms; wait until a push reaches it.
-    let pushed = loop {
-        let m = gw.push_bot_text("before").await.expect("push");
-        if let Some(v) = tap.next_within(Duration::from_millis(500)).await {
-            assert_eq!(v["message_id"], m.message_id.as_str());
-            break m;
-        }
-    };
+    let mut tap = Consumer::tap(&p.socket).await;
+    let (pushed, _) = tap.first_push_through(&gw, "before").await;
 
     // 1. Log level: info -> debug for the daemon's own events.
     assert!(
-        !d.drain_log().contains(&pushed.message_id),
+        !d.log().contains(&pushed.message_id),
         "per-frame events are debug; info logged one"
     );
-    write_config(
-        &p,
-        &config_yaml(
-            &gw,
-            &p,
-            &format!("{slow}log:\n  level: info,dingtalk_streamd=debug\n"),
-        ),
+    p.configure(
+        &gw,
+        &format!("{slow}log:\n  level: info,dingtalk_streamd=debug\n"),
     );
     d.reload().await;
     let m = gw.push_bot_text("after").await.expect("push");
@@ -58,13 +46,9 @@ async fn sighup_reload() {
 
     // 2. Keepalive: pings every 200 ms instead of 1 s, on the same connection.
     let mut cur = gw.subscribe();
-    write_config(
-        &p,
-        &config_yaml(
-            &gw,
-            &p,
-            &format!("{fast}log:\n  level: info,dingtalk_streamd=debug\n"),
-        ),
+    p.configure(
+        &gw,
+        &format!("{fast}log:\n  level: info,dingtalk_streamd=debug\n"),
     );
     d.reload().await;
     let mut pings = Vec::new();
@@ -104,21 +88,19 @@ async fn sighup_reload() {
     );
 
     // 3. A new group starts at once.
-    let with_group = config_yaml(
+    p.configure(
         &gw,
-        &p,
         &format!("{fast}log:\n  level: info,dingtalk_streamd=debug\ngroups: [audit]\n"),
     );
-    write_config(&p, &with_group);
     d.reload().await;
-    let st = common::status(&p.control).await;
+    let st = status(&p.control).await;
     assert!(
         st["groups"]["audit"].is_object(),
         "group audit not started: {st}"
     );
 
     // 4. A broken config is rejected; the old one stays in force and the daemon serves.
-    write_config(&p, "dingtalk:\n  client_id: [broken\n");
+    p.write_config("dingtalk:\n  client_id: [broken\n");
     let ready = d.reload().await;
     d.logs("reload rejected: keeping the running configuration", WAIT)
         .await;
@@ -130,14 +112,13 @@ async fn sighup_reload() {
     );
     let m = gw.push_bot_text("still serving").await.expect("push");
     assert_eq!(tap.next().await["message_id"], m.message_id.as_str());
-    assert!(common::status(&p.control).await["groups"]["audit"].is_object());
+    assert!(status(&p.control).await["groups"]["audit"].is_object());
     assert_eq!(gw.open_connections(), vec![conn_a]);
 
     // 5. New credentials and endpoint: the new connection opens before the old one closes.
     let gw2 = gateway_with(|c| c.client_id = "sim-client-2".into()).await;
     let mut cur1 = gw.subscribe();
-    let with_new = config_yaml(&gw2, &p, &format!("{fast}groups: [audit]\n"));
-    write_config(&p, &with_new);
+    p.configure(&gw2, &format!("{fast}groups: [audit]\n"));
     d.reload().await;
     let opened = gw2
         .wait_for(|e| matches!(e, GatewayEvent::Connected { .. }), WAIT)
@@ -159,7 +140,7 @@ async fn sighup_reload() {
     assert_eq!(tap.next().await["message_id"], m.message_id.as_str());
 
     assert!(d.stop().await.success());
-    assert!(!d.drain_log().contains(SECRET), "the secret was logged");
+    assert!(!d.log().contains(SECRET), "the secret was logged");
 }
 
 /// A reload that changes the endpoint while a connection attempt hangs (the old ticket
@@ -171,15 +152,15 @@ async fn reload_replaces_an_attempt_that_still_uses_the_old_settings() {
     old.set_ticket_fault(Some(dingtalk_streamd_sim::TicketFault::hang()));
     let new = gateway(false).await;
     let p = Paths::new();
-    let patient = "reconnect:\n  initial_delay: 50ms\n  max_delay: 400ms\n  stable_after: 1s\n  connect_timeout: 30s\n";
-    write_config(&p, &config_yaml(&old, &p, patient));
-    let mut d = Daemon::run(&p.config, &[]);
+    let patient = reconnect("50ms", "400ms", "30s");
+    p.configure(&old, &patient);
+    let mut d = Service::run(&p.config, &[]);
     d.ready().await;
     old.wait_for(|e| matches!(e, GatewayEvent::TicketRequested(_)), WAIT)
         .await
         .expect("the first attempt asked the old endpoint");
 
-    write_config(&p, &config_yaml(&new, &p, patient));
+    p.configure(&new, &patient);
     d.reload().await;
     new.wait_connected(1, WAIT)
         .await

@@ -3,33 +3,21 @@
 //! ACKs carry the consumer's response, or null after the topic's timeout.
 
 mod common;
-mod spool_common;
 
 use common::*;
-use dingtalk_streamd_sim::{OutFrame, Route, TOPIC_CARD_CALLBACK};
+use dingtalk_streamd_sim::{FakeGateway, OutFrame, Route, TOPIC_CARD_CALLBACK};
 use serde_json::{Value, json};
-use spool_common::*;
 use std::time::Duration;
 
 #[tokio::test]
 async fn max_age_forces_out_unacked_messages_counted_in_status() {
     let gw = gateway(false).await;
-    let d = start_with_spool(&gw, "  max_age: 1s\n", "groups: [bot]\n").await;
+    let d = Daemon::start_with_spool(&gw, "  max_age: 1s\n", "groups: [bot]\n").await;
     gw.wait_connected(1, WAIT).await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            gw.push_bot_text(&format!("old {i}"))
-                .await
-                .unwrap()
-                .message_id,
-        );
-    }
-    wait_acked(&gw, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let st = wait_status_at(&d.paths.control, "3 forced out", WAIT, |s| {
-        s["spool"]["forced_out_unacked"] == 3
-    })
-    .await;
+    push_acked(&gw, 3, "old").await;
+    let st = d
+        .status_until("3 forced out", |s| s["spool"]["forced_out_unacked"] == 3)
+        .await;
     assert_eq!(st["spool"]["messages"], 0, "{st}");
     // The group that never came is not stuck on messages that are gone.
     let fresh = gw.push_bot_text("fresh").await.unwrap();
@@ -42,7 +30,7 @@ async fn max_age_forces_out_unacked_messages_counted_in_status() {
 #[tokio::test]
 async fn max_bytes_forces_out_the_oldest_unacked_messages_counted_in_status() {
     let gw = gateway(false).await;
-    let d = start_with_spool(&gw, "  max_bytes: 1MiB\n", "groups: [bot]\n").await;
+    let d = Daemon::start_with_spool(&gw, "  max_bytes: 1MiB\n", "groups: [bot]\n").await;
     gw.wait_connected(1, WAIT).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -55,12 +43,13 @@ async fn max_bytes_forces_out_the_oldest_unacked_messages_counted_in_status() {
             .unwrap();
         ids.push(p.message_id);
     }
-    wait_acked(&gw, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let st = wait_status_at(&d.paths.control, "forced out", WAIT, |s| {
-        s["spool"]["forced_out_unacked"].as_u64() > Some(0)
-            && s["spool"]["bytes"].as_u64() <= Some(1024 * 1024)
-    })
-    .await;
+    wait_acked(&gw, &ids).await;
+    let st = d
+        .status_until("forced out", |s| {
+            s["spool"]["forced_out_unacked"].as_u64() > Some(0)
+                && s["spool"]["bytes"].as_u64() <= Some(1024 * 1024)
+        })
+        .await;
     let forced = st["spool"]["forced_out_unacked"].as_u64().unwrap();
     let kept = st["spool"]["messages"].as_u64().unwrap();
     assert_eq!(
@@ -91,10 +80,8 @@ async fn a_message_stays_until_every_group_acked_it() {
     let mut a = d.member("a").await;
     let v = a.next().await;
     a.ack(v["seq"].as_u64().unwrap()).await;
-    wait_status_at(&d.paths.control, "a's ack", WAIT, |s| {
-        s["groups"]["a"]["cursor"] == 1
-    })
-    .await;
+    d.status_until("a's ack", |s| s["groups"]["a"]["cursor"] == 1)
+        .await;
     // Retention runs every second: give it two passes, the message must still be there.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < deadline {
@@ -108,23 +95,29 @@ async fn a_message_stays_until_every_group_acked_it() {
     let mut b = d.member("b").await;
     let v = b.next().await;
     b.ack(v["seq"].as_u64().unwrap()).await;
-    let st = wait_status_at(&d.paths.control, "the message gone", WAIT, |s| {
-        s["spool"]["messages"] == 0
-    })
-    .await;
+    let st = d
+        .status_until("the message gone", |s| s["spool"]["messages"] == 0)
+        .await;
     assert_eq!(st["spool"]["forced_out_unacked"], 0, "{st}");
     d.stop().await.0.unwrap();
 }
 
-#[tokio::test]
-async fn callback_ack_carries_the_members_response_or_null_on_timeout() {
+/// A connected daemon whose card callbacks go to group `cards` with `timeout`, and a member of
+/// that group.
+async fn card_callbacks(timeout: &str) -> (FakeGateway, Daemon, Consumer) {
     let gw = gateway(false).await;
     let extra = format!(
-        "groups: [cards]\ncallbacks:\n  - {{ topic: {TOPIC_CARD_CALLBACK}, group: cards, timeout: 600ms }}\n"
+        "groups: [cards]\ncallbacks:\n  - {{ topic: {TOPIC_CARD_CALLBACK}, group: cards, timeout: {timeout} }}\n"
     );
     let d = Daemon::start(&gw, &extra).await;
     gw.wait_connected(1, WAIT).await.unwrap();
-    let mut m = d.member("cards").await;
+    let m = d.member("cards").await;
+    (gw, d, m)
+}
+
+#[tokio::test]
+async fn callback_ack_carries_the_members_response_or_null_on_timeout() {
+    let (gw, d, mut m) = card_callbacks("600ms").await;
 
     let p = gw
         .push(
@@ -181,13 +174,7 @@ async fn callback_ack_carries_the_members_response_or_null_on_timeout() {
 /// instead cannot pass within `WAIT` (10 s).
 #[tokio::test]
 async fn a_plain_ack_releases_a_held_callback_at_once() {
-    let gw = gateway(false).await;
-    let extra = format!(
-        "groups: [cards]\ncallbacks:\n  - {{ topic: {TOPIC_CARD_CALLBACK}, group: cards, timeout: 30s }}\n"
-    );
-    let d = Daemon::start(&gw, &extra).await;
-    gw.wait_connected(1, WAIT).await.unwrap();
-    let mut m = d.member("cards").await;
+    let (gw, d, mut m) = card_callbacks("30s").await;
     let r = gw
         .push(
             OutFrame::card_callback("track-3", "user-1", &json!({})),

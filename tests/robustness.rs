@@ -7,6 +7,7 @@ use common::*;
 use dingtalk_streamd::config::Config;
 use dingtalk_streamd::consumers::{line, protocol};
 use dingtalk_streamd::wire::Frame;
+use nix::sys::signal::Signal;
 use rand::RngExt;
 use std::path::Path;
 
@@ -72,21 +73,19 @@ fn parsers_never_panic_on_damaged_input() {
 async fn signals_at_odd_moments() {
     let gw = gateway(false).await;
     let p = Paths::new();
-    std::fs::write(&p.config, config_yaml(&gw, &p, "")).unwrap();
-    let cfg = p.config.to_str().unwrap();
+    p.configure(&gw, "");
 
     // SIGTERM right after exec, before the sockets exist: a clean stop.
-    let mut child = spawn_bin(&["--config", cfg, "run"], &[]);
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let st = wait_exit(&mut child, WAIT);
+    let mut daemon = spawn_run(&p.config, &[]);
+    daemon.signal(Signal::SIGTERM);
+    let st = daemon.wait_exit(WAIT).await;
     assert!(st.success() || st.code().is_none(), "early SIGTERM: {st:?}");
 
     // A burst of SIGHUPs while running: every reload is applied, the daemon keeps serving.
-    let mut child = spawn_bin(&["--config", cfg, "run"], &[]);
-    wait_for_socket(&p.socket).await;
+    let mut daemon = start_run(&p, &[]).await;
     gw.wait_connected(1, WAIT).await.unwrap();
     for _ in 0..10 {
-        signal(&child, nix::sys::signal::Signal::SIGHUP);
+        daemon.signal(Signal::SIGHUP);
     }
     let mut tap = Consumer::tap(&p.socket).await;
     let pushed = gw.push_bot_text("after the reload storm").await.unwrap();
@@ -99,9 +98,9 @@ async fn signals_at_odd_moments() {
     );
 
     // Two SIGTERMs in a row: still one clean stop.
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let st = wait_exit(&mut child, WAIT);
+    daemon.signal(Signal::SIGTERM);
+    daemon.signal(Signal::SIGTERM);
+    let st = daemon.wait_exit(WAIT).await;
     assert_eq!(st.code(), Some(0), "{st:?}");
     assert!(!p.socket.exists(), "socket file left behind");
 }

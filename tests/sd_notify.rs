@@ -4,13 +4,12 @@
 //! tests/journald.rs.
 
 mod common;
-mod systemd_common;
 
-use common::{Paths, WAIT, config_yaml, gateway};
+use common::systemd::{Note, Service, WATCHDOG_USEC, connectable};
+use common::*;
 use dingtalk_streamd_sim::{GatewayEvent, TicketFault};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use systemd_common::*;
 
 /// READY=1 comes once the config is loaded, the spool open and both sockets accept, without
 /// waiting for DingTalk (here: ticket 503 forever). STATUS then says why it is not connected,
@@ -20,8 +19,8 @@ async fn ready_without_dingtalk_backoff_status_and_stopping() {
     let gw = gateway(false).await;
     gw.set_ticket_fault(Some(TicketFault::status(503)));
     let p = Paths::new();
-    write_config(&p, &config_yaml(&gw, &p, ""));
-    let mut d = Daemon::run(&p.config, &[]);
+    p.configure(&gw, "");
+    let mut d = Service::run(&p.config, &[]);
 
     let ready = d.ready().await;
     assert!(
@@ -65,10 +64,9 @@ async fn ready_without_dingtalk_backoff_status_and_stopping() {
     };
     assert!(re_ok, "STATUS= line: {line:?}");
     let rejected = |g: &dingtalk_streamd_sim::FakeGateway| {
-        g.events()
-            .iter()
-            .filter(|e| matches!(e.event, GatewayEvent::TicketRejected { status: 503 }))
-            .count()
+        count(g, |e| {
+            matches!(e, GatewayEvent::TicketRejected { status: 503 })
+        })
     };
     // It keeps trying (a STATUS refresh can come after the first rejection already).
     gw.wait_until(|g| rejected(g) >= 2, WAIT)
@@ -89,11 +87,11 @@ async fn ready_without_dingtalk_backoff_status_and_stopping() {
 async fn watchdog_cadence_and_connected_status() {
     let gw = gateway(false).await;
     let p = Paths::new();
-    write_config(&p, &config_yaml(&gw, &p, "groups: [bot]\n"));
-    let mut d = Daemon::run(&p.config, &[("WATCHDOG_USEC", WATCHDOG_USEC)]);
+    p.configure(&gw, "groups: [bot]\n");
+    let mut d = Service::run(&p.config, &[("WATCHDOG_USEC", WATCHDOG_USEC)]);
     d.ready().await;
     gw.wait_connected(1, WAIT).await.expect("connected");
-    let mut member = common::Consumer::member(&p.socket, "bot").await;
+    let mut member = Consumer::member(&p.socket, "bot").await;
 
     let first = d.note("WATCHDOG=1", WAIT, |n| n.has("WATCHDOG=1")).await;
     let mut pings = vec![first.at];
@@ -147,9 +145,9 @@ async fn watchdog_cadence_and_connected_status() {
         "STATUS= {line:?}"
     );
     assert!(
-        !d.drain_log().contains("not feeding the systemd watchdog"),
+        !d.log().contains("not feeding the systemd watchdog"),
         "false wedge verdict:\n{}",
-        d.drain_log()
+        d.log()
     );
     assert!(d.stop().await.success());
 }
@@ -157,8 +155,8 @@ async fn watchdog_cadence_and_connected_status() {
 async fn wedge(part: &'static str, verdict: &'static str) {
     let gw = gateway(false).await;
     let p = Paths::new();
-    write_config(&p, &config_yaml(&gw, &p, "groups: [bot]\n"));
-    let mut d = Daemon::run(
+    p.configure(&gw, "groups: [bot]\n");
+    let mut d = Service::run(
         &p.config,
         &[
             ("WATCHDOG_USEC", WATCHDOG_USEC),
@@ -167,7 +165,7 @@ async fn wedge(part: &'static str, verdict: &'static str) {
     );
     d.ready().await;
     gw.wait_connected(1, WAIT).await.expect("connected");
-    let mut member = common::Consumer::member(&p.socket, "bot").await;
+    let mut member = Consumer::member(&p.socket, "bot").await;
     d.note("WATCHDOG=1 while healthy", WAIT, |n| n.has("WATCHDOG=1"))
         .await;
 
@@ -192,7 +190,7 @@ async fn wedge(part: &'static str, verdict: &'static str) {
     assert!(
         pings.is_empty(),
         "{part} wedged, yet WATCHDOG=1 was sent: {notes:#?}\nlog:\n{}",
-        d.drain_log()
+        d.log()
     );
     assert!(
         notes.iter().any(|n| n.value("STATUS").is_some()),
@@ -215,7 +213,7 @@ async fn a_wedged_part_stops_the_watchdog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_configured_exits_78_with_status() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yml");
-    let mut d = Daemon::run(&shipped, &[]);
+    let mut d = Service::run(&shipped, &[]);
     let want = format!(
         "not configured: set dingtalk.client_id in {}",
         shipped.display()

@@ -5,99 +5,16 @@
 //! the tickets, the `?ticket=` query, the webhook URLs or their tokens, or the proxy password
 //! may appear in any of it. Also pins the shape of the ticket request.
 
-mod binrun;
 mod common;
 
-use base64::Engine;
-use binrun::{Proc, output};
+use common::proxy::{Mode, Proxy, basic, basic_token};
 use common::*;
-use dingtalk_streamd_sim::{ConnId, FakeGateway, GatewayEvent, TicketFault};
+use dingtalk_streamd_sim::{FakeGateway, GatewayEvent, TicketFault};
 use nix::sys::signal::Signal;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const PROXY_USER: &str = "streamd";
 const PROXY_PASSWORD: &str = "pr0xy-Pa55-c0ffee";
-
-/// A minimal HTTP CONNECT proxy on 127.0.0.1:0 that insists on our Basic credentials and counts
-/// the tunnels it opened.
-struct Proxy {
-    port: u16,
-    tunnels: Arc<AtomicUsize>,
-    refused: Arc<AtomicUsize>,
-}
-
-async fn proxy() -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tunnels = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let expected = format!(
-        "proxy-authorization: basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{PROXY_USER}:{PROXY_PASSWORD}"))
-    )
-    .to_ascii_lowercase();
-    let (t, r) = (tunnels.clone(), refused.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let (t, r, expected) = (t.clone(), r.clone(), expected.clone());
-            tokio::spawn(async move {
-                let _ = tunnel(client, &expected, &t, &r).await;
-            });
-        }
-    });
-    Proxy {
-        port,
-        tunnels,
-        refused,
-    }
-}
-
-async fn tunnel(
-    mut client: TcpStream,
-    expected_auth: &str,
-    tunnels: &AtomicUsize,
-    refused: &AtomicUsize,
-) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 * 1024 || client.read(&mut byte).await? == 0 {
-            return Ok(());
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let target = head
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("CONNECT "))
-        .and_then(|l| l.split_whitespace().next())
-        .map(str::to_owned);
-    let authed = head
-        .lines()
-        .any(|l| l.trim().eq_ignore_ascii_case(expected_auth));
-    let Some(target) = target.filter(|_| authed) else {
-        refused.fetch_add(1, Ordering::Relaxed);
-        client
-            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
-            .await?;
-        return Ok(());
-    };
-    let mut upstream = TcpStream::connect(target).await?;
-    tunnels.fetch_add(1, Ordering::Relaxed);
-    client
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        .await?;
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    Ok(())
-}
 
 /// The sessionWebhook URL inside a pushed bot message frame.
 fn webhook_of(frame_text: &str) -> String {
@@ -137,14 +54,6 @@ async fn push_round(
     }
 }
 
-/// Waits for a connection other than `old` to be open; returns it.
-async fn new_connection(gw: &FakeGateway, old: ConnId) -> ConnId {
-    gw.wait_until(|g| g.open_connections().iter().any(|c| *c > old), WAIT)
-        .await
-        .expect("a new connection");
-    *gw.open_connections().iter().rfind(|c| **c > old).unwrap()
-}
-
 #[tokio::test]
 async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_request() {
     let gw = gateway_with(|c| {
@@ -153,7 +62,8 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         c.disconnect_grace = Duration::from_millis(300);
     })
     .await;
-    let px = proxy().await;
+    // Insists on our Basic credentials.
+    let px = Proxy::start(Mode::RequireAuth(basic(PROXY_USER, PROXY_PASSWORD))).await;
     let paths = Paths::new();
     let extra = format!(
         "proxy: http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}\nlog:\n  level: debug\n",
@@ -161,7 +71,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     );
     let subscriptions = "dingtalk:\n  subscriptions:\n    - { type: CALLBACK, topic: /v1.0/im/bot/messages/get }\n    - { type: CALLBACK, topic: /v1.0/card/instances/callback }\n    - { type: EVENT, topic: \"*\" }\n";
     let yaml = config_yaml(&gw, &paths, &extra).replacen("dingtalk:\n", subscriptions, 1);
-    std::fs::write(&paths.config, yaml).unwrap();
+    paths.write_config(&yaml);
     let cfg = paths.config.to_str().unwrap().to_owned();
     // The proxy must be used for 127.0.0.1 too, whatever the test environment says.
     let env: &[(&str, &str)] = &[
@@ -172,8 +82,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         ("https_proxy", ""),
     ];
 
-    let mut daemon = Proc::spawn(&["--config", &cfg, "run"], env);
-    wait_for_socket(&paths.socket).await;
+    let mut daemon = start_run(&paths, env).await;
     let mut tap = Consumer::tap(&paths.socket).await;
     let c1 = gw
         .wait_connected(1, WAIT)
@@ -214,7 +123,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
             .expect("the daemon keeps asking after a 401 once it has been connected");
     }
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.running(),
         "a 401 after success ended the run:\n{}",
         daemon.stderr()
     );
@@ -263,31 +172,26 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         "frames are not logged by messageId"
     );
     assert_eq!(
-        px.refused.load(Ordering::Relaxed),
+        px.refused(),
         0,
         "the proxy refused a request (credentials not sent?)"
     );
     assert!(
-        px.tunnels.load(Ordering::Relaxed) >= 5,
+        px.tunnels() >= 5,
         "tickets and WebSockets must both go through the proxy"
     );
 
-    let mut tickets: Vec<String> = gw
-        .events()
-        .into_iter()
-        .filter_map(|e| match e.event {
-            GatewayEvent::TicketIssued { ticket } | GatewayEvent::Connected { ticket, .. } => {
-                Some(ticket)
-            }
-            _ => None,
-        })
-        .collect();
+    let mut tickets: Vec<String> = collect(&gw, |e| match e {
+        GatewayEvent::TicketIssued { ticket } | GatewayEvent::Connected { ticket, .. } => {
+            Some(ticket.clone())
+        }
+        _ => None,
+    });
     tickets.sort();
     tickets.dedup();
     assert!(tickets.len() >= 4, "{tickets:?}");
     assert_eq!(webhooks.len(), 12);
-    let proxy_basic =
-        base64::engine::general_purpose::STANDARD.encode(format!("{PROXY_USER}:{PROXY_PASSWORD}"));
+    let proxy_basic = basic_token(PROXY_USER, PROXY_PASSWORD);
     let mut forbidden: Vec<(String, String)> = vec![
         ("the client secret".into(), SECRET.into()),
         ("the ticket query".into(), "?ticket=".into()),

@@ -3,29 +3,22 @@
 //! recovers by itself with nothing lost (real binary on a small tmpfs in a mount namespace).
 
 mod common;
-mod spool_common;
 
+use common::privileged::{
+    REQUIRE_PRIVILEGED, in_mount_namespace, mount_namespace_with_tmpfs, skip_or_fail,
+};
 use common::*;
 use dingtalk_streamd_sim::{BotMessage, GatewayEvent, OutFrame, Route};
-use spool_common::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 /// Runs the binary's `run` with `yaml` and expects it to exit 78 naming `must_mention`.
-fn expect_exit_78(p: &Paths, yaml: &str, must_mention: &str) {
-    std::fs::write(&p.config, yaml).unwrap();
-    let mut child = spawn_bin(&["--config", p.config.to_str().unwrap(), "run"], &[]);
-    let status = wait_exit(&mut child, WAIT);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(78), "stderr: {err}");
+async fn expect_exit_78(p: &Paths, yaml: &str, must_mention: &str) {
+    p.write_config(yaml);
+    let o = run_to_exit(p).await;
+    let err = o.stderr;
+    assert_eq!(o.code, Some(78), "stderr: {err}");
     assert!(
         err.contains(must_mention),
         "stderr does not name {must_mention}: {err}"
@@ -41,14 +34,15 @@ async fn unusable_spool_directory_exits_78_naming_it() {
     let spool = p.spool.display().to_string();
 
     std::fs::remove_dir(&p.spool).unwrap();
-    expect_exit_78(&p, &yaml, &spool);
+    expect_exit_78(&p, &yaml, &spool).await;
 
     // Root can write anywhere a permission bit would stop others; /proc refuses even root.
     expect_exit_78(
         &p,
         &yaml.replace(&format!("dir: {spool}"), "dir: /proc"),
         "/proc",
-    );
+    )
+    .await;
 
     let file = p.dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
@@ -58,14 +52,15 @@ async fn unusable_spool_directory_exits_78_naming_it() {
             &p,
             &yaml.replace(&format!("dir: {spool}"), &format!("dir: {d}")),
             &d,
-        );
+        )
+        .await;
     }
 }
 
 /// The daemon binary in a private mount namespace with a `size` tmpfs on its spool directory.
 /// The test reaches that tmpfs through `/proc/<pid>/root`.
 struct TmpfsDaemon {
-    child: Child,
+    proc: Proc,
     spool_inside: std::path::PathBuf,
 }
 
@@ -87,23 +82,15 @@ impl TmpfsDaemon {
             bin(),
             p.config.display()
         );
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("LISTEN_FDS")
-            .spawn()
-            .expect("unshare");
-        let spool_inside =
-            std::path::PathBuf::from(format!("/proc/{}/root{}", child.id(), p.spool.display()));
-        TmpfsDaemon {
-            child,
-            spool_inside,
-        }
+        let mut cmd = in_mount_namespace(&script);
+        clean_env(&mut cmd);
+        let proc = Proc::spawn("dingtalk-streamd on a tmpfs", cmd);
+        let spool_inside = std::path::PathBuf::from(format!(
+            "/proc/{}/root{}",
+            proc.child.id(),
+            p.spool.display()
+        ));
+        TmpfsDaemon { proc, spool_inside }
     }
 
     /// Fills the tmpfs with a file until the write fails for lack of space.
@@ -127,42 +114,34 @@ impl TmpfsDaemon {
         std::fs::remove_file(self.spool_inside.join("filler")).expect("remove filler");
     }
 
-    fn stop(mut self) -> String {
-        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
-        let st = wait_exit(&mut self.child, WAIT);
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+    /// SIGTERM, exit 0; returns what it logged.
+    async fn stop(mut self) -> String {
+        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        let st = self.proc.wait_exit(WAIT).await;
+        let err = self.proc.stderr();
         assert_eq!(st.code(), Some(0), "{err}");
         err
     }
 }
 
-fn can_mount_tmpfs() -> bool {
-    // Only root (CAP_SYS_ADMIN) can do this; anyone else gets the skip message.
-    Command::new("unshare")
-        .args([
-            "--mount",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=64k tmpfs /mnt",
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Whether a full disk can be simulated here; says why not (skip or fail) otherwise.
+fn can_fill_a_disk() -> bool {
+    match mount_namespace_with_tmpfs() {
+        Ok(()) => true,
+        Err(why) => {
+            skip_or_fail(
+                REQUIRE_PRIVILEGED,
+                "disk full",
+                &format!("{why}: needs it to simulate a full disk"),
+            );
+            false
+        }
+    }
 }
 
 #[tokio::test]
 async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
-    if !can_mount_tmpfs() {
-        skip_or_fail(
-            "disk full",
-            "needs root and `unshare --mount` with tmpfs to simulate a full disk",
-        );
+    if !can_fill_a_disk() {
         return;
     }
     let gw = gateway_with(|c| {
@@ -171,11 +150,7 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     })
     .await;
     let p = Paths::new();
-    std::fs::write(
-        &p.config,
-        config_yaml(&gw, &p, "groups: [bot]\nlimits:\n  max_pending_acks: 5\n"),
-    )
-    .unwrap();
+    p.configure(&gw, "groups: [bot]\nlimits:\n  max_pending_acks: 5\n");
     let daemon = TmpfsDaemon::start(&p, "8m");
     wait_for_socket(&p.socket).await;
     gw.wait_connected(1, WAIT).await.unwrap();
@@ -197,10 +172,7 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
         .push(bot.clone().into_frame(), Route::Random)
         .await
         .unwrap();
-    let st = wait_status_at(&p.control, "degraded", WAIT, |s| {
-        s["spool"]["degraded"] == true
-    })
-    .await;
+    let st = status_until(&p.control, "degraded", |s| s["spool"]["degraded"] == true).await;
     assert!(
         st["summary"]
             .as_str()
@@ -234,10 +206,7 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     assert_eq!(v["message_id"], a.message_id.as_str());
     delivered.insert(a.message_id.clone(), v["seq"].as_u64().unwrap());
     m.ack(v["seq"].as_u64().unwrap()).await;
-    wait_status_at(&p.control, "recovered", WAIT, |s| {
-        s["spool"]["degraded"] == false
-    })
-    .await;
+    status_until(&p.control, "recovered", |s| s["spool"]["degraded"] == false).await;
 
     // Round 2: full again; frames pile up until max_pending_acks sheds the connection, so
     // DingTalk would route to another host. Then space returns and everything arrives.
@@ -256,7 +225,7 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
             Err(_) => break, // shed: the connection is gone
         }
         if i == 0 {
-            wait_status_at(&p.control, "degraded again", WAIT, |s| {
+            status_until(&p.control, "degraded again", |s| {
                 s["spool"]["degraded"] == true
             })
             .await;
@@ -301,16 +270,13 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     )
     .await
     .expect("all ACKed after recovery");
-    let st = wait_status_at(&p.control, "recovered", WAIT, |s| {
-        s["spool"]["degraded"] == false
-    })
-    .await;
+    let st = status_until(&p.control, "recovered", |s| s["spool"]["degraded"] == false).await;
     assert_eq!(
         st["spool"]["stored"].as_u64(),
         Some(ids.len() as u64 + 2),
         "each stored once: {st}"
     );
-    let log = daemon.stop();
+    let log = daemon.stop().await;
     assert!(log.contains("spool full"), "{log}");
     assert!(log.contains("shedding"), "{log}");
     assert!(log.contains("spool writable again"), "{log}");
@@ -318,16 +284,12 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
 
 #[tokio::test]
 async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
-    if !can_mount_tmpfs() {
-        skip_or_fail(
-            "disk full",
-            "needs root and `unshare --mount` with tmpfs to simulate a full disk",
-        );
+    if !can_fill_a_disk() {
         return;
     }
     let gw = gateway(false).await;
     let p = Paths::new();
-    std::fs::write(&p.config, config_yaml(&gw, &p, "groups: [bot]\n")).unwrap();
+    p.configure(&gw, "groups: [bot]\n");
     let mut daemon = TmpfsDaemon::start_with(&p, "1m", true);
     // While the disk is full nothing could be ACKed, so the daemon does not even ask for a
     // ticket; it does not exit either (exit 78/1 would make systemd give up or loop).
@@ -342,7 +304,7 @@ async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
         "asked DingTalk for a ticket with a full spool"
     );
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.proc.running(),
         "the daemon exited with a full disk at start"
     );
 
@@ -356,7 +318,7 @@ async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
         .unwrap();
     let v = member.next().await;
     assert_eq!(v["message_id"], pushed.message_id.as_str());
-    let err = daemon.stop();
+    let err = daemon.stop().await;
     assert!(err.contains("spool full at start"), "{err}");
     assert!(err.contains("spool writable again"), "{err}");
 }

@@ -9,25 +9,9 @@ use common::*;
 use dingtalk_streamd::consumers::hub::{TAP_QUEUE_BYTES, TAP_QUEUE_LINES};
 use dingtalk_streamd::consumers::peer::HELLO_WAIT;
 use serde_json::Value;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-/// Waits until the status document satisfies `pred`.
-async fn status_until(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let st = d.status().await;
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never showed {what}: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Reads what is left on a connection the daemon should be closing; returns the complete lines.
 async fn read_to_eof(mut s: UnixStream) -> Vec<String> {
@@ -51,7 +35,8 @@ async fn a_stuck_tap_is_cut_off_and_never_slows_a_fast_tap_or_the_acks() {
     // Connects and never reads a byte.
     let stuck = UnixStream::connect(&d.paths.socket).await.unwrap();
     let mut fast = d.tap().await;
-    status_until(&d, "two taps", |s| s["consumers"]["taps"] == 2).await;
+    d.status_until("two taps", |s| s["consumers"]["taps"] == 2)
+        .await;
 
     // 64 KiB texts: the stuck tap's socket buffer fills within a few messages, then its queue
     // (TAP_QUEUE_BYTES) overflows well before n. The fast tap reads as it goes; each round of
@@ -124,13 +109,14 @@ async fn a_stuck_tap_is_cut_off_and_never_slows_a_fast_tap_or_the_acks() {
         last = seq;
     }
 
-    let st = status_until(&d, "the stuck tap dropped", |s| {
-        s["consumers"]["taps_dropped_slow"] == 1
-    })
-    .await;
+    let st = d
+        .status_until("the stuck tap dropped", |s| {
+            s["consumers"]["taps_dropped_slow"] == 1
+        })
+        .await;
     assert_eq!(st["consumers"]["taps"], 1, "{st}");
     // Its connection is closed without waiting for it to read (it holds no consumer slot).
-    status_until(&d, "the stuck tap's connection gone", |s| {
+    d.status_until("the stuck tap's connection gone", |s| {
         s["consumers"]["connected"] == 1
     })
     .await;
@@ -169,24 +155,11 @@ async fn messages_committed_during_the_hello_window_reach_a_silent_tap() {
     for attempt in 0..5 {
         let t0 = Instant::now();
         let mut tap = d.tap().await;
-        status_until(&d, "the new peer registered", |s| {
+        d.status_until("the new peer registered", |s| {
             s["consumers"]["taps"] == taps.len() + 1
         })
         .await;
-        let mut sent = Vec::new();
-        for i in 0..5 {
-            sent.push(
-                gw.push_bot_text(&format!("attempt {attempt} message {i}"))
-                    .await
-                    .unwrap()
-                    .message_id,
-            );
-        }
-        for mid in &sent {
-            gw.wait_until(|g| !g.acks(mid).is_empty(), WAIT)
-                .await
-                .unwrap();
-        }
+        let sent = push_acked(&gw, 5, &format!("attempt {attempt} message")).await;
         // An ACK follows the commit, so all five were committed within this time of connecting.
         let committed_within = t0.elapsed();
         for (i, mid) in sent.iter().enumerate() {
@@ -254,7 +227,8 @@ async fn bad_consumer_lines_get_error_replies_and_never_crash_the_daemon() {
     let v = m.next().await;
     assert_eq!(v["message_id"], p.message_id.as_str());
     m.ack(v["seq"].as_u64().unwrap()).await;
-    status_until(&d, "the ack", |s| s["groups"]["bot"]["acked"] == 1).await;
+    d.status_until("the ack", |s| s["groups"]["bot"]["acked"] == 1)
+        .await;
 
     // A tap's lines are ignored, however bad; it keeps getting messages.
     let mut tap = d.tap().await;
@@ -275,13 +249,7 @@ async fn bad_consumer_lines_get_error_replies_and_never_crash_the_daemon() {
         c.send(hello).await;
         let v = c.next().await;
         assert_eq!(v["error"]["code"], "bad_hello", "{hello}: {v}");
-        let end = tokio::time::timeout(WAIT, c.lines.next_line())
-            .await
-            .expect("closed in time");
-        assert!(
-            matches!(end, Ok(None) | Err(_)),
-            "{hello}: still open: {end:?}"
-        );
+        c.expect_closed(hello).await;
     }
     // A first line that is too long leaves the peer a tap (it said no hello).
     let mut c = Consumer::tap(&d.paths.socket).await;
@@ -302,36 +270,24 @@ async fn max_consumers_refuses_the_extra_peer_with_a_reason() {
     gw.wait_connected(1, WAIT).await.unwrap();
     let a = d.tap().await;
     let mut b = d.member("bot").await;
-    status_until(&d, "two consumers", |s| s["consumers"]["connected"] == 2).await;
+    d.status_until("two consumers", |s| s["consumers"]["connected"] == 2)
+        .await;
 
-    let extra = UnixStream::connect(&d.paths.socket).await.unwrap();
-    let mut lines = BufReader::new(extra).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("a refusal in time")
-        .unwrap()
-        .expect("a refusal line");
-    let v: Value = serde_json::from_str(&first).unwrap();
+    let mut extra = d.tap().await;
+    let v = extra.next().await;
     assert_eq!(v["error"]["code"], "too_many_consumers", "{v}");
-    let end = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("closed in time");
-    assert!(
-        matches!(end, Ok(None) | Err(_)),
-        "the refused peer stays connected: {end:?}"
-    );
+    extra.expect_closed("the refused peer").await;
     let st = d.status().await;
     assert_eq!(st["consumers"]["refused"], 1, "{st}");
     assert_eq!(st["consumers"]["connected"], 2, "{st}");
 
     // A slot freed is a slot available.
     drop(a);
-    status_until(&d, "one consumer", |s| s["consumers"]["connected"] == 1).await;
+    d.status_until("one consumer", |s| s["consumers"]["connected"] == 1)
+        .await;
     let mut c = d.tap().await;
-    status_until(&d, "two consumers again", |s| {
-        s["consumers"]["connected"] == 2
-    })
-    .await;
+    d.status_until("two consumers again", |s| s["consumers"]["connected"] == 2)
+        .await;
     let p = gw.push_bot_text("to the new tap").await.unwrap();
     assert_eq!(c.next().await["message_id"], p.message_id.as_str());
     assert_eq!(b.next().await["message_id"], p.message_id.as_str());
