@@ -1,4 +1,4 @@
-//! Redeliveries are ACKed again but stored and delivered once (design.md §6): by messageId, by
+//! Redeliveries are ACKed again but stored and delivered once: by messageId, by
 //! bot msgId or eventId under a new messageId, across a daemon restart and across two
 //! overlapping connections.
 

@@ -1,4 +1,4 @@
-//! Consumer groups over the real socket (design.md §5): hello/welcome, fan-out across groups,
+//! Consumer groups over the real socket: hello/welcome, fan-out across groups,
 //! load sharing inside a group, in_flight, ack_wait redelivery, handover on disconnect, parking,
 //! configured vs ad-hoc start, backlog after an absence and after a restart, and bad lines.
 

@@ -1,4 +1,4 @@
-//! Nothing secret is ever printed (design.md §6): a full run of the real binary at debug level
+//! Nothing secret is ever printed: a full run of the real binary at debug level
 //! against the TLS fake gateway through an authenticating CONNECT proxy, with bot messages
 //! (bearer `sessionWebhook` URLs), events, pings, a disconnect handover, a dropped connection
 //! and a 401 after success, plus `check-config` and `status --json`. None of the client secret,
@@ -230,7 +230,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         }
     }
 
-    // The ticket request shape (protocol.md §1.1).
+    // The ticket request shape (docs/protocol.md §1.1).
     let reqs = gw.ticket_requests();
     assert!(
         reqs.len() >= 4,

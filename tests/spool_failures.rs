@@ -1,4 +1,4 @@
-//! The spool when the disk misbehaves (design.md §6): an unusable spool directory exits 78
+//! The spool when the disk misbehaves: an unusable spool directory exits 78
 //! naming it; a full disk, at run time or at start, stops ACKing, sheds the connection, and
 //! recovers by itself with nothing lost (real binary on a small tmpfs in a mount namespace).
 

@@ -168,7 +168,10 @@ impl Config {
         }
         for (key, n) in [
             ("limits.max_groups", l.max_groups),
-            ("limits.max_listener_connections", l.max_listener_connections),
+            (
+                "limits.max_listener_connections",
+                l.max_listener_connections,
+            ),
             ("limits.max_pending_acks", l.max_pending_acks),
         ] {
             if n == 0 {
@@ -185,7 +188,10 @@ impl Config {
             );
         }
         if l.recent_cache_bytes.get() == 0 {
-            return bad("limits.recent_cache_bytes", "must be greater than zero".into());
+            return bad(
+                "limits.recent_cache_bytes",
+                "must be greater than zero".into(),
+            );
         }
         positive(file, "limits.request_timeout", l.request_timeout.get())?;
         positive(file, "limits.commit_stall", l.commit_stall.get())?;

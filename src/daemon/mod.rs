@@ -376,13 +376,13 @@ impl Daemon {
         let mut reload_note = "";
         let result = loop {
             tokio::select! {
-                r = &mut supervisor => break r.map_err(Error::from),
+                biased;
                 _ = shutdown.cancelled() => {
                     info!("stopping: closing the DingTalk connection");
                     notify::stopping("stopping");
-                    self.parts.cancel();
                     break supervisor.await.map_err(Error::from);
                 }
+                r = &mut supervisor => break r.map_err(Error::from),
                 _ = self.hup.recv() => {
                     reload_note = match self.reloadable.reload() {
                         Ok(()) => "",
@@ -401,7 +401,8 @@ impl Daemon {
                 }
             }
         };
-        if !self.parts.is_cancelled() {
+        if !shutdown.is_cancelled() {
+            // The supervisor ended by itself (credentials rejected): stopping all the same.
             notify::stopping("stopping");
         }
         result

@@ -27,8 +27,8 @@ mod checkpoint;
 mod commit;
 mod error;
 mod groups;
-mod lock;
 mod handle;
+mod lock;
 mod reader;
 mod retention;
 mod schema;
@@ -41,9 +41,9 @@ mod writer;
 pub use commit::CommitOutcome;
 pub use error::SpoolError;
 pub use handle::{SpoolFigures, SpoolHandle, WriterState};
+pub use lock::LOCK_FILE;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
-pub use lock::LOCK_FILE;
 pub use store::{DB_FILE, Store};
 pub use types::{
     AckOutcome, Appended, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, GroupState,

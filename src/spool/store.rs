@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
 use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
-use super::lock::SpoolLock;
 use super::error::{SpoolError, SqlContext};
+use super::lock::SpoolLock;
 use super::reader;
 use super::schema;
 use super::types::{SpoolStats, StoreOptions, StoredMessage, get_opt_u64, get_u64, int};

@@ -230,6 +230,8 @@ impl<T: Send + 'static> Writer<T> {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Awake with work: show progress now, not after it (the wait may have been long).
+            self.progress.beat();
             // Whatever else is queued joins this round: acks ride in the same transaction as
             // the messages, and a stream of messages never starves them or a query.
             let mut batch = Vec::new();
