@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::AckRecord;
 use super::events::{CloseReason, ConnId, GatewayEvent};
 use super::frames::{self, FrameKind};
-use super::state::{ConnEntry, MAX_ACKS, Shared};
+use super::state::{ConnEntry, GatewayCore, MAX_ACKS};
 use dingtalk_streamd::wire::gateway;
 
 /// A write that takes longer than this means the client stopped reading: drop it.
@@ -52,7 +52,7 @@ pub(crate) enum ConnCmd {
 
 /// Runs one upgraded connection until it ends; registers and unregisters it in the state.
 pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayCore>,
     conn: ConnId,
     ticket: String,
     ws: WebSocketStream<S>,
@@ -95,7 +95,7 @@ pub(crate) async fn run<S>(
 }
 
 struct Conn<S> {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayCore>,
     conn: ConnId,
     ticket: String,
     ws: WebSocketStream<S>,

@@ -303,7 +303,7 @@ impl EventLog {
 /// A reader of the event log with its own position: take one *before* an action, then wait
 /// for the consequence; it sees every event after the point it was taken.
 pub struct EventCursor {
-    pub(crate) log: std::sync::Arc<super::state::Shared>,
+    pub(crate) log: std::sync::Arc<super::state::GatewayCore>,
     pub(crate) next: u64,
 }
 

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::events::GatewayEvent;
 use super::faults;
-use super::state::Shared;
+use super::state::GatewayCore;
 use super::{conn, ticket};
 
 /// Path of the ticket endpoint.
@@ -38,7 +38,7 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Accepts connections until cancelled.
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayCore>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
@@ -62,7 +62,11 @@ pub(crate) async fn serve(
     }
 }
 
-async fn handle_tcp(shared: Arc<Shared>, tcp: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn handle_tcp(
+    shared: Arc<GatewayCore>,
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let _ = tcp.set_nodelay(true);
     let sock = socket2::SockRef::from(&tcp).try_clone().ok().map(Arc::new);
     match tls {
@@ -75,7 +79,7 @@ async fn handle_tcp(shared: Arc<Shared>, tcp: TcpStream, tls: Option<tokio_rustl
     }
 }
 
-async fn serve_http<I>(shared: Arc<Shared>, io: I, sock: Option<Arc<socket2::Socket>>)
+async fn serve_http<I>(shared: Arc<GatewayCore>, io: I, sock: Option<Arc<socket2::Socket>>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -95,7 +99,7 @@ where
 }
 
 async fn route(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayCore>,
     req: Request<Incoming>,
     sock: Option<Arc<socket2::Socket>>,
 ) -> Response<Body> {
@@ -109,7 +113,7 @@ async fn route(
 
 /// Validates the upgrade and the ticket, answers 101 and spawns the connection task.
 fn handshake(
-    shared: &Arc<Shared>,
+    shared: &Arc<GatewayCore>,
     req: Request<Incoming>,
     sock: Option<Arc<socket2::Socket>>,
 ) -> Response<Body> {
@@ -191,7 +195,7 @@ fn upgrade_key(req: &Request<Incoming>) -> Result<String, &'static str> {
         .ok_or("missing Sec-WebSocket-Key")
 }
 
-fn reject(shared: &Shared, status: u16, reason: &str) -> Response<Body> {
+fn reject(shared: &GatewayCore, status: u16, reason: &str) -> Response<Body> {
     info!(status, reason, "WebSocket handshake rejected");
     shared.emit(GatewayEvent::HandshakeRejected {
         status,

@@ -51,13 +51,13 @@ pub use config::{
 
 use conn::ConnCmd;
 use events::EventLog;
-use state::{Shared, State};
+use state::{GatewayCore, State};
 
 /// A running fake gateway. Cheap to clone; the last clone dropped (or
 /// [`FakeGateway::shutdown`]) stops every task and closes every socket.
 #[derive(Clone)]
 pub struct FakeGateway {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayCore>,
     addr: SocketAddr,
     ca_pem: Option<Arc<str>>,
     _guard: Arc<DropGuard>,
@@ -91,7 +91,7 @@ impl FakeGateway {
             format!("{host}:{}", addr.port())
         };
         let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(GatewayCore {
             endpoint: format!("{scheme}://{host_port}/connect"),
             config,
             events: EventLog::new(),

@@ -11,13 +11,13 @@ use tracing::{debug, info, warn};
 
 use super::conn::ConnCmd;
 use super::events::GatewayEvent;
-use super::state::{Shared, State};
+use super::state::{GatewayCore, State};
 
 /// When an overdue frame finds no connection, look again this soon (capped by the delay).
 const NO_CONNECTION_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until the gateway is cancelled.
-pub(crate) async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<GatewayCore>) {
     let Some(delay) = shared.config.redeliver_after else {
         return;
     };
@@ -48,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 }
 
 /// Sends every overdue frame again; returns the events to emit (outside the lock).
-fn redeliver_due(shared: &Shared, st: &mut State, delay: Duration) -> Vec<GatewayEvent> {
+fn redeliver_due(shared: &GatewayCore, st: &mut State, delay: Duration) -> Vec<GatewayEvent> {
     let now = Instant::now();
     let max = shared.config.max_redeliveries;
     let due: Vec<String> = st

@@ -71,8 +71,9 @@ impl State {
     }
 }
 
-/// State shared by the handle and every task.
-pub(crate) struct Shared {
+/// The running gateway: its config, event log, connections and tasks, shared by the handle
+/// and every task.
+pub(crate) struct GatewayCore {
     pub(crate) config: GatewayConfig,
     pub(crate) endpoint: String,
     pub(crate) events: EventLog,
@@ -83,7 +84,7 @@ pub(crate) struct Shared {
     pub(crate) redeliver_wake: Notify,
 }
 
-impl Shared {
+impl GatewayCore {
     pub(crate) fn emit(&self, event: GatewayEvent) {
         self.events.push(event);
     }

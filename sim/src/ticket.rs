@@ -18,7 +18,7 @@ use super::events::{GatewayEvent, Secret, Subscription, TicketRequest};
 use super::faults::{self, TicketFaultKind};
 use super::frames::new_uuid;
 use super::http::{Body, json_response};
-use super::state::{Shared, TicketState};
+use super::state::{GatewayCore, TicketState};
 
 /// Larger ticket requests are refused; real ones are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -41,7 +41,7 @@ struct OpenBody {
 }
 
 /// Handles one ticket request.
-pub(crate) async fn open(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn open(shared: &Arc<GatewayCore>, req: Request<Incoming>) -> Response<Body> {
     let header = |name: header::HeaderName| {
         req.headers()
             .get(name)
@@ -129,7 +129,7 @@ pub(crate) async fn open(shared: &Arc<Shared>, req: Request<Incoming>) -> Respon
     )
 }
 
-fn malformed(shared: &Shared, error: String) -> Response<Body> {
+fn malformed(shared: &GatewayCore, error: String) -> Response<Body> {
     warn!(%error, "malformed ticket request");
     shared.emit(GatewayEvent::TicketRequestMalformed { error });
     let body = json!({
@@ -140,7 +140,7 @@ fn malformed(shared: &Shared, error: String) -> Response<Body> {
     json_response(StatusCode::BAD_REQUEST, &body)
 }
 
-fn error(shared: &Shared, status: u16, retry_after: Option<Duration>) -> Response<Body> {
+fn error(shared: &GatewayCore, status: u16, retry_after: Option<Duration>) -> Response<Body> {
     info!(
         status,
         ?retry_after,
