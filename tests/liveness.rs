@@ -89,6 +89,7 @@ async fn any_inbound_frame_counts_as_life_and_silence_is_a_pong_timeout() {
     let (_live_tx, live_rx) = tokio::sync::watch::channel(Liveness {
         ping_interval: Duration::from_millis(300),
         pong_timeout: Duration::from_millis(150),
+        commit_stall: Duration::from_secs(30),
     });
     let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = ConnCtx {

@@ -8,7 +8,7 @@ use common::privileged::{
     REQUIRE_PRIVILEGED, in_mount_namespace, mount_namespace_with_tmpfs, skip_or_fail,
 };
 use common::*;
-use dingtalk_streamd_sim::{BotMessage, GatewayEvent, OutFrame, Route};
+use dingtalk_streamd_sim::{BotMessage, CloseReason, GatewayEvent, OutFrame, Route};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
@@ -140,7 +140,7 @@ fn can_fill_a_disk() -> bool {
 }
 
 #[tokio::test]
-async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
+async fn disk_full_at_run_time_stops_acking_gives_up_after_commit_stall_and_recovers() {
     if !can_fill_a_disk() {
         return;
     }
@@ -150,7 +150,10 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     })
     .await;
     let p = Paths::new();
-    p.configure(&gw, "groups: [bot]\nlimits:\n  max_pending_acks: 5\n");
+    p.configure(
+        &gw,
+        "groups: [bot]\nlimits:\n  max_pending_acks: 5\n  commit_stall: 1s\n",
+    );
     let daemon = TmpfsDaemon::start(&p, "8m");
     wait_for_socket(&p.socket).await;
     gw.wait_connected(1, WAIT).await.unwrap();
@@ -208,8 +211,9 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     m.ack(v["seq"].as_u64().unwrap()).await;
     status_until(&p.control, "recovered", |s| s["spool"]["degraded"] == false).await;
 
-    // Round 2: full again; frames pile up until max_pending_acks sheds the connection, so
-    // DingTalk would route to another host. Then space returns and everything arrives.
+    // Round 2: full again; the reader pauses at max_pending_acks, and once no commit has
+    // succeeded for commit_stall the connection is closed properly, so DingTalk would route
+    // to another host. Then space returns and everything arrives.
     daemon.fill();
     let c1 = gw.open_connections()[0];
     let mut ids = Vec::new();
@@ -231,12 +235,28 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
             .await;
         }
     }
-    gw.wait_for(
-        |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
-        WAIT,
-    )
-    .await
-    .expect("connection shed after max_pending_acks");
+    let closed = gw
+        .wait_for(
+            |e| matches!(e, GatewayEvent::Closed { conn, .. } if *conn == c1),
+            WAIT,
+        )
+        .await
+        .expect("connection given up after commit_stall");
+    assert!(
+        matches!(
+            closed.event,
+            GatewayEvent::Closed {
+                reason: CloseReason::ClientClose { .. },
+                ..
+            }
+        ),
+        "a proper close, not a reset: {closed:?}"
+    );
+    let st = status_until(&p.control, "the stall counted", |s| {
+        s["link"]["last_cause"] == "stall"
+    })
+    .await;
+    assert!(st["stream"]["stalls"].as_u64() >= Some(1), "{st}");
     assert!(
         ids.iter().all(|id| gw.acks(id).is_empty()),
         "ACKed while the disk is full"
@@ -278,7 +298,10 @@ async fn disk_full_at_run_time_stops_acking_sheds_and_recovers_by_itself() {
     );
     let log = daemon.stop().await;
     assert!(log.contains("spool full"), "{log}");
-    assert!(log.contains("shedding"), "{log}");
+    assert!(
+        log.contains("no spool commit succeeded for limits.commit_stall"),
+        "{log}"
+    );
     assert!(log.contains("spool writable again"), "{log}");
 }
 

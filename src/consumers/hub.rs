@@ -17,7 +17,8 @@ use super::line;
 pub const TAP_QUEUE_LINES: usize = 4096;
 /// Bytes a tap may have queued before it is disconnected.
 pub const TAP_QUEUE_BYTES: usize = 16 * 1024 * 1024;
-/// Recent lines kept in memory for groups that are caught up.
+/// Recent lines kept in memory for groups that are caught up, at most (the byte bound,
+/// `limits.recent_cache_bytes`, usually comes first).
 const RECENT: usize = 8192;
 
 /// A stored message, ready for consumers: its line is built once and shared by every tap,
@@ -36,6 +37,26 @@ impl Message {
         Message {
             seq,
             line: line::line(seq, body, false).into(),
+        }
+    }
+}
+
+/// The recent cache: newest lines, bounded in count and bytes; older ones are read back from
+/// the spool.
+struct Recent {
+    lines: VecDeque<Message>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, m: Message) {
+        self.bytes += m.line.len();
+        self.lines.push_back(m);
+        while self.lines.len() > RECENT || (self.bytes > self.max_bytes && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.line.len();
+            }
         }
     }
 }
@@ -75,7 +96,7 @@ pub struct SinkStats {
 /// The fan-out hub.
 pub struct Hub {
     taps: Mutex<Vec<Tap>>,
-    recent: Mutex<VecDeque<Message>>,
+    recent: Mutex<Recent>,
     newest: watch::Sender<u64>,
     next_tap: AtomicU64,
     /// Counters.
@@ -83,11 +104,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub whose newest seq starts at `newest` (from the spool).
-    pub fn new(newest: u64) -> Arc<Hub> {
+    /// A hub whose newest seq starts at `newest` (from the spool), caching at most
+    /// `cache_bytes` of recent lines.
+    pub fn new(newest: u64, cache_bytes: usize) -> Arc<Hub> {
         Arc::new(Hub {
             taps: Mutex::new(Vec::new()),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            recent: Mutex::new(Recent {
+                lines: VecDeque::new(),
+                bytes: 0,
+                max_bytes: cache_bytes,
+            }),
             newest: watch::channel(newest).0,
             next_tap: AtomicU64::new(1),
             stats: SinkStats::default(),
@@ -137,10 +163,7 @@ impl Hub {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             for c in batch {
-                if recent.len() == RECENT {
-                    recent.pop_front();
-                }
-                recent.push_back(c.clone());
+                recent.push(c.clone());
             }
         }
         let mut taps = self.lock_taps();
@@ -180,6 +203,7 @@ impl Hub {
     /// Recent messages with `seq > after`, at most `limit`, if the cache still covers `after+1`.
     pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Message>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = &recent.lines;
         let first = recent.front()?.seq;
         if after + 1 < first {
             return None;
@@ -200,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn slow_tap_is_cut_off_without_affecting_others() {
-        let hub = Hub::new(0);
+        let hub = Hub::new(0, 1 << 20);
         let (_slow_id, slow) = hub.add_tap();
         let (_fast_id, mut fast) = hub.add_tap();
         for seq in 1..=(TAP_QUEUE_LINES as u64 + 1) {
@@ -217,10 +241,17 @@ mod tests {
 
     #[test]
     fn recent_cache_answers_only_when_it_covers_the_gap() {
-        let hub = Hub::new(0);
+        let hub = Hub::new(0, 1 << 20);
         hub.publish(&[c(5), c(6), c(7)]);
         assert_eq!(hub.recent_after(5, 10).unwrap().len(), 2);
         assert_eq!(hub.recent_after(4, 10).unwrap().len(), 3);
         assert!(hub.recent_after(2, 10).is_none());
+        let small = Hub::new(0, 2 * c(1).line.len());
+        small.publish(&[c(1), c(2), c(3)]);
+        assert!(
+            small.recent_after(0, 10).is_none(),
+            "seq 1 left: the byte bound"
+        );
+        assert_eq!(small.recent_after(1, 10).unwrap().len(), 2);
     }
 }

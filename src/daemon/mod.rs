@@ -14,8 +14,9 @@ use crate::gateway::proxy::ProxySettings;
 use crate::gateway::ticket::{TicketClient, TicketError};
 use crate::gateway::tls::{self, TlsError};
 use crate::listeners::activation::ListenError;
-use crate::listeners::{self, UnixSockets};
+use crate::listeners::{self, RequestLimits, UnixSockets};
 use crate::notify::{self, Part, Progress, Watchdog};
+use crate::relay::budget::Budget;
 use crate::relay::callbacks::Callbacks;
 use crate::spool::{SpoolError, SpoolHandle, Store, StoreOptions, WriterThread};
 use crate::status::Sources;
@@ -235,14 +236,21 @@ impl Daemon {
         let parts = shutdown.child_token();
         let tasks = TaskTracker::new();
         let newest = store.newest_seq()?;
-        let hub = Hub::new(newest);
+        let hub = Hub::new(
+            newest,
+            usize::try_from(c.limits.recent_cache_bytes.get()).unwrap_or(usize::MAX),
+        );
         let callbacks = Callbacks::new(c.callbacks.clone());
         let writer_progress = Progress::new();
+        let budget = Budget::new(
+            c.limits.max_pending_acks as usize,
+            usize::try_from(c.limits.max_pending_bytes.get()).unwrap_or(usize::MAX),
+        );
         let (relay, spool, writer) = crate::relay::start(
             store,
             callbacks.clone(),
             hub.clone(),
-            c.limits.max_pending_acks as usize,
+            budget,
             writer_progress.clone(),
         )?;
         let sockets = UnixSockets::open(&c)?;
@@ -282,9 +290,14 @@ impl Daemon {
             c.limits.max_consumers as usize,
             tasks.clone(),
         ));
+        let request_limits = RequestLimits {
+            max_connections: c.limits.max_listener_connections as usize,
+            request_timeout: c.limits.request_timeout.get(),
+        };
         tasks.spawn(listeners::serve_control(
             sockets.control,
             sources.clone(),
+            request_limits,
             parts.clone(),
             tasks.clone(),
         ));
@@ -295,6 +308,7 @@ impl Daemon {
                     tasks.spawn(listeners::serve_metrics(
                         l,
                         sources.clone(),
+                        request_limits,
                         parts.clone(),
                         tasks.clone(),
                     ));
@@ -324,7 +338,7 @@ impl Daemon {
                 Part::each("consumer sink", Box::new(move || g.progress())),
             ])
         };
-        let (liveness, liveness_rx) = watch::channel(Liveness::from(&c.keepalive));
+        let (liveness, liveness_rx) = watch::channel(Liveness::from(&c));
         let (reloads_tx, reloads) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             ticket,
@@ -374,12 +388,14 @@ impl Daemon {
         let mut last_status = String::new();
         // Sticks to STATUS= until a reload succeeds: the running config is not the file's.
         let mut reload_note = "";
+        let mut stopping = false;
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     info!("stopping: closing the DingTalk connection");
                     notify::stopping("stopping");
+                    stopping = true;
                     break supervisor.await.map_err(Error::from);
                 }
                 r = &mut supervisor => break r.map_err(Error::from),
@@ -401,8 +417,8 @@ impl Daemon {
                 }
             }
         };
-        if !shutdown.is_cancelled() {
-            // The supervisor ended by itself (credentials rejected): stopping all the same.
+        if !stopping {
+            // The supervisor ended first (credentials rejected, or it saw the shutdown first).
             notify::stopping("stopping");
         }
         result
@@ -450,7 +466,7 @@ impl Reloadable {
         );
         let n = &new.config;
         crate::logging::set_level(&n.log.level);
-        self.liveness.send_replace(Liveness::from(&n.keepalive));
+        self.liveness.send_replace(Liveness::from(n));
         self.groups_settings.send_replace(group_settings(n));
         self.callbacks.set_routes(n.callbacks.clone());
         self.spool.set_options(store_options(n));

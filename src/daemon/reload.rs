@@ -33,9 +33,7 @@ impl Plan {
             ("spool.dir", old.spool.dir != new.spool.dir),
             (
                 "limits",
-                old.limits.max_pending_acks != new.limits.max_pending_acks
-                    || old.limits.max_consumers != new.limits.max_consumers
-                    || old.limits.max_line_bytes != new.limits.max_line_bytes,
+                restart_only_limits_changed(&old.limits, &new.limits),
             ),
             (
                 "metrics",
@@ -50,6 +48,18 @@ impl Plan {
             needs_restart,
         }
     }
+}
+
+/// The `limits:` keys read once at start (the others apply live: `max_frame_bytes` from the
+/// next connection, `commit_stall` at once).
+fn restart_only_limits_changed(o: &crate::config::Limits, n: &crate::config::Limits) -> bool {
+    o.max_pending_acks != n.max_pending_acks
+        || o.max_pending_bytes != n.max_pending_bytes
+        || o.max_consumers != n.max_consumers
+        || o.max_line_bytes != n.max_line_bytes
+        || o.recent_cache_bytes != n.recent_cache_bytes
+        || o.max_listener_connections != n.max_listener_connections
+        || o.request_timeout != n.request_timeout
 }
 
 #[cfg(test)]

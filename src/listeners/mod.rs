@@ -4,12 +4,14 @@
 //! connection says is handled by [`crate::consumers`] and [`crate::control`].
 
 pub mod activation;
+pub mod limiter;
 
 use crate::config::Config;
 use crate::consumers::peer::{self, PeerEnv};
 use crate::consumers::protocol::LineError;
 use crate::status::Sources;
 use activation::{Inherited, ListenError, Matched};
+use limiter::Limiter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,8 +24,18 @@ use tracing::{debug, info, warn};
 
 /// How long an accept loop waits after a failed accept (EMFILE and friends) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a control client has to send its request line.
-const CONTROL_READ: Duration = Duration::from_secs(5);
+/// How long an answer may take to be written before the client is dropped.
+const ANSWER_WRITE: Duration = Duration::from_secs(3);
+
+/// The bounds of a request listener (`limits.max_listener_connections`,
+/// `limits.request_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// A client must send its whole request within this.
+    pub request_timeout: Duration,
+}
 
 /// The two Unix sockets, and the paths the daemon bound itself (removed when it stops;
 /// sockets passed by systemd belong to systemd and are never removed).
@@ -203,43 +215,73 @@ pub async fn serve_consumers(
 pub async fn serve_control(
     listener: UnixListener,
     sources: Sources,
+    limits: RequestLimits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let limiter = Limiter::new(limits.max_connections);
     while let Some(stream) = next_connection(&listener, &shutdown, "control").await {
+        let Some(slot) = limiter.admit() else {
+            debug!("control socket full of requests being answered: refusing a client");
+            continue;
+        };
         let sources = sources.clone();
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let limited = rd.take(crate::control::MAX_REQUEST as u64);
-            let read =
-                tokio::time::timeout(CONTROL_READ, BufReader::new(limited).read_line(&mut line))
-                    .await;
-            if !matches!(read, Ok(Ok(_))) {
-                return;
+            tokio::select! {
+                _ = answer_control(stream, &sources, &slot, limits.request_timeout) => {}
+                _ = slot.closed.cancelled() => debug!("control client closed to make room"),
+                _ = shutdown.cancelled() => {}
             }
-            let reply = crate::control::answer(&line, &sources);
-            debug!("control request answered");
-            let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
         });
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text) until shutdown.
+/// One control client: its request line within `timeout`, the answer within [`ANSWER_WRITE`].
+async fn answer_control(
+    stream: tokio::net::UnixStream,
+    sources: &Sources,
+    slot: &limiter::Slot,
+    timeout: Duration,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let limited = rd.take(crate::control::MAX_REQUEST as u64);
+    let read = tokio::time::timeout(timeout, BufReader::new(limited).read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    slot.requested();
+    let reply = crate::control::answer(&line, sources);
+    debug!("control request answered");
+    let _ = tokio::time::timeout(ANSWER_WRITE, wr.write_all(format!("{reply}\n").as_bytes())).await;
+}
+
+/// Serves `GET /metrics` (Prometheus text) until shutdown: one request per connection, whose
+/// headers must arrive within the request timeout.
 pub async fn serve_metrics(
     listener: TcpListener,
     sources: Sources,
+    limits: RequestLimits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
+    let limiter = Limiter::new(limits.max_connections);
     while let Some(stream) = next_connection(&listener, &shutdown, "metrics").await {
+        let Some(slot) = limiter.admit() else {
+            debug!("metrics endpoint full of requests being answered: refusing a client");
+            continue;
+        };
+        let slot = Arc::new(slot);
         let sources = sources.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let requested = slot.clone();
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    requested.requested();
                     let sources = sources.clone();
                     async move {
                         let resp = if req.uri().path() == "/metrics" {
@@ -257,9 +299,14 @@ pub async fn serve_metrics(
                     }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.request_timeout)
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let answered = tokio::time::timeout(limits.request_timeout + ANSWER_WRITE, conn);
             tokio::select! {
-                _ = conn => {}
+                _ = answered => {}
+                _ = slot.closed.cancelled() => debug!("metrics client closed to make room"),
                 _ = shutdown.cancelled() => {}
             }
         });

@@ -10,6 +10,7 @@
 //!
 //! Nothing is ACKed before step 2 succeeded: a failed commit (disk full) never reaches step 3.
 
+pub mod budget;
 pub mod callbacks;
 
 use crate::consumers::hub::{Hub, Message};
@@ -20,9 +21,10 @@ use crate::spool::{
 };
 use crate::stream::ConnId;
 use crate::wire::{Ack, Frame, FrameKind};
+use budget::Budget;
 use callbacks::Callbacks;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -31,6 +33,8 @@ pub type AckSender = mpsc::UnboundedSender<Ack>;
 
 /// What rides along with a message through the spool: how to ACK it once it is durable.
 pub struct Ride {
+    /// The frame's size, counted against `limits.max_pending_bytes` until it is durable.
+    bytes: usize,
     /// The connection it came on (ACKs go back on the same connection).
     conn: ConnId,
     /// EVENT and CALLBACK ACKs differ.
@@ -41,22 +45,16 @@ pub struct Ride {
     acks: AckSender,
 }
 
-/// Why a frame was not queued.
+/// The spool writer has stopped (the daemon is stopping): the frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `limits.max_pending_acks` frames already wait for a commit.
-    Full,
-    /// The spool writer has stopped (the daemon is stopping).
-    Closed,
-}
+pub struct Closed;
 
 /// The entry of the path: connections submit frames here. Cheap to clone.
 #[derive(Clone)]
 pub struct Relay {
     spool: Submitter<Ride>,
-    /// Frames submitted and not yet committed.
-    pending: Arc<AtomicUsize>,
-    max_pending: usize,
+    /// Frames submitted and not yet durable; readers pause when it is full.
+    pub budget: Arc<Budget>,
 }
 
 /// Starts the spool writer with the relay's after-commit steps. Returns the relay (for the
@@ -65,64 +63,65 @@ pub fn start(
     store: Store,
     callbacks: Callbacks,
     hub: Arc<Hub>,
-    max_pending: usize,
+    budget: Budget,
     progress: Arc<Progress>,
 ) -> Result<(Relay, SpoolHandle, WriterThread), SpoolError> {
-    let pending = Arc::new(AtomicUsize::new(0));
+    let budget = Arc::new(budget);
     let fanout = Fanout {
         callbacks,
         hub,
-        pending: pending.clone(),
+        budget: budget.clone(),
     };
     let (spool, handle, thread) =
         crate::spool::start(store, Box::new(move |b| fanout.committed(b)), progress)?;
-    let relay = Relay {
-        spool,
-        pending,
-        max_pending,
-    };
-    Ok((relay, handle, thread))
+    Ok((Relay { spool, budget }, handle, thread))
 }
 
 impl Relay {
-    /// Step 1: queues an EVENT or CALLBACK frame from connection `conn` for the next commit.
-    pub fn submit(&self, frame: Frame, conn: ConnId, acks: &AckSender) -> Result<(), Refused> {
-        if self.pending.load(Ordering::Relaxed) >= self.max_pending {
-            return Err(Refused::Full);
-        }
+    /// Step 1: queues an EVENT or CALLBACK frame from connection `conn` (`bytes` long on the
+    /// wire) for the next commit. The caller reads the next frame only while
+    /// [`Budget::has_room`].
+    pub fn submit(
+        &self,
+        frame: Frame,
+        bytes: usize,
+        conn: ConnId,
+        acks: &AckSender,
+    ) -> Result<(), Closed> {
         let msg = NewMessage {
             dedupe_keys: frame.dedupe_keys(),
             body: line::body(&frame, &conn.to_string()),
             topic: frame.topic().to_owned(),
         };
         let ride = Ride {
+            bytes,
             conn,
             kind: frame.kind.clone(),
             message_id: frame.message_id().to_owned(),
             acks: acks.clone(),
         };
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.budget.take(bytes, now);
         if self.spool.submit(Entry { msg, ride }) {
             Ok(())
         } else {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-            Err(Refused::Closed)
+            self.budget.give_back(1, bytes, false, now);
+            Err(Closed)
         }
     }
 
-    /// A relay with no spool behind it: every frame is refused as [`Refused::Closed`]. For
-    /// exercising a connection's loop on its own (tests, benches).
+    /// A relay with no spool behind it: every frame is refused as [`Closed`]. For exercising
+    /// a connection's loop on its own (tests, benches).
     pub fn detached() -> Relay {
         Relay {
             spool: Submitter::detached(),
-            pending: Arc::new(AtomicUsize::new(0)),
-            max_pending: 0,
+            budget: Arc::new(Budget::new(usize::MAX, usize::MAX)),
         }
     }
 
     /// Frames read and not yet durable.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.budget.frames()
     }
 }
 
@@ -130,12 +129,15 @@ impl Relay {
 struct Fanout {
     callbacks: Callbacks,
     hub: Arc<Hub>,
-    pending: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
 }
 
 impl Fanout {
     fn committed(&self, batch: Vec<Committed<Ride>>) {
-        self.pending.fetch_sub(batch.len(), Ordering::Relaxed);
+        let bytes = batch.iter().map(|c| c.ride.bytes).sum();
+        // Their room is free again: a paused reader reads on while the ACKs go out.
+        self.budget
+            .give_back(batch.len(), bytes, true, Instant::now());
         let mut stored = Vec::with_capacity(batch.len());
         for Committed {
             appended,

@@ -47,6 +47,12 @@ impl Reader {
     }
 }
 
+/// A backlog read returns at most this many bytes of bodies (and at least one message), so
+/// reading ahead for a group is bounded in memory whatever the messages' size.
+pub const READ_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Messages with `seq > after`, ascending: at most `limit`, and no more than
+/// [`READ_MAX_BYTES`] of bodies beyond the first.
 pub(crate) fn read_after(
     conn: &Connection,
     path: &Path,
@@ -62,8 +68,14 @@ pub(crate) fn read_after(
         .at(path)?;
     let mut rows = stmt.query((after, limit)).at(path)?;
     let mut out = Vec::new();
+    let mut bytes = 0;
     while let Some(row) = rows.next().at(path)? {
-        out.push(decode(row, path)?);
+        let m = decode(row, path)?;
+        bytes += m.body.len();
+        out.push(m);
+        if bytes >= READ_MAX_BYTES {
+            break;
+        }
     }
     Ok(out)
 }

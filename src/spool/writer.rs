@@ -17,6 +17,9 @@ use tracing::{debug, error, info, warn};
 
 /// Most messages committed in one transaction.
 pub const MAX_BATCH: usize = 2048;
+/// Most bytes of message bodies committed in one transaction (a batch of large messages ends
+/// sooner): bounds the memory a batch holds and the time one commit takes.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How often retention runs at most apart: each pass then deletes about a second's worth of
 /// acked messages, a few milliseconds of work, instead of a burst that would delay ACKs.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
@@ -235,15 +238,19 @@ impl<T: Send + 'static> Writer<T> {
             // Whatever else is queued joins this round: acks ride in the same transaction as
             // the messages, and a stream of messages never starves them or a query.
             let mut batch = Vec::new();
+            let mut bytes = 0;
             let mut next = first;
             while let Some(input) = next.take() {
                 self.state.queued.fetch_sub(1, Ordering::Relaxed);
                 match input {
-                    Input::Message(e) => batch.push(e),
+                    Input::Message(e) => {
+                        bytes += e.msg.body.len();
+                        batch.push(e);
+                    }
                     Input::Cmd(Cmd::Stop) => stopping = true,
                     Input::Cmd(cmd) => self.on_cmd(cmd),
                 }
-                if batch.len() >= MAX_BATCH || stopping {
+                if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES || stopping {
                     break;
                 }
                 next = rx.try_recv().ok();

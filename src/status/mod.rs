@@ -98,6 +98,9 @@ impl Sources {
                 acks_sent: StreamStats::get(&st.acks_sent),
                 pings_answered: StreamStats::get(&st.pings),
                 malformed_frames: StreamStats::get(&st.malformed),
+                reader_pauses: StreamStats::get(&st.pauses),
+                reader_paused_ms: StreamStats::get(&st.paused_us) / 1000,
+                stalls: StreamStats::get(&st.stalls),
             },
             spool: SpoolReport {
                 degraded: w.degraded.load(Relaxed),

@@ -89,6 +89,12 @@ pub struct StreamReport {
     pub pings_answered: u64,
     /// Frames skipped as malformed.
     pub malformed_frames: u64,
+    /// Times a reader paused because the spool had enough to commit.
+    pub reader_pauses: u64,
+    /// Time readers spent paused, milliseconds.
+    pub reader_paused_ms: u64,
+    /// Connections given up because no commit succeeded for `limits.commit_stall`.
+    pub stalls: u64,
 }
 
 /// The spool.

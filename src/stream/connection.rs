@@ -3,8 +3,8 @@
 //! with it. It never reconnects: it returns *why* it ended and the supervisor decides.
 
 use super::{ConnEvent, ConnId};
-use crate::config::Keepalive;
-use crate::relay::{Refused, Relay};
+use crate::config::Config;
+use crate::relay::{Closed, Relay};
 use crate::wire::{Ack, Frame, FrameKind};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -48,8 +48,9 @@ pub enum End {
     FrameTooLarge,
     /// WebSocket protocol violation.
     Protocol(String),
-    /// Too many frames awaiting durability: the connection is shed so DingTalk routes elsewhere.
-    Shed,
+    /// Frames waited `limits.commit_stall` with no commit succeeding: closed so DingTalk
+    /// routes elsewhere (after the ACKs of what was durable).
+    Stall,
     /// After `disconnect`, the drain period ended before the server closed.
     Drained,
 }
@@ -66,7 +67,7 @@ impl End {
             End::Io(_) => "io_error",
             End::FrameTooLarge => "frame_too_large",
             End::Protocol(_) => "protocol_error",
-            End::Shed => "shed_pending_acks",
+            End::Stall => "stall",
             End::Drained => "drained",
         }
     }
@@ -79,13 +80,16 @@ pub struct Liveness {
     pub ping_interval: Duration,
     /// Pong deadline (and write bound).
     pub pong_timeout: Duration,
+    /// Frames waiting this long with no commit succeeding end the connection.
+    pub commit_stall: Duration,
 }
 
-impl From<&Keepalive> for Liveness {
-    fn from(k: &Keepalive) -> Self {
+impl From<&Config> for Liveness {
+    fn from(c: &Config) -> Self {
         Liveness {
-            ping_interval: k.ping_interval.get(),
-            pong_timeout: k.pong_timeout.get(),
+            ping_interval: c.keepalive.ping_interval.get(),
+            pong_timeout: c.keepalive.pong_timeout.get(),
+            commit_stall: c.limits.commit_stall.get(),
         }
     }
 }
@@ -104,13 +108,12 @@ pub struct ConnCtx {
     pub cancel: CancellationToken,
     /// Traffic counters.
     pub stats: Arc<super::StreamStats>,
-    /// Beaten on every loop iteration, and at least every [`BEAT`], for the watchdog.
+    /// Beaten on every loop iteration, and on the heartbeat when quiet, for the watchdog.
     pub progress: Arc<crate::notify::Progress>,
 }
 
-/// The reader's longest heartbeat period: it proves the loop is alive even when the link is
-/// quiet. Shorter when systemd's watchdog asks for it ([`crate::notify::heartbeat`]).
-pub const BEAT: Duration = Duration::from_secs(1);
+/// How many queued ACKs are written before one flush.
+const ACK_BATCH: usize = 512;
 
 /// Runs one connection until it ends.
 pub async fn run<S>(mut ws: WebSocketStream<S>, mut ctx: ConnCtx) -> End
@@ -125,11 +128,22 @@ where
     let mut ping_seq: u64 = 0;
     let id = ctx.id;
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
+    let mut room = ctx.relay.budget.watch();
+    let mut pause = Pause::default();
 
     loop {
         crate::notify::wedge_point("reader", super::StreamStats::get(&ctx.stats.frames_in) > 0)
             .await;
         ctx.progress.beat();
+        // Backpressure: while the spool has too much to commit, stop reading (TCP pushes back
+        // on DingTalk); pings, ACKs and cancellation go on.
+        room.borrow_and_update();
+        let paused = !ctx.relay.budget.has_room();
+        if let Some(resumed) = pause.update(paused, &ctx) {
+            // The pong deadline does not count time we ourselves did not read.
+            pong_deadline = pong_deadline.map(|d| d + resumed);
+        }
+        let stall_check = (ctx.relay.pending() > 0).then(|| Instant::now() + STALL_CHECK);
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => {
@@ -137,12 +151,11 @@ where
                 return End::Cancelled;
             }
             Some(ack) = ack_rx.recv() => {
-                if let Err(end) = send(&mut ws, Message::text(ack.to_json()), live.pong_timeout).await {
+                if let Err(end) = send_acks(&mut ws, ack, &mut ack_rx, &ctx, live.pong_timeout).await {
                     return end;
                 }
-                ctx.stats.acks_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            msg = ws.next() => {
+            msg = ws.next(), if !paused => {
                 let msg = match msg {
                     None => return End::Eof,
                     Some(Err(e)) => {
@@ -173,6 +186,7 @@ where
                     }
                 }
             }
+            _ = room.changed(), if paused => {}
             _ = sleep_until(next_ping) => {
                 if ctx.liveness.has_changed().unwrap_or(false) {
                     live = ctx.liveness.borrow_and_update().clone();
@@ -186,8 +200,13 @@ where
                     pong_deadline = Some(Instant::now() + live.pong_timeout);
                 }
             }
-            _ = sleep_until(pong_deadline.unwrap_or_else(far_future)), if pong_deadline.is_some() => {
+            _ = sleep_until(pong_deadline.unwrap_or_else(far_future)), if pong_deadline.is_some() && !paused => {
                 return End::PongTimeout;
+            }
+            _ = sleep_until(stall_check.unwrap_or_else(far_future)), if stall_check.is_some() => {
+                if ctx.relay.budget.stalled_for(std::time::Instant::now()).is_some_and(|d| d >= live.commit_stall) {
+                    return stall(&mut ws, &mut ack_rx, &ctx, live.pong_timeout).await;
+                }
             }
             _ = beat.tick() => {}
             _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() => {
@@ -196,6 +215,102 @@ where
             }
         }
     }
+}
+
+/// How often a connection looks for a stalled spool while frames wait for a commit.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// The reader's pauses: when the current one began, and the accounting when it ends.
+#[derive(Default)]
+struct Pause {
+    since: Option<Instant>,
+}
+
+impl Pause {
+    /// Notes whether the reader is paused now; returns how long a pause lasted when it ends.
+    fn update(&mut self, paused: bool, ctx: &ConnCtx) -> Option<Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (paused, self.since) {
+            (true, None) => {
+                self.since = Some(Instant::now());
+                ctx.stats.pauses.fetch_add(1, Relaxed);
+                debug!(connection = %ctx.id, pending = ctx.relay.pending(), "reader paused: the spool has enough to commit");
+                None
+            }
+            (false, Some(since)) => {
+                self.since = None;
+                let d = since.elapsed();
+                ctx.stats
+                    .paused_us
+                    .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+                if d >= Duration::from_secs(1) {
+                    info!(connection = %ctx.id, paused_ms = d.as_millis() as u64, "reader resumed after a long pause: the spool was slow to commit");
+                } else {
+                    debug!(connection = %ctx.id, paused_us = d.as_micros() as u64, "reader resumed");
+                }
+                Some(d)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Writes `first` and every ACK already queued behind it (up to [`ACK_BATCH`]), then flushes
+/// once: ACKs that are ready together leave in one write.
+async fn send_acks<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Ack,
+    more: &mut mpsc::UnboundedReceiver<Ack>,
+    ctx: &ConnCtx,
+    bound: Duration,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut n = 1u64;
+    let write = async {
+        ws.feed(Message::text(first.to_json())).await?;
+        while n < ACK_BATCH as u64 {
+            let Ok(ack) = more.try_recv() else { break };
+            ws.feed(Message::text(ack.to_json())).await?;
+            n += 1;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(bound, write).await {
+        Ok(Ok(())) => {
+            ctx.stats
+                .acks_sent
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(End::WriteTimeout),
+    }
+}
+
+/// Frames have waited `commit_stall` with no commit succeeding (a full or stalled disk): the
+/// ACKs of what is already durable go out, then a proper close, so DingTalk routes elsewhere.
+async fn stall<S>(
+    ws: &mut WebSocketStream<S>,
+    acks: &mut mpsc::UnboundedReceiver<Ack>,
+    ctx: &ConnCtx,
+    bound: Duration,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.stats
+        .stalls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    warn!(connection = %ctx.id, cause = "stall", pending = ctx.relay.pending(), "frames wait and no spool commit succeeded for limits.commit_stall: closing this connection (what is durable is ACKed first) so DingTalk routes elsewhere");
+    while let Ok(ack) = acks.try_recv() {
+        if let Err(end) = send_acks(ws, ack, acks, ctx, bound).await {
+            return end;
+        }
+    }
+    close_handshake(ws, "spool stalled").await;
+    End::Stall
 }
 
 /// Sends our Close frame and reads until the server's Close (or EOF), bounded by
@@ -321,13 +436,9 @@ where
         FrameKind::Event | FrameKind::Callback => {
             debug!(connection = %id, kind = frame.kind.as_str(), topic = frame.topic(), message_id = frame.message_id(), "frame");
             ctx.stats.frames_in.fetch_add(1, Relaxed);
-            match ctx.relay.submit(frame, id, ack_tx) {
+            match ctx.relay.submit(frame, text.len(), id, ack_tx) {
                 Ok(()) => None,
-                Err(Refused::Full) => {
-                    warn!(connection = %id, "limits.max_pending_acks reached: frames are not becoming durable; shedding this connection so DingTalk routes elsewhere");
-                    Some(End::Shed)
-                }
-                Err(Refused::Closed) => Some(End::Cancelled),
+                Err(Closed) => Some(End::Cancelled),
             }
         }
         FrameKind::Other(ref t) => {

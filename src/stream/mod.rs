@@ -42,6 +42,12 @@ pub struct StreamStats {
     pub pings: AtomicU64,
     /// Frames skipped as malformed.
     pub malformed: AtomicU64,
+    /// Times a reader paused because the spool had enough to commit.
+    pub pauses: AtomicU64,
+    /// Time readers spent paused, microseconds.
+    pub paused_us: AtomicU64,
+    /// Connections given up because no commit succeeded for `limits.commit_stall`.
+    pub stalls: AtomicU64,
 }
 
 impl StreamStats {

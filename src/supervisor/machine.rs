@@ -6,8 +6,11 @@
 //! unexpected drop waits a full-jitter backoff (the first retry after a drop too: no stampede);
 //! credentials rejected before any success are fatal (exit 78), later they are retried at
 //! `max_delay`; the backoff resets once a connection stayed up `stable_after`; a server
-//! `disconnect` opens the replacement before the old connection goes (make-before-break); a
-//! reload that changes credentials or the endpoint does the same and then closes the old one.
+//! `disconnect` opens the replacement before the old connection goes (make-before-break), at
+//! once for a connection that was stable, after the normal backoff for a younger one (a
+//! gateway that recycles every new connection cannot drive a storm); at most two connections
+//! drain at once (the oldest is closed rather than a fourth opened); a reload that changes
+//! credentials or the endpoint replaces the link make-before-break and closes the old one.
 
 use super::backoff::Backoff;
 use crate::stream::ConnId;
@@ -126,6 +129,12 @@ struct Conn {
     opened: Instant,
 }
 
+/// At most this many connections drain at once (retired, still open until the server closes
+/// them); a further one makes the daemon close the oldest itself.
+pub const MAX_DRAINING: usize = 2;
+/// At most this many connections are open at once: the serving one and the draining ones.
+pub const MAX_OPEN: usize = MAX_DRAINING + 1;
+
 /// The machine.
 pub struct Machine {
     phase: Phase,
@@ -133,6 +142,12 @@ pub struct Machine {
     current: Option<Conn>,
     /// Retired connections still open: they drain until the server closes them.
     draining: Vec<Conn>,
+    /// Connections the daemon is closing itself (until their task ends).
+    closing: Vec<ConnId>,
+    /// An attempt waits for a connection to close first (at most [`MAX_OPEN`] open).
+    deferred: bool,
+    /// When the armed backoff wait ends.
+    wait_until: Option<Instant>,
     /// Connections to close once a replacement is open (a reload's make-before-break).
     close_on_open: Vec<ConnId>,
     /// An attempt is under way.
@@ -169,6 +184,9 @@ impl Machine {
             phase: Phase::Starting,
             current: None,
             draining: Vec::new(),
+            closing: Vec::new(),
+            deferred: false,
+            wait_until: None,
             close_on_open: Vec::new(),
             attempting: false,
             attempt_no: 0,
@@ -193,12 +211,13 @@ impl Machine {
         }
     }
 
-    /// Connections the machine considers open (serving or draining).
+    /// Connections the machine considers open (serving, draining or being closed).
     pub fn open_connections(&self) -> Vec<ConnId> {
         self.current
             .iter()
             .chain(&self.draining)
             .map(|c| c.id)
+            .chain(self.closing.iter().copied())
             .collect()
     }
 
@@ -228,14 +247,14 @@ impl Machine {
                 retry_after,
             } => self.attempt_failed(cause, credentials, retry_after, now),
             Event::WaitOver => {
-                if matches!(self.phase, Phase::Backoff { .. }) && !self.attempting {
+                if self.wait_until.take().is_some() && !self.attempting {
                     let n = self.attempt_no.saturating_add(1).max(1);
                     self.start_attempt(now, n)
                 } else {
                     Vec::new()
                 }
             }
-            Event::Disconnect { conn } => self.disconnect(conn),
+            Event::Disconnect { conn } => self.disconnect(conn, now),
             Event::Ended { conn, cause } => self.ended(conn, cause, now),
             Event::Reload { reconnect, relink } => self.reload(reconnect, relink, now),
         }
@@ -244,11 +263,35 @@ impl Machine {
     fn start_attempt(&mut self, now: Instant, attempt: u32) -> Vec<Action> {
         self.attempting = true;
         self.attempt_no = attempt;
-        self.phase = Phase::Connecting {
-            attempt,
-            since: now,
-        };
+        self.wait_until = None;
+        if self.current.is_none() && self.draining.is_empty() {
+            self.phase = Phase::Connecting {
+                attempt,
+                since: now,
+            };
+        }
+        if self.open_connections().len() >= MAX_OPEN {
+            // A connection the daemon is closing goes first; the attempt starts when it ended.
+            self.deferred = true;
+            return vec![Action::Publish];
+        }
         vec![Action::Attempt, Action::Publish]
+    }
+
+    /// Retires the serving connection; beyond [`MAX_DRAINING`], the oldest draining one is
+    /// closed by the daemon.
+    fn retire_current(&mut self) -> Vec<Action> {
+        let Some(cur) = self.current.take() else {
+            return Vec::new();
+        };
+        self.draining.push(cur);
+        let mut out = Vec::new();
+        while self.draining.len() > MAX_DRAINING {
+            let oldest = self.draining.remove(0);
+            self.closing.push(oldest.id);
+            out.push(Action::Close(oldest.id));
+        }
+        out
     }
 
     fn opened(&mut self, peer: String, now: Instant) -> Vec<Action> {
@@ -263,7 +306,13 @@ impl Machine {
         self.connections_opened += 1;
         let mut out = vec![Action::Serve(id)];
         // A reload's make-before-break: the old connection goes now that the new one serves.
-        out.extend(self.close_on_open.drain(..).map(Action::Close));
+        for old in std::mem::take(&mut self.close_on_open) {
+            if let Some(i) = self.draining.iter().position(|c| c.id == old) {
+                self.draining.remove(i);
+                self.closing.push(old);
+                out.push(Action::Close(old));
+            }
+        }
         self.current = Some(Conn { id, opened: now });
         self.phase = Phase::Open {
             conn: id,
@@ -308,6 +357,7 @@ impl Machine {
         now: Instant,
     ) -> Vec<Action> {
         let until = now + delay;
+        self.wait_until = Some(until);
         self.last_cause = Some(cause.clone());
         self.phase = Phase::Backoff {
             attempt: self.attempt_no,
@@ -318,48 +368,88 @@ impl Machine {
         vec![Action::AttemptAt(until), Action::Publish]
     }
 
-    fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
-        let Some(cur) = self.current.take_if(|c| c.id == conn) else {
+    fn disconnect(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
+        let Some(up_for) = self
+            .current
+            .as_ref()
+            .filter(|c| c.id == conn)
+            .map(|c| now.duration_since(c.opened))
+        else {
             return Vec::new();
         };
-        self.draining.push(cur);
+        let mut out = self.retire_current();
         self.handovers += 1;
-        if self.attempting {
-            return vec![Action::Publish];
+        out.push(Action::Publish);
+        if self.attempting || self.wait_until.is_some() {
+            return out;
         }
-        // Make-before-break: the phase stays open (the old connection still ACKs) until the
-        // replacement is up.
-        self.attempting = true;
-        self.attempt_no = 1;
-        vec![Action::Attempt, Action::Publish]
+        // Make-before-break either way: the phase stays open (the old connection still ACKs)
+        // until the replacement is up.
+        if up_for >= self.stable_after {
+            self.backoff.reset();
+            out.extend(self.start_attempt(now, 1));
+        } else {
+            // A young connection sent away again: the normal backoff, or a gateway recycling
+            // every new connection would have us reconnect in a tight loop.
+            let delay = self.backoff.next_delay(None, &mut *self.rng);
+            let until = now + delay;
+            self.wait_until = Some(until);
+            self.attempt_no = 0;
+            self.last_cause = Some(SERVER_DISCONNECT.into());
+            out.push(Action::AttemptAt(until));
+        }
+        out
     }
 
     fn ended(&mut self, conn: ConnId, cause: String, now: Instant) -> Vec<Action> {
-        if let Some(i) = self.draining.iter().position(|c| c.id == conn) {
+        let mut out = Vec::new();
+        if let Some(i) = self.closing.iter().position(|c| *c == conn) {
+            self.closing.remove(i);
+        } else if let Some(i) = self.draining.iter().position(|c| c.id == conn) {
             self.draining.remove(i);
-            if self.current.is_none() && self.draining.is_empty() && self.attempting {
-                // The handover's replacement is not up yet and nothing is live now.
+        } else if let Some(cur) = self.current.take_if(|c| c.id == conn) {
+            if cause == SHUTDOWN {
+                return out;
+            }
+            if now.duration_since(cur.opened) >= self.stable_after {
+                self.backoff.reset();
+            }
+            // Even the first retry waits a random 0..initial_delay: no stampede when a gateway
+            // node dies under many hosts at once.
+            let delay = self.backoff.next_delay(None, &mut *self.rng);
+            self.attempt_no = 0;
+            out.extend(self.wait(delay, cause, false, now));
+        } else {
+            return out;
+        }
+        if self.deferred && self.open_connections().len() < MAX_OPEN {
+            self.deferred = false;
+            out.push(Action::Attempt);
+        }
+        if self.current.is_none() && self.draining.is_empty() {
+            // Nothing serves any more: show what the link waits for.
+            if self.attempting && !matches!(self.phase, Phase::Connecting { .. }) {
                 self.phase = Phase::Connecting {
                     attempt: self.attempt_no.max(1),
                     since: now,
                 };
-                return vec![Action::Publish];
+                out.push(Action::Publish);
+            } else if let Some(until) = self.wait_until
+                && !matches!(self.phase, Phase::Backoff { .. })
+            {
+                self.phase = Phase::Backoff {
+                    attempt: self.attempt_no.max(1),
+                    until,
+                    cause: self
+                        .last_cause
+                        .clone()
+                        .unwrap_or_else(|| SERVER_DISCONNECT.into()),
+                    credentials_rejected: false,
+                };
+                out.push(Action::Publish);
             }
-            return Vec::new();
         }
-        let Some(cur) = self.current.take_if(|c| c.id == conn) else {
-            return Vec::new();
-        };
-        if cause == SHUTDOWN {
-            return Vec::new();
-        }
-        if now.duration_since(cur.opened) >= self.stable_after {
-            self.backoff.reset();
-        }
-        // Even the first retry waits a random 0..initial_delay: no stampede when a gateway
-        // node dies under many hosts at once.
-        let delay = self.backoff.next_delay(None, &mut *self.rng);
-        self.wait(delay, cause, false, now)
+        out
     }
 
     fn reload(
@@ -375,16 +465,20 @@ impl Machine {
         }
         // The old connection keeps serving until the replacement is open; an attempt or a
         // wait still using the old settings is replaced now.
-        if let Some(cur) = self.current.take() {
+        if let Some(cur) = &self.current {
             self.close_on_open.push(cur.id);
-            self.draining.push(cur);
         }
-        self.start_attempt(now, 1)
+        let mut out = self.retire_current();
+        self.attempting = false;
+        out.extend(self.start_attempt(now, 1));
+        out
     }
 }
 
 /// The cause of a connection the daemon closed itself (stopping, or retiring it).
 pub const SHUTDOWN: &str = "shutdown";
+/// The cause of a replacement waiting after the server sent a young connection away.
+pub const SERVER_DISCONNECT: &str = "server_disconnect";
 
 #[cfg(test)]
 mod tests {
@@ -555,10 +649,13 @@ mod tests {
         let (mut m, t0) = connected();
         let t = t0 + Duration::from_secs(60);
         let a = m.on(Event::Disconnect { conn: ConnId(1) }, t);
-        assert_eq!(
-            a,
-            vec![Action::Attempt, Action::Publish],
-            "at once, no wait"
+        assert!(
+            a.contains(&Action::Attempt),
+            "a stable connection: at once, {a:?}"
+        );
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::AttemptAt(_))),
+            "{a:?}"
         );
         assert!(
             matches!(
@@ -596,11 +693,11 @@ mod tests {
     #[test]
     fn a_failed_replacement_backs_off_while_the_old_one_drains() {
         let (mut m, t0) = connected();
-        m.on(Event::Disconnect { conn: ConnId(1) }, t0);
-        let a = m.on(failed("tcp_timeout", false), t0);
-        wait_of(&a, t0);
-        assert_eq!(m.on(ended(1, "drained"), t0), vec![]);
-        m.on(Event::WaitOver, t0);
+        m.on(Event::Disconnect { conn: ConnId(1) }, t0 + STABLE);
+        let a = m.on(failed("tcp_timeout", false), t0 + STABLE);
+        wait_of(&a, t0 + STABLE);
+        assert_eq!(m.on(ended(1, "drained"), t0 + STABLE), vec![]);
+        m.on(Event::WaitOver, t0 + STABLE);
         assert!(matches!(m.view().phase, Phase::Connecting { .. }));
     }
 
@@ -628,6 +725,16 @@ mod tests {
         );
         assert_eq!(a, vec![Action::Attempt, Action::Publish]);
         assert_eq!(m.open_connections(), vec![ConnId(1)], "c1 still open");
+        assert!(
+            matches!(
+                m.view().phase,
+                Phase::Open {
+                    conn: ConnId(1),
+                    ..
+                }
+            ),
+            "and serving"
+        );
         let a = m.on(opened(), t0);
         assert_eq!(
             a,
@@ -678,6 +785,122 @@ mod tests {
         wait_of(&a, t0);
         assert_eq!(m.view().last_cause.as_deref(), Some("io_error"));
         assert_eq!(m.open_connections(), vec![]);
+    }
+
+    #[test]
+    fn a_young_connection_sent_away_is_replaced_after_the_backoff_while_it_serves() {
+        let (mut m, t0) = connected();
+        let t = t0 + Duration::from_secs(1);
+        let a = m.on(Event::Disconnect { conn: ConnId(1) }, t);
+        assert!(!a.contains(&Action::Attempt), "no attempt at once: {a:?}");
+        let w = wait_of(&a, t);
+        assert!(w <= INITIAL, "{w:?}");
+        assert!(
+            matches!(
+                m.view().phase,
+                Phase::Open {
+                    conn: ConnId(1),
+                    ..
+                }
+            ),
+            "c1 still serves meanwhile"
+        );
+        let a = m.on(Event::WaitOver, t + w);
+        assert!(a.contains(&Action::Attempt));
+        assert_eq!(
+            m.on(opened(), t + w),
+            vec![Action::Serve(ConnId(2)), Action::Publish]
+        );
+    }
+
+    #[test]
+    fn the_wait_shows_once_the_draining_connection_is_gone() {
+        let (mut m, t0) = connected();
+        m.on(Event::Disconnect { conn: ConnId(1) }, t0);
+        let a = m.on(ended(1, "server_close"), t0);
+        assert_eq!(a, vec![Action::Publish]);
+        assert!(matches!(
+            m.view().phase,
+            Phase::Backoff { ref cause, .. } if cause == SERVER_DISCONNECT
+        ));
+    }
+
+    #[test]
+    fn at_most_two_connections_drain_and_three_are_open() {
+        let (mut m, t0) = connected();
+        // Three stable connections sent away in a row while their predecessors still drain.
+        let mut t = t0;
+        for id in 1..=3u64 {
+            t += STABLE;
+            let a = m.on(Event::Disconnect { conn: ConnId(id) }, t);
+            if id == 3 {
+                assert!(
+                    a.contains(&Action::Close(ConnId(1))),
+                    "the oldest goes: {a:?}"
+                );
+                assert!(!a.contains(&Action::Attempt), "not a fourth open: {a:?}");
+                assert_eq!(m.open_connections().len(), 3);
+                let a = m.on(ended(1, SHUTDOWN), t);
+                assert!(a.contains(&Action::Attempt), "once c1 is gone: {a:?}");
+            } else {
+                assert!(a.contains(&Action::Attempt));
+            }
+            m.on(opened(), t);
+            assert!(m.open_connections().len() <= MAX_OPEN);
+        }
+        assert_eq!(m.open_connections().len(), 3);
+    }
+
+    /// A gateway that sends `disconnect` on every new connection for 10 s: the daemon opens
+    /// few connections (the backoff grows because none becomes stable) and never more than
+    /// three at once, whatever the jitter draws.
+    #[test]
+    fn a_disconnect_storm_is_bounded() {
+        let s = Settings {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            stable_after: STABLE,
+        };
+        let mut worst = 0;
+        for seed in 0..500 {
+            let mut m = Machine::new(s, Box::new(rand::rngs::StdRng::seed_from_u64(seed)));
+            let t0 = Instant::now();
+            let end = t0 + Duration::from_secs(10);
+            let (mut opened_n, mut max_open) = (0, 0);
+            let mut events = std::collections::VecDeque::from([Event::Start]);
+            let mut armed: Option<Instant> = None;
+            let mut t = t0;
+            // Performs what the machine asks, as a gateway that sends every new connection
+            // away at once would answer, until the 10 s are over.
+            loop {
+                while let Some(e) = events.pop_front() {
+                    for a in m.on(e, t) {
+                        match a {
+                            Action::Attempt => events.push_back(opened()),
+                            Action::AttemptAt(at) => armed = Some(at),
+                            Action::Serve(id) => {
+                                opened_n += 1;
+                                events.push_back(Event::Disconnect { conn: id });
+                            }
+                            Action::Close(id) => events.push_back(ended(id.0, SHUTDOWN)),
+                            Action::Publish | Action::Fatal => {}
+                        }
+                    }
+                    max_open = max_open.max(m.open_connections().len());
+                }
+                match armed.take() {
+                    Some(at) if at < end => {
+                        t = at;
+                        events.push_back(Event::WaitOver);
+                    }
+                    _ => break,
+                }
+            }
+            assert!(max_open <= 3, "seed {seed}: {max_open} open at once");
+            worst = worst.max(opened_n);
+        }
+        assert!(worst <= 24, "at most 24 connections in 10 s, saw {worst}");
+        assert!(worst >= 5, "the storm was simulated at all: {worst}");
     }
 
     #[test]
