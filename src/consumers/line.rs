@@ -3,45 +3,44 @@
 //! "headers":{...},"data":...}`. The spool stores the *body* (the line without `seq`), because
 //! the seq is only known at commit; [`line`] puts the seq (and `"redelivered":true`) in front.
 
-use crate::wire::{Frame, Headers};
-use serde::Serialize;
-use serde_json::value::RawValue;
+use crate::stream::ConnId;
+use crate::wire::Frame;
+use crate::wire::frame::{DataInfo, json_str};
 use std::sync::Arc;
 
 /// The stored body of a frame's line: everything but `seq`. `headers` are the frame's minus
 /// `connectionId` (the ticket); `connection` is the daemon's short id for the connection;
-/// `data` is embedded as JSON when it is JSON, else as a string.
-pub fn body(frame: &Frame, connection: &str) -> String {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        topic: &'a str,
-        message_id: &'a str,
-        connection: &'a str,
-        headers: &'a Headers,
-        data: Data<'a>,
+/// `data` is embedded as JSON when it is JSON (`info`, from the one pass over it), else as a
+/// string.
+pub fn body(frame: &Frame<'_>, info: &DataInfo<'_>, connection: ConnId) -> String {
+    let mut out = Vec::with_capacity(frame.data.len() + 512);
+    out.extend_from_slice(b"{\"type\":");
+    json_str(&mut out, frame.kind.as_str());
+    out.extend_from_slice(b",\"topic\":");
+    json_str(&mut out, frame.topic());
+    out.extend_from_slice(b",\"message_id\":");
+    json_str(&mut out, frame.message_id());
+    out.extend_from_slice(b",\"connection\":\"c");
+    out.extend_from_slice(itoa::Buffer::new().format(connection.0).as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(b",\"headers\":{");
+    for (i, (k, v)) in frame.headers().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, k);
+        out.push(b':');
+        json_str(&mut out, v);
     }
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum Data<'a> {
-        Json(&'a RawValue),
-        Text(&'a str),
+    out.extend_from_slice(b"},\"data\":");
+    if info.is_json {
+        out.extend_from_slice(frame.data.trim().as_bytes());
+    } else {
+        json_str(&mut out, &frame.data);
     }
-    let raw: Option<&RawValue> = serde_json::from_str(&frame.data).ok();
-    let body = Body {
-        kind: frame.kind.as_str(),
-        topic: frame.topic(),
-        message_id: frame.message_id(),
-        connection,
-        headers: &frame.headers,
-        data: match raw {
-            Some(r) => Data::Json(r),
-            None => Data::Text(&frame.data),
-        },
-    };
-    // Serializing plain strings and already-valid JSON cannot fail.
-    serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+    out.push(b'}');
+    // Only valid UTF-8 went in: the frame's own text and JSON escapes.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The line for message `seq` from its stored body (no newline).

@@ -83,26 +83,15 @@ impl Relay {
     /// [`Budget::has_room`].
     pub fn submit(
         &self,
-        frame: Frame,
+        frame: &Frame<'_>,
         bytes: usize,
         conn: ConnId,
         acks: &AckSender,
     ) -> Result<(), Closed> {
-        let msg = NewMessage {
-            dedupe_keys: frame.dedupe_keys(),
-            body: line::body(&frame, &conn.to_string()),
-            topic: frame.topic().to_owned(),
-        };
-        let ride = Ride {
-            bytes,
-            conn,
-            kind: frame.kind.clone(),
-            message_id: frame.message_id().to_owned(),
-            acks: acks.clone(),
-        };
+        let entry = entry(frame, bytes, conn, acks);
         let now = Instant::now();
         self.budget.take(bytes, now);
-        if self.spool.submit(Entry { msg, ride }) {
+        if self.spool.submit(entry) {
             Ok(())
         } else {
             self.budget.give_back(1, bytes, false, now);
@@ -123,6 +112,25 @@ impl Relay {
     pub fn pending(&self) -> usize {
         self.budget.frames()
     }
+}
+
+/// What step 1 queues for a frame: the message to store (dedupe keys, line body, topic) and
+/// what rides along to ACK it.
+fn entry(frame: &Frame<'_>, bytes: usize, conn: ConnId, acks: &AckSender) -> Entry<Ride> {
+    let info = frame.data_info();
+    let msg = NewMessage {
+        dedupe_keys: frame.dedupe_keys(&info),
+        body: line::body(frame, &info, conn),
+        topic: frame.topic().to_owned(),
+    };
+    let ride = Ride {
+        bytes,
+        conn,
+        kind: frame.kind.clone(),
+        message_id: frame.message_id().to_owned(),
+        acks: acks.clone(),
+    };
+    Entry { msg, ride }
 }
 
 /// Steps 3 and 4, run by the spool writer right after each commit.
@@ -177,5 +185,71 @@ impl Fanout {
         }
         // Step 4: fan out.
         self.hub.publish(&stored);
+    }
+}
+
+/// The path of one message run inline on the calling thread, with no tasks or channels in
+/// between: parse, build, commit, ACK, fan out, in batches of the caller's choosing. It is the
+/// same code the daemon runs; the instruction-count guard (`benches/hotpath.rs`) measures it,
+/// because a deterministic run needs batch sizes that do not depend on timing.
+#[doc(hidden)]
+pub struct Inline {
+    store: Store,
+    fanout: Fanout,
+    acks_tx: AckSender,
+    acks: mpsc::UnboundedReceiver<Ack>,
+}
+
+impl Inline {
+    /// An inline path over `store`, with no consumer attached (the hub keeps its cache).
+    pub fn new(store: Store) -> Inline {
+        let newest = store.newest_seq().unwrap_or(0);
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        Inline {
+            store,
+            fanout: Fanout {
+                callbacks: Callbacks::new(Vec::new()),
+                hub: Hub::new(newest, 16 << 20),
+                budget: Arc::new(Budget::new(usize::MAX, usize::MAX)),
+            },
+            acks_tx,
+            acks,
+        }
+    }
+
+    /// Runs `frames` (text frames as received) through the whole path as one commit; returns
+    /// the bytes of ACK frames written.
+    pub fn run(&mut self, frames: &[&str]) -> Result<usize, SpoolError> {
+        let entries: Vec<Entry<Ride>> = frames
+            .iter()
+            .filter_map(|text| {
+                let frame = Frame::parse(text).ok()?;
+                Some(entry(&frame, text.len(), ConnId(1), &self.acks_tx))
+            })
+            .collect();
+        let (msgs, rides): (Vec<NewMessage>, Vec<Ride>) =
+            entries.into_iter().map(|e| (e.msg, e.ride)).unzip();
+        let out = self.store.commit(
+            &msgs,
+            &std::collections::BTreeMap::new(),
+            &[],
+            std::time::SystemTime::now(),
+        )?;
+        let committed = msgs
+            .into_iter()
+            .zip(rides)
+            .zip(out.appended)
+            .map(|((msg, ride), appended)| Committed {
+                appended,
+                msg,
+                ride,
+            })
+            .collect();
+        self.fanout.committed(committed);
+        let mut written = 0;
+        while let Ok(ack) = self.acks.try_recv() {
+            written += ack.to_json().len();
+        }
+        Ok(written)
     }
 }

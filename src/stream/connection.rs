@@ -436,7 +436,7 @@ where
         FrameKind::Event | FrameKind::Callback => {
             debug!(connection = %id, kind = frame.kind.as_str(), topic = frame.topic(), message_id = frame.message_id(), "frame");
             ctx.stats.frames_in.fetch_add(1, Relaxed);
-            match ctx.relay.submit(frame, text.len(), id, ack_tx) {
+            match ctx.relay.submit(&frame, text.len(), id, ack_tx) {
                 Ok(()) => None,
                 Err(Closed) => Some(End::Cancelled),
             }

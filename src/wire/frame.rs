@@ -1,11 +1,13 @@
-//! The DingTalk Stream wire format (docs/protocol.md §2–3): downstream frames as typed serde structs
-//! and the upstream ACK frames. Header values are strings on the wire; we also accept numbers
-//! (the DOC's first edition used them) and keep unknown headers. `connectionId` is the ticket, so
-//! it is held as a [`Secret`] and never printed or forwarded.
+//! The client side of the DingTalk Stream wire format (docs/protocol.md §2–3): a downstream
+//! frame parsed once, borrowing from the received text wherever it can, and the upstream ACK
+//! frames. Header values are strings on the wire; numbers and booleans are accepted as their
+//! text, unknown headers are kept in order. `connectionId` is the ticket: it is never printed,
+//! and never forwarded to consumers.
 
-use crate::secret::Secret;
-use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::BTreeMap;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// The frame types DingTalk sends.
@@ -31,145 +33,50 @@ impl FrameKind {
             FrameKind::Other(s) => s,
         }
     }
-}
 
-impl<'de> Deserialize<'de> for FrameKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(match s.as_str() {
+    fn from_wire(s: &str) -> FrameKind {
+        match s {
             "SYSTEM" => FrameKind::System,
             "EVENT" => FrameKind::Event,
             "CALLBACK" => FrameKind::Callback,
-            _ => FrameKind::Other(s),
-        })
+            _ => FrameKind::Other(s.to_owned()),
+        }
     }
 }
 
-/// A header value: a string on the wire, but numbers and booleans are taken as their text.
-fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    })
+/// The header DingTalk fills with the ticket.
+pub const CONNECTION_ID: &str = "connectionId";
+
+/// A downstream frame, borrowing from the text it was parsed from.
+#[derive(Clone)]
+pub struct Frame<'a> {
+    /// SYSTEM / EVENT / CALLBACK.
+    pub kind: FrameKind,
+    /// The headers in the order received, values as text (`connectionId` included: see
+    /// [`Frame::headers`]).
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The payload: normally a string holding JSON (inline JSON is kept as its text).
+    pub data: Cow<'a, str>,
 }
 
-fn lenient_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    lenient_string(d).map(|o| o.map(Secret::new))
-}
-
-/// An unknown header's value, kept as text.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HeaderValue(pub String);
-
-impl<'de> Deserialize<'de> for HeaderValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        lenient_string(d).map(|o| HeaderValue(o.unwrap_or_default()))
-    }
-}
-
-impl Serialize for HeaderValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-/// Frame headers. The known ones are typed; the rest are kept in `extra`.
-#[derive(Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Headers {
-    /// The subscribed topic (`ping`, `disconnect`, `/v1.0/im/bot/messages/get`, `*`).
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub topic: Option<String>,
-    /// Echoed in the ACK; how DingTalk matches it.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub message_id: Option<String>,
-    /// `application/json`.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub content_type: Option<String>,
-    /// Push time, epoch milliseconds.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub time: Option<String>,
-    /// Unified app id.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub app_id: Option<String>,
-    /// Equal to the ticket: secret, never serialized towards consumers.
-    #[serde(default, deserialize_with = "lenient_secret", skip_serializing)]
-    pub connection_id: Option<Secret>,
-    /// EVENT: the event's id, a dedupe key.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub event_id: Option<String>,
-    /// EVENT: the event's type, e.g. `user_add_org`.
-    #[serde(
-        default,
-        deserialize_with = "lenient_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub event_type: Option<String>,
-    /// Headers we have no field for, kept as received.
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, HeaderValue>,
-}
-
-impl fmt::Debug for Headers {
-    /// Only what may be logged: never the connectionId.
+impl fmt::Debug for Frame<'_> {
+    /// Only what may be logged: never the connectionId, never the data.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Headers")
-            .field("topic", &self.topic)
-            .field("message_id", &self.message_id)
-            .field("event_type", &self.event_type)
+        f.debug_struct("Frame")
+            .field("kind", &self.kind)
+            .field("topic", &self.topic())
+            .field("message_id", &self.message_id())
             .finish_non_exhaustive()
     }
 }
 
-/// A downstream frame.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    /// `specVersion`, normally `1.0`.
-    pub spec_version: Option<String>,
-    /// SYSTEM / EVENT / CALLBACK.
-    pub kind: FrameKind,
-    /// The headers.
-    pub headers: Headers,
-    /// The payload: a string holding JSON.
-    pub data: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawFrame {
-    #[serde(default, deserialize_with = "lenient_string")]
-    spec_version: Option<String>,
-    #[serde(rename = "type")]
-    kind: FrameKind,
-    #[serde(default)]
-    headers: Headers,
-    #[serde(default)]
-    data: serde_json::Value,
+/// What the `data` of an EVENT or CALLBACK holds, found in one pass over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataInfo<'d> {
+    /// `data` is JSON, so consumers get it embedded as JSON (else as a string).
+    pub is_json: bool,
+    /// A bot message's `msgId`, the key its redeliveries share.
+    pub msg_id: Option<Cow<'d, str>>,
 }
 
 /// Why a text frame could not be used. `Display` names what could be read of it
@@ -187,27 +94,22 @@ pub struct FrameError {
     pub reason: String,
 }
 
-impl Frame {
+impl<'a> Frame<'a> {
     /// Parses one text frame. EVENT and CALLBACK frames must carry a messageId (nothing can be
-    /// ACKed without it); `data` may be a string (the norm) or inline JSON (kept as its text).
-    pub fn parse(text: &str) -> Result<Frame, FrameError> {
-        let raw: RawFrame = serde_json::from_str(text).map_err(|e| salvage(text, e.to_string()))?;
-        let data = match raw.data {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
+    /// ACKed without it).
+    pub fn parse(text: &'a str) -> Result<Frame<'a>, FrameError> {
+        let raw: RawFrame<'a> =
+            serde_json::from_str(text).map_err(|e| salvage(text, e.to_string()))?;
         let frame = Frame {
-            spec_version: raw.spec_version,
-            kind: raw.kind,
-            headers: raw.headers,
-            data,
+            kind: FrameKind::from_wire(&raw.kind),
+            headers: raw.headers.0,
+            data: raw.data.0,
         };
         let needs_id = matches!(frame.kind, FrameKind::Event | FrameKind::Callback);
         if needs_id && frame.message_id().is_empty() {
             return Err(FrameError {
                 kind: Some(frame.kind.as_str().to_owned()),
-                topic: frame.headers.topic.clone(),
+                topic: frame.header("topic").map(str::to_owned),
                 message_id: None,
                 reason: "no headers.messageId, so it cannot be ACKed".into(),
             });
@@ -215,27 +117,66 @@ impl Frame {
         Ok(frame)
     }
 
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The headers as received, except `connectionId` (the ticket).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k != CONNECTION_ID)
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
     /// `headers.topic`, or "" when absent.
     pub fn topic(&self) -> &str {
-        self.headers.topic.as_deref().unwrap_or("")
+        self.header("topic").unwrap_or("")
     }
 
     /// `headers.messageId`, or "" when absent.
     pub fn message_id(&self) -> &str {
-        self.headers.message_id.as_deref().unwrap_or("")
+        self.header("messageId").unwrap_or("")
     }
 
-    /// The keys a redelivery of this frame is recognised by (docs/protocol.md §7): the messageId,
-    /// `data.msgId` for bot messages, `headers.eventId` for events.
-    pub fn dedupe_keys(&self) -> Vec<String> {
-        let mut keys = vec![format!("mid:{}", self.message_id())];
-        if let Some(ev) = self.headers.event_id.as_deref().filter(|s| !s.is_empty()) {
-            keys.push(format!("evt:{ev}"));
+    /// `headers.eventId` of an EVENT, if any.
+    pub fn event_id(&self) -> Option<&str> {
+        self.header("eventId").filter(|s| !s.is_empty())
+    }
+
+    /// One pass over `data`: is it JSON, and (for a CALLBACK) its `msgId`.
+    pub fn data_info(&self) -> DataInfo<'_> {
+        #[derive(Deserialize)]
+        struct MsgId<'d> {
+            #[serde(rename = "msgId", borrow, default)]
+            msg_id: Option<Cow<'d, str>>,
         }
         if self.kind == FrameKind::Callback
-            && let Ok(v) = serde_json::from_str::<MsgIdOnly>(&self.data)
-            && let Some(id) = v.msg_id.filter(|s| !s.is_empty())
+            && let Ok(m) = serde_json::from_str::<MsgId<'_>>(&self.data)
         {
+            return DataInfo {
+                is_json: true,
+                msg_id: m.msg_id.filter(|s| !s.is_empty()),
+            };
+        }
+        DataInfo {
+            is_json: serde_json::from_str::<de::IgnoredAny>(&self.data).is_ok(),
+            msg_id: None,
+        }
+    }
+
+    /// The keys a redelivery of this frame is recognised by (docs/protocol.md §7): the
+    /// messageId, `headers.eventId` for events, `data.msgId` for bot messages.
+    pub fn dedupe_keys(&self, info: &DataInfo<'_>) -> Vec<String> {
+        let mut keys = vec![format!("mid:{}", self.message_id())];
+        if let Some(ev) = self.event_id() {
+            keys.push(format!("evt:{ev}"));
+        }
+        if let Some(id) = &info.msg_id {
             keys.push(format!("msg:{}:{id}", self.topic()));
         }
         keys
@@ -243,9 +184,103 @@ impl Frame {
 }
 
 #[derive(Deserialize)]
-struct MsgIdOnly {
-    #[serde(rename = "msgId")]
-    msg_id: Option<String>,
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    headers: HeaderList<'a>,
+    #[serde(default, borrow)]
+    data: Data<'a>,
+}
+
+/// The headers object, in order; values of any JSON type become text, `null` drops the header.
+#[derive(Default)]
+struct HeaderList<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for HeaderList<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = HeaderList<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of headers")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some((k, v)) = m.next_entry::<Cow<'de, str>, Text<'de>>()? {
+                    if let Some(v) = v.0 {
+                        out.push((k, v));
+                    }
+                }
+                Ok(HeaderList(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON value as text: a string unescaped (borrowed when it has no escapes), anything else
+/// as its JSON text, `null` as nothing.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(
+                    serde_json::Value::from(v).to_string(),
+                ))))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
+                let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_seq<S: de::SeqAccess<'de>>(self, s: S) -> Result<Self::Value, S::Error> {
+                let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(s))?;
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `data`: the string unescaped once; inline JSON kept as its text; absent or null as "".
+#[derive(Default)]
+struct Data<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Data<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Text::deserialize(d).map(|t| Data(t.0.unwrap_or_default()))
+    }
 }
 
 /// Reads what it can of an unparseable frame, for the log line.
@@ -270,75 +305,63 @@ fn salvage(text: &str, reason: String) -> FrameError {
     }
 }
 
-/// `headers` of an ACK frame.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct AckHeaders {
-    /// The pushed frame's messageId.
-    pub message_id: String,
-    /// Always `application/json`.
-    pub content_type: String,
-}
-
 /// An upstream ACK / response frame (docs/protocol.md §3.1).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     /// 200 success, 404 unknown topic.
     pub code: u16,
-    /// Carries the messageId.
-    pub headers: AckHeaders,
+    /// The pushed frame's messageId: how DingTalk matches the ACK.
+    pub message_id: String,
     /// Free text.
-    pub message: String,
+    pub message: &'static str,
     /// A JSON document as a string.
-    pub data: String,
+    pub data: Cow<'static, str>,
 }
 
+/// The data of an EVENT's success ACK.
+const EVENT_SUCCESS: &str = r#"{"status":"SUCCESS","message":"success"}"#;
+/// The data of a CALLBACK ACK without a response.
+const NULL_RESPONSE: &str = r#"{"response":null}"#;
+
 impl Ack {
-    fn new(message_id: &str, code: u16, message: &str, data: String) -> Ack {
+    fn new(message_id: &str, code: u16, message: &'static str, data: Cow<'static, str>) -> Ack {
         Ack {
             code,
-            headers: AckHeaders {
-                message_id: message_id.to_owned(),
-                content_type: "application/json".into(),
-            },
-            message: message.into(),
+            message_id: message_id.to_owned(),
+            message,
             data,
         }
     }
 
     /// Answer to a SYSTEM ping: same messageId, `data` carrying the same `opaque` (§4.1).
-    pub fn pong(ping: &Frame) -> Ack {
+    pub fn pong(ping: &Frame<'_>) -> Ack {
         #[derive(Serialize, Deserialize)]
-        struct Opaque {
-            opaque: serde_json::Value,
+        struct Opaque<'o> {
+            #[serde(borrow)]
+            opaque: &'o RawValue,
         }
-        let data = match serde_json::from_str::<Opaque>(&ping.data) {
-            Ok(o) => serde_json::to_string(&o).unwrap_or_else(|_| ping.data.clone()),
-            Err(_) => ping.data.clone(),
+        let data = match serde_json::from_str::<Opaque<'_>>(&ping.data) {
+            Ok(o) => serde_json::to_string(&o).unwrap_or_else(|_| ping.data.to_string()),
+            Err(_) => ping.data.to_string(),
         };
-        Ack::new(ping.message_id(), 200, "OK", data)
+        Ack::new(ping.message_id(), 200, "OK", data.into())
     }
 
     /// ACK of a SYSTEM disconnect (not required by DOC; sent like PY/GO HEAD do).
-    pub fn disconnect(frame: &Frame) -> Ack {
-        Ack::new(frame.message_id(), 200, "OK", frame.data.clone())
+    pub fn disconnect(frame: &Frame<'_>) -> Ack {
+        Ack::new(frame.message_id(), 200, "OK", frame.data.to_string().into())
     }
 
     /// ACK of an EVENT: consumed (it is durably spooled).
     pub fn event_success(message_id: &str) -> Ack {
-        Ack::new(
-            message_id,
-            200,
-            "OK",
-            r#"{"status":"SUCCESS","message":"success"}"#.into(),
-        )
+        Ack::new(message_id, 200, "OK", EVENT_SUCCESS.into())
     }
 
     /// ACK of a CALLBACK, with a consumer's response or `null`.
-    pub fn callback(message_id: &str, response: Option<&serde_json::value::RawValue>) -> Ack {
+    pub fn callback(message_id: &str, response: Option<&RawValue>) -> Ack {
         let data = match response {
-            Some(r) => format!(r#"{{"response":{}}}"#, r.get()),
-            None => r#"{"response":null}"#.into(),
+            Some(r) => format!(r#"{{"response":{}}}"#, r.get()).into(),
+            None => NULL_RESPONSE.into(),
         };
         Ack::new(message_id, 200, "OK", data)
     }
@@ -352,14 +375,32 @@ impl Ack {
     }
 
     /// Answer to a SYSTEM topic we do not know (as the Go SDK does).
-    pub fn unknown_topic(frame: &Frame) -> Ack {
-        Ack::new(frame.message_id(), 404, "unknown topic", String::new())
+    pub fn unknown_topic(frame: &Frame<'_>) -> Ack {
+        Ack::new(frame.message_id(), 404, "unknown topic", Cow::Borrowed(""))
     }
 
-    /// The frame text.
+    /// The frame text:
+    /// `{"code":200,"headers":{"contentType":"application/json","messageId":...},"message":...,"data":...}`.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(96 + self.message_id.len() + self.data.len() * 2);
+        out.extend_from_slice(b"{\"code\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.code).as_bytes());
+        out.extend_from_slice(b",\"headers\":{\"contentType\":\"application/json\",\"messageId\":");
+        json_str(&mut out, &self.message_id);
+        out.extend_from_slice(b"},\"message\":");
+        json_str(&mut out, self.message);
+        out.extend_from_slice(b",\"data\":");
+        json_str(&mut out, &self.data);
+        out.push(b'}');
+        // Only valid UTF-8 and JSON escapes were written.
+        String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 pub mod frame;
 pub mod gateway;
 
-pub use frame::{Ack, AckHeaders, Frame, FrameError, FrameKind, HeaderValue, Headers};
+pub use frame::{Ack, DataInfo, Frame, FrameError, FrameKind};
 
 /// Topic of bot messages (`CALLBACK`).
 pub const TOPIC_BOT_MESSAGE: &str = "/v1.0/im/bot/messages/get";
