@@ -4,6 +4,7 @@
 //! §4.2), so a test states only what it changes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::events::ConnId;
@@ -41,6 +42,13 @@ pub struct GatewayConfig {
     pub max_redeliveries: u32,
     /// Delay between `disconnect` and the TCP close.
     pub disconnect_grace: Duration,
+    /// Answer every new connection with `disconnect` as soon as it opens; the window starts
+    /// when the gateway starts. Switch it at run time with
+    /// [`super::FakeGateway::set_disconnect_storm`]. `None` = off.
+    pub disconnect_storm: Option<DisconnectStorm>,
+    /// Append one line per push (`pushed <messageId> <msgId>`) and per first successful ACK
+    /// (`acked <messageId>`) to this file, for soak checks (see `ack_log.rs`). `None` = off.
+    pub ack_log: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -57,7 +65,49 @@ impl Default for GatewayConfig {
             redeliver_after: Some(DEFAULT_REDELIVER_AFTER),
             max_redeliveries: 3,
             disconnect_grace: DEFAULT_DISCONNECT_GRACE,
+            disconnect_storm: None,
+            ack_log: None,
         }
+    }
+}
+
+/// A `disconnect` storm: DingTalk recycling every connection, so each new one is told to go
+/// away right after its WebSocket opens (docs/protocol.md §4.2), then closed after a grace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DisconnectStorm {
+    /// How long the storm lasts from when it starts; `None` = until switched off.
+    pub window: Option<Duration>,
+    /// Delay between each `disconnect` and its TCP close; `None` = the gateway's
+    /// [`GatewayConfig::disconnect_grace`].
+    pub grace: Option<Duration>,
+}
+
+impl DisconnectStorm {
+    /// A storm until switched off, with the gateway's grace.
+    pub fn until_off() -> DisconnectStorm {
+        DisconnectStorm::default()
+    }
+
+    /// A storm that ends by itself after `window`.
+    pub fn for_window(window: Duration) -> DisconnectStorm {
+        DisconnectStorm {
+            window: Some(window),
+            grace: None,
+        }
+    }
+
+    /// The same storm with its own grace before each TCP close.
+    pub fn with_grace(self, grace: Duration) -> DisconnectStorm {
+        DisconnectStorm {
+            grace: Some(grace),
+            ..self
+        }
+    }
+
+    /// Whether a storm that started at `started` is still raging at `now`.
+    pub fn active_at(&self, started: Instant, now: Instant) -> bool {
+        self.window
+            .is_none_or(|w| now.saturating_duration_since(started) < w)
     }
 }
 
@@ -87,6 +137,45 @@ pub enum PushError {
     /// [`Route::Wait`] ran out.
     #[error("no connection opened within {0:?}")]
     Timeout(Duration),
+}
+
+/// How much the gateway has done so far (for `/status` and soak runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Connections open now.
+    pub open_connections: usize,
+    /// WebSocket connections opened since start.
+    pub connections_opened: u64,
+    /// Tickets issued since start.
+    pub tickets_issued: usize,
+    /// EVENT/CALLBACK frames pushed (first deliveries).
+    pub pushed: u64,
+    /// Redeliveries of unACKed frames.
+    pub redelivered: u64,
+    /// ACK frames received, of any kind (pings included).
+    pub acks_received: u64,
+    /// Distinct pushed messageIds released by a successful ACK (the `acked` lines of the ACK log).
+    pub messages_acked: u64,
+    /// Frames still awaiting a successful ACK (redelivery pending).
+    pub awaiting_ack: usize,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "open connections: {}; connections opened: {}; tickets issued: {}; pushed: {}; \
+             redelivered: {}; ACKs received: {}; messages ACKed: {}; awaiting ACK: {}",
+            self.open_connections,
+            self.connections_opened,
+            self.tickets_issued,
+            self.pushed,
+            self.redelivered,
+            self.acks_received,
+            self.messages_acked,
+            self.awaiting_ack
+        )
+    }
 }
 
 /// Where a push goes.

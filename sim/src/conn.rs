@@ -1,13 +1,16 @@
-//! One server-side WebSocket connection: a single `select!` over commands, client frames,
-//! the SYSTEM ping tick and the post-`disconnect` deadline.
+//! One server-side WebSocket connection: a `select!` over commands, client frames, the
+//! SYSTEM ping tick, the post-`disconnect` deadline and the write side (`outbox.rs`).
 //!
+//! The WebSocket is split: reads and writes are driven side by side, so a client that stops
+//! reading while it keeps writing ACKs (a spool committing) never deadlocks with the gateway.
 //! Reading never stops except in zombie mode, so tungstenite keeps answering client WS pings;
-//! every ACK is recorded and matched against pings and redelivery bookkeeping.
+//! every ACK is handed to `acks.rs`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -16,14 +19,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info};
 
-use super::AckRecord;
+use super::acks;
 use super::events::{CloseReason, ConnId, GatewayEvent};
-use super::frames::{self, FrameKind};
-use super::state::{ConnEntry, GatewayCore, MAX_ACKS};
-use dingtalk_streamd::wire::gateway;
+use super::frames;
+use super::outbox::Outbox;
+use super::state::{ConnEntry, GatewayCore};
 
-/// A write that takes longer than this means the client stopped reading: drop it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unanswered pings remembered per gateway before the oldest bookkeeping is cleared.
 const MAX_PENDING_PINGS: usize = 10_000;
 
@@ -51,6 +52,7 @@ pub(crate) enum ConnCmd {
 }
 
 /// Runs one upgraded connection until it ends; registers and unregisters it in the state.
+/// During a `disconnect` storm the connection is told to go away before anything else.
 pub(crate) async fn run<S>(
     shared: Arc<GatewayCore>,
     conn: ConnId,
@@ -61,28 +63,37 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (tx, rx) = mpsc::unbounded_channel();
-    let zombie = {
+    let (zombie, storm) = {
         let mut st = shared.state();
         let zombie = st.zombie_all;
+        let storm = st.storm_grace(shared.config.disconnect_grace);
+        if let Some(grace) = storm {
+            // Queued before the handle can see the connection: nothing is delivered on it.
+            let (cmd, _, _) = shared.disconnect_cmd(&ticket, grace);
+            let _ = tx.send(cmd);
+        }
         let entry = ConnEntry {
             ticket: ticket.clone(),
             tx,
             zombie,
-            draining: false,
+            draining: storm.is_some(),
         };
         st.conns.insert(conn, entry);
-        zombie
+        st.counts.connections_opened += 1;
+        (zombie, storm)
     };
-    info!(%conn, zombie, "connection opened");
+    info!(%conn, zombie, storm = storm.is_some(), "connection opened");
     shared.emit(GatewayEvent::Connected {
         conn,
         ticket: ticket.clone(),
     });
+    let (sink, stream) = ws.split();
     let mut task = Conn {
         shared: shared.clone(),
         conn,
         ticket,
-        ws,
+        out: Outbox::new(sink),
+        stream,
         zombie,
         drain_at: None,
         peer_close: None,
@@ -98,7 +109,8 @@ struct Conn<S> {
     shared: Arc<GatewayCore>,
     conn: ConnId,
     ticket: String,
-    ws: WebSocketStream<S>,
+    out: Outbox<S>,
+    stream: SplitStream<WebSocketStream<S>>,
     zombie: bool,
     drain_at: Option<tokio::time::Instant>,
     peer_close: Option<CloseReason>,
@@ -116,27 +128,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             t
         });
         let cancel = self.shared.cancel.clone();
+        let sock = sock.as_deref();
         loop {
             let drain_at = self.drain_at;
             let ping_on = ticker.is_some() && !self.zombie && drain_at.is_none();
+            let write_deadline = self.out.deadline();
+            let (room, busy) = (self.out.has_room(), self.out.busy());
+            // Reads come before commands and writes: an ACK is never left unread because
+            // frames are waiting to go out.
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return CloseReason::Shutdown,
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { return CloseReason::Shutdown };
-                    if let Some(reason) = self.on_cmd(cmd, sock.as_deref()).await {
-                        return reason;
-                    }
-                }
                 () = sleep_until(drain_at) => return CloseReason::AfterDisconnect,
-                () = tick(&mut ticker), if ping_on => {
-                    if let Err(e) = self.send_ping().await {
-                        return CloseReason::Error(e);
+                // A zombie keeps TCP open however long its writes are stuck.
+                () = sleep_until(write_deadline), if !self.zombie => {
+                    if self.out.stalled() {
+                        return CloseReason::Error("write timed out".into());
                     }
                 }
-                msg = self.ws.next(), if !self.zombie => {
-                    if let Some(reason) = self.on_message(msg).await {
+                msg = self.stream.next(), if !self.zombie => {
+                    if let Some(reason) = self.on_message(msg) {
                         return reason;
+                    }
+                }
+                cmd = rx.recv(), if room => {
+                    let Some(cmd) = cmd else { return CloseReason::Shutdown };
+                    if let Some(reason) = self.on_cmd(cmd, sock).await {
+                        return reason;
+                    }
+                    // Fill the outbox without a select round per frame.
+                    while self.out.has_room() {
+                        let Ok(cmd) = rx.try_recv() else { break };
+                        if let Some(reason) = self.on_cmd(cmd, sock).await {
+                            return reason;
+                        }
+                    }
+                }
+                () = tick(&mut ticker), if ping_on => self.queue_ping(),
+                written = self.out.drive(&self.shared), if busy => {
+                    if let Err(e) = written {
+                        return CloseReason::Error(e);
                     }
                 }
             }
@@ -162,17 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         .emit(GatewayEvent::FrameSwallowed { conn, message_id });
                     return None;
                 }
-                if let Err(e) = self.write(text).await {
-                    return Some(CloseReason::Error(e));
-                }
-                debug!(%conn, %message_id, %topic, redelivery, "frame sent");
-                let ev = GatewayEvent::FrameSent {
+                let sent = GatewayEvent::FrameSent {
                     conn,
                     message_id,
                     topic,
                     redelivery,
                 };
-                self.shared.emit(ev);
+                self.out.push(Message::text(text), Some(sent));
             }
             ConnCmd::Disconnect {
                 text,
@@ -185,15 +212,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         .emit(GatewayEvent::FrameSwallowed { conn, message_id });
                     return None;
                 }
-                if let Err(e) = self.write(text).await {
-                    return Some(CloseReason::Error(e));
-                }
-                info!(%conn, ?grace, "disconnect sent");
-                self.shared
-                    .emit(GatewayEvent::DisconnectSent { conn, message_id });
+                debug!(%conn, ?grace, "disconnect queued");
+                let sent = GatewayEvent::DisconnectSent { conn, message_id };
+                self.out.push(Message::text(text), Some(sent));
             }
             ConnCmd::Zombie(on) => {
                 self.zombie = on;
+                self.out.restart_clock();
                 info!(%conn, on, "zombie mode");
                 self.shared.emit(GatewayEvent::ZombieSet { conn, on });
             }
@@ -210,20 +235,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     code: code.into(),
                     reason: reason.into(),
                 };
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, self.ws.close(Some(frame))).await;
+                self.out
+                    .close(&self.shared, Message::Close(Some(frame)))
+                    .await;
                 return Some(CloseReason::ServerClose { code });
             }
         }
         None
     }
 
-    async fn on_message(
+    fn on_message(
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Option<CloseReason> {
         let conn = self.conn;
         match msg {
-            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+            Some(Ok(Message::Text(text))) => acks::on_text(&self.shared, conn, text.as_str()),
             Some(Ok(Message::Binary(_))) => {
                 let detail = "binary frame".to_owned();
                 self.shared
@@ -232,9 +259,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(Ok(Message::Ping(_))) => {
                 debug!(%conn, "client WebSocket ping");
                 self.shared.emit(GatewayEvent::ClientWsPing { conn });
-                if let Err(e) = self.ws.flush().await {
-                    return Some(CloseReason::Error(e.to_string()));
-                }
+                // tungstenite queued the pong; the write side flushes it out.
+                self.out.request_flush();
             }
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
@@ -262,69 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         None
     }
 
-    fn on_text(&self, text: &str) {
-        let conn = self.conn;
-        let ack = match gateway::parse_ack(text) {
-            Ok(ack) => ack,
-            Err(detail) => {
-                debug!(%conn, %detail, "unexpected frame from client");
-                self.shared
-                    .emit(GatewayEvent::UnexpectedFrame { conn, detail });
-                return;
-            }
-        };
-        let success = gateway::ack_is_success(&ack);
-        let (ping, tracked) = {
-            let mut st = self.shared.state();
-            st.acks.push_back(AckRecord {
-                at: Instant::now(),
-                conn,
-                message_id: ack.message_id.clone(),
-                code: ack.code,
-                data: ack.data.clone(),
-            });
-            if st.acks.len() > MAX_ACKS {
-                st.acks.pop_front();
-            }
-            let ping = st.pings.remove(&ack.message_id);
-            let tracked = match st.pending.get_mut(&ack.message_id) {
-                Some(_) if success => st.pending.remove(&ack.message_id).map(|p| p.env.frame_type),
-                Some(p) => {
-                    if let Some(delay) = self.shared.config.redeliver_after {
-                        p.due = Instant::now() + delay;
-                    }
-                    Some(p.env.frame_type.clone())
-                }
-                None => None,
-            };
-            (ping, tracked)
-        };
-        let message_id = ack.message_id.clone();
-        match tracked {
-            Some(kind) if kind != FrameKind::System => {
-                info!(%conn, %message_id, code = ack.code, success, "ACK received");
-            }
-            _ => debug!(%conn, %message_id, code = ack.code, "ACK received"),
-        }
-        let opaque_ok =
-            ping.map(|expected| gateway::opaque_of(&ack.data).as_deref() == Some(&expected));
-        self.shared.emit(GatewayEvent::Ack {
-            conn,
-            message_id: ack.message_id,
-            code: ack.code,
-            message: ack.message,
-            data: ack.data,
-        });
-        if let Some(opaque_ok) = opaque_ok {
-            self.shared.emit(GatewayEvent::PingAcked {
-                conn,
-                message_id,
-                opaque_ok,
-            });
-        }
-    }
-
-    async fn send_ping(&mut self) -> Result<(), String> {
+    fn queue_ping(&mut self) {
         let (mut env, opaque) = frames::ping_frame();
         frames::stamp(&mut env, &self.shared.config.app_id);
         let message_id = env.message_id().to_owned();
@@ -335,23 +299,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             st.pings.insert(message_id.clone(), opaque);
         }
-        self.write(env.render(&self.ticket)).await?;
-        debug!(conn = %self.conn, %message_id, "ping sent");
-        self.shared.emit(GatewayEvent::FrameSent {
+        let sent = GatewayEvent::FrameSent {
             conn: self.conn,
             message_id,
             topic: "ping".into(),
             redelivery: 0,
-        });
-        Ok(())
-    }
-
-    async fn write(&mut self, text: String) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("write timed out".into()),
-        }
+        };
+        self.out
+            .push(Message::text(env.render(&self.ticket)), Some(sent));
     }
 }
 

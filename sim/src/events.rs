@@ -91,9 +91,9 @@ pub enum CloseReason {
     Eof,
     /// A read or write error.
     Error(String),
-    /// [`crate::sim::FakeGateway::drop_connection`]: socket reset, no close frame.
+    /// [`crate::FakeGateway::drop_connection`]: socket reset, no close frame.
     Dropped,
-    /// [`crate::sim::FakeGateway::close_connection`]: the server sent a close frame.
+    /// [`crate::FakeGateway::close_connection`]: the server sent a close frame.
     ServerClose {
         /// Close code sent.
         code: u16,
@@ -293,6 +293,18 @@ impl EventLog {
         let skip = usize::try_from(from.saturating_sub(log.first)).unwrap_or(usize::MAX);
         let events = log.events.iter().skip(skip).cloned().collect();
         (events, log.first + log.events.len() as u64)
+    }
+
+    /// Calls `f` on every event from index `from` on, without copying them; returns the index
+    /// of the first event visited (more than `from` when older ones were forgotten) and the end.
+    pub(crate) fn visit_since(&self, from: u64, mut f: impl FnMut(&TimedEvent)) -> (u64, u64) {
+        let log = lock(&self.log);
+        let first = from.max(log.first);
+        let skip = usize::try_from(first - log.first)
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
+        log.events.range(skip..).for_each(&mut f);
+        (first, log.first + log.events.len() as u64)
     }
 
     pub(crate) fn watcher(&self) -> watch::Receiver<u64> {

@@ -171,6 +171,16 @@ pub(crate) fn stamp(env: &mut Envelope, app_id: &str) {
     env.stamp(app_id, new_message_id, now_ms());
 }
 
+/// The `msgId` inside a bot message's `data` (what consumers dedupe on), if any.
+pub(crate) fn msg_id_of(env: &Envelope) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct MsgId {
+        #[serde(rename = "msgId")]
+        msg_id: Option<String>,
+    }
+    serde_json::from_str::<MsgId>(&env.data).ok()?.msg_id
+}
+
 /// A SYSTEM `ping` with a fresh opaque; returns the envelope and the opaque to expect back.
 pub(crate) fn ping_frame() -> (Envelope, String) {
     let opaque = new_uuid();
@@ -214,6 +224,20 @@ mod tests {
             assert!(env.headers.contains_key(key), "{key}");
         }
         assert_eq!(env.headers["eventUnifiedAppId"], "app-1");
+    }
+
+    #[test]
+    fn msg_id_is_read_from_bot_messages_only() {
+        let bot = BotMessage::text("hi");
+        let want = bot.msg_id.clone();
+        let OutFrame::Envelope(env) = bot.into_frame() else {
+            panic!("bot message must be an envelope");
+        };
+        assert_eq!(msg_id_of(&env), Some(want));
+        let OutFrame::Envelope(env) = OutFrame::event("x", &json!({"a": 1})) else {
+            panic!("event must be an envelope");
+        };
+        assert_eq!(msg_id_of(&env), None);
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //! the client does as [`GatewayEvent`]s, and injects the failures seen in production.
 //!
 //! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`
-//! (observability), `faults` (HTTP faults), `ca` (throwaway TLS), `http`/`ticket` (accept
-//! loop, handshake, ticket endpoint), `conn` (one WebSocket), `redeliver` (ACK deadlines),
-//! `state` (shared bookkeeping), and this file (the public handle).
+//! (observability), `stats` (counts, connection spans), `faults` (HTTP faults), `ca`
+//! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `conn` (one
+//! WebSocket) with `outbox` (its write side) and `acks` (what an ACK does), `redeliver` (ACK
+//! deadlines), `ack_log` (the soak log), `state` (shared bookkeeping), `push` and `wait` (parts
+//! of the public handle), and this file (the handle).
 
+mod ack_log;
+mod acks;
 mod ca;
 mod config;
 mod conn;
@@ -18,9 +22,13 @@ mod faults;
 mod frames;
 mod http;
 mod ids;
+mod outbox;
+mod push;
 mod redeliver;
 mod state;
+mod stats;
 mod ticket;
+mod wait;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -45,9 +53,10 @@ pub use frames::{
 };
 
 pub use config::{
-    AckRecord, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
-    GatewayConfig, PushError, Pushed, Route, SimError,
+    AckRecord, Counts, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
+    DisconnectStorm, GatewayConfig, PushError, Pushed, Route, SimError,
 };
+pub use stats::{ConnSpan, connection_spans, max_open_at_once, max_opened_within};
 
 use conn::ConnCmd;
 use events::EventLog;
@@ -91,15 +100,29 @@ impl FakeGateway {
             format!("{host}:{}", addr.port())
         };
         let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ack_log = match &config.ack_log {
+            Some(path) => {
+                let (log, writer) = ack_log::AckLog::open(path, cancel.clone())?;
+                tracker.spawn(writer);
+                Some(log)
+            }
+            None => None,
+        };
+        let state = State {
+            storm: config.disconnect_storm.map(|s| (s, Instant::now())),
+            ..State::default()
+        };
         let shared = Arc::new(GatewayCore {
             endpoint: format!("{scheme}://{host_port}/connect"),
             config,
             events: EventLog::new(),
-            state: std::sync::Mutex::new(State::default()),
+            state: std::sync::Mutex::new(state),
             cancel: cancel.clone(),
-            tracker: TaskTracker::new(),
+            tracker,
             next_conn: AtomicU64::new(1),
             redeliver_wake: Notify::new(),
+            ack_log,
         });
         let acceptor = tls
             .as_ref()
@@ -180,53 +203,6 @@ impl FakeGateway {
         self.shared.events.since(0).0
     }
 
-    /// Waits for an event matching `pred`, looking at the whole log first (so an event that
-    /// already happened counts). Use [`FakeGateway::subscribe`] to wait for a *new* one.
-    pub async fn wait_for<F>(&self, pred: F, timeout: Duration) -> Result<TimedEvent, Timeout>
-    where
-        F: FnMut(&GatewayEvent) -> bool,
-    {
-        self.cursor_from_start().wait_for(pred, timeout).await
-    }
-
-    /// Waits until `cond` holds, re-checking after every event (e.g. "2 ACKs for id X").
-    pub async fn wait_until<F>(&self, mut cond: F, timeout: Duration) -> Result<(), Timeout>
-    where
-        F: FnMut(&FakeGateway) -> bool,
-    {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut watcher = self.shared.events.watcher();
-        loop {
-            watcher.borrow_and_update();
-            if cond(self) {
-                return Ok(());
-            }
-            let changed = tokio::time::timeout_at(deadline, watcher.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) {
-                return Err(Timeout {
-                    what: "a gateway condition".into(),
-                    waited: started.elapsed(),
-                });
-            }
-        }
-    }
-
-    /// Waits until at least `n` connections are open at once; returns the open ones.
-    pub async fn wait_connected(
-        &self,
-        n: usize,
-        timeout: Duration,
-    ) -> Result<Vec<ConnId>, Timeout> {
-        self.wait_until(|g| g.open_connections().len() >= n, timeout)
-            .await
-            .map_err(|e| Timeout {
-                what: format!("{n} open connection(s)"),
-                ..e
-            })?;
-        Ok(self.open_connections())
-    }
-
     /// Open connections (including zombie and draining ones), oldest first.
     pub fn open_connections(&self) -> Vec<ConnId> {
         self.shared.state().conns.keys().copied().collect()
@@ -271,95 +247,6 @@ impl FakeGateway {
         self.shared.state().pending.keys().cloned().collect()
     }
 
-    /// Pushes a frame. EVENT/CALLBACK envelopes are tracked for ACK and redelivery.
-    pub async fn push(&self, frame: OutFrame, route: Route) -> Result<Pushed, PushError> {
-        let deadline = match route {
-            Route::Wait(timeout) => Some((tokio::time::Instant::now() + timeout, timeout)),
-            _ => None,
-        };
-        loop {
-            // Pick and send under one lock, so the chosen connection cannot vanish in between.
-            let sent = {
-                let mut st = self.shared.state();
-                let conn = match route {
-                    Route::To(conn) => Some(conn),
-                    Route::Random | Route::Wait(_) => st.pick(),
-                };
-                match conn {
-                    Some(conn) => Some(self.send_locked(&mut st, conn, frame.clone())),
-                    None if deadline.is_none() => return Err(PushError::NoConnection),
-                    None => None,
-                }
-            };
-            let Some((deadline, timeout)) = deadline else {
-                return sent.unwrap_or(Err(PushError::NoConnection));
-            };
-            match sent {
-                Some(Ok(p)) => return Ok(p),
-                // Like DingTalk: a connection that just died or started draining is not an
-                // error for a push that may wait; it goes to the next deliverable connection.
-                Some(Err(PushError::UnknownConnection(_) | PushError::Draining(_))) | None => {}
-                Some(Err(e)) => return Err(e),
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero()
-                || self
-                    .wait_until(|g| g.shared.state().pick().is_some(), left)
-                    .await
-                    .is_err()
-            {
-                return Err(PushError::Timeout(timeout));
-            }
-        }
-    }
-
-    fn send_locked(
-        &self,
-        st: &mut std::sync::MutexGuard<'_, State>,
-        conn: ConnId,
-        frame: OutFrame,
-    ) -> Result<Pushed, PushError> {
-        match frame {
-            OutFrame::Envelope(env) => self.shared.send_envelope(st, conn, env),
-            OutFrame::Raw(text) => {
-                let entry = st
-                    .conns
-                    .get(&conn)
-                    .ok_or(PushError::UnknownConnection(conn))?;
-                let cmd = ConnCmd::Send {
-                    text: text.clone(),
-                    message_id: String::new(),
-                    topic: String::new(),
-                    redelivery: 0,
-                };
-                entry
-                    .tx
-                    .send(cmd)
-                    .map_err(|_| PushError::UnknownConnection(conn))?;
-                Ok(Pushed {
-                    conn,
-                    message_id: String::new(),
-                    text,
-                })
-            }
-        }
-    }
-
-    /// Pushes a realistic bot message with this text to a random connection.
-    pub async fn push_bot_text(&self, text: &str) -> Result<Pushed, PushError> {
-        self.push(OutFrame::bot_text(text), Route::Random).await
-    }
-
-    /// Pushes an EVENT of `event_type` to a random connection.
-    pub async fn push_event(
-        &self,
-        event_type: &str,
-        data: &serde_json::Value,
-    ) -> Result<Pushed, PushError> {
-        self.push(OutFrame::event(event_type, data), Route::Random)
-            .await
-    }
-
     /// Sends a SYSTEM `ping` now; its ACK is checked for the opaque ([`GatewayEvent::PingAcked`]).
     pub fn send_ping(&self, conn: ConnId) -> Result<Pushed, PushError> {
         let (env, opaque) = frames::ping_frame();
@@ -381,8 +268,6 @@ impl FakeGateway {
         conn: ConnId,
         grace: Duration,
     ) -> Result<Pushed, PushError> {
-        let mut env = frames::disconnect_frame();
-        frames::stamp(&mut env, &self.shared.config.app_id);
         let mut st = self.shared.state();
         let entry = st
             .conns
@@ -392,13 +277,7 @@ impl FakeGateway {
             return Err(PushError::Draining(conn));
         }
         entry.draining = true;
-        let text = env.render(&entry.ticket);
-        let message_id = env.message_id().to_owned();
-        let cmd = ConnCmd::Disconnect {
-            text: text.clone(),
-            message_id: message_id.clone(),
-            grace,
-        };
+        let (cmd, message_id, text) = self.shared.disconnect_cmd(&entry.ticket, grace);
         entry
             .tx
             .send(cmd)
@@ -408,6 +287,22 @@ impl FakeGateway {
             message_id,
             text,
         })
+    }
+
+    /// Starts a `disconnect` storm (its window counted from now), or ends it (`None`): every
+    /// connection opened meanwhile gets `disconnect` right after its WebSocket opens. Open
+    /// connections are left alone. See [`FakeGateway::max_opened_within`] and
+    /// [`FakeGateway::max_open_at_once`] for what the client did about it.
+    pub fn set_disconnect_storm(&self, storm: Option<DisconnectStorm>) {
+        self.shared.state().storm = storm.map(|s| (s, Instant::now()));
+    }
+
+    /// Whether a `disconnect` storm is raging now.
+    pub fn disconnect_storm_active(&self) -> bool {
+        let st = self.shared.state();
+        st.storm
+            .as_ref()
+            .is_some_and(|(s, started)| s.active_at(*started, Instant::now()))
     }
 
     /// Resets the connection's TCP (RST, no close frame), like a dying gateway node.

@@ -3,6 +3,11 @@
 //!
 //! It prints a daemon config snippet pointing at itself, then sends bot messages: at a fixed
 //! `--rate`, or one per line typed on stdin (lines starting with `/` are commands).
+//!
+//! For soak runs: `--ack-log PATH` appends `pushed <messageId> <msgId>` per push and
+//! `acked <messageId>` per first successful ACK (format in the library's `ack_log.rs`), and
+//! `/status` prints running counts. `--disconnect-storm` (or `/storm`) tells every new
+//! connection to go away as soon as it opens.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use dingtalk_streamd_sim::{FakeGateway, GatewayConfig, OutFrame, Route, TicketFault, now_ms};
+use dingtalk_streamd_sim::{
+    DisconnectStorm, FakeGateway, GatewayConfig, OutFrame, Route, TicketFault, now_ms,
+};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing::{error, info, warn};
@@ -58,6 +65,14 @@ struct Cli {
     /// Silence between `disconnect` and the TCP close.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     disconnect_grace: Duration,
+    /// Answer every new connection with `disconnect` right after it opens: "on" (until
+    /// `/storm off`) or for a time from start, e.g. "30s".
+    #[arg(long, value_name = "on|DURATION", value_parser = parse_storm)]
+    disconnect_storm: Option<DisconnectStorm>,
+    /// Append `pushed <messageId> <msgId>` per push and `acked <messageId>` per first
+    /// successful ACK to this file (for soak checks).
+    #[arg(long, value_name = "PATH")]
+    ack_log: Option<PathBuf>,
     /// Also write a complete daemon config file here.
     #[arg(long)]
     write_config: Option<PathBuf>,
@@ -86,6 +101,16 @@ fn parse_opt_duration(s: &str) -> Result<OptDuration, String> {
     humantime::parse_duration(s)
         .map(|d| OptDuration(Some(d)))
         .map_err(|e| e.to_string())
+}
+
+/// `on` (until switched off) or a window such as `30s`.
+fn parse_storm(s: &str) -> Result<DisconnectStorm, String> {
+    match s {
+        "on" | "forever" => Ok(DisconnectStorm::until_off()),
+        _ => humantime::parse_duration(s)
+            .map(DisconnectStorm::for_window)
+            .map_err(|e| format!("{e} (expected \"on\" or a duration such as 30s)")),
+    }
 }
 
 /// How long shutdown waits for leftover tasks (a pending stdin read never finishes by itself).
@@ -138,6 +163,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         redeliver_after: cli.redeliver_after.0,
         max_redeliveries: cli.max_redeliveries,
         disconnect_grace: cli.disconnect_grace,
+        disconnect_storm: cli.disconnect_storm,
+        ack_log: cli.ack_log.clone(),
         ..GatewayConfig::default()
     };
     let gw = FakeGateway::start(config)
@@ -325,8 +352,9 @@ const HELP: &str = "\
   /disconnect         send `disconnect` to every connection (TCP closes after the grace)
   /drop               reset every connection's TCP (no close frame)
   /zombie             toggle zombie mode (no reads, no writes, TCP stays open)
+  /storm [on|off|DUR] `disconnect` every new connection at once (until off, or for DUR)
   /ticket STATUS [N]  answer ticket requests with STATUS (N times); /ticket hang; /ticket ok
-  /status             show connections, tickets and ACKs
+  /status             show connections, tickets, pushes and ACKs
   /quit               stop the simulator";
 
 /// Runs one `/command`; returns false to stop.
@@ -368,15 +396,33 @@ async fn command(gw: &FakeGateway, cmd: &str, zombie: &mut bool) -> bool {
             }
             _ => println!("usage: /ticket STATUS [N] | /ticket hang | /ticket ok"),
         },
+        "storm" => match arg.map_or(Ok(DisconnectStorm::until_off()), parse_storm) {
+            _ if arg == Some("off") => {
+                gw.set_disconnect_storm(None);
+                println!("disconnect storm off");
+            }
+            Ok(storm) => {
+                gw.set_disconnect_storm(Some(storm));
+                match storm.window {
+                    Some(w) => {
+                        println!("disconnect storm on for {}", humantime::format_duration(w))
+                    }
+                    None => println!("disconnect storm on (until /storm off)"),
+                }
+            }
+            Err(e) => println!("usage: /storm [on|off|DURATION]: {e}"),
+        },
         "status" => {
             let list: Vec<String> = conns.iter().map(ToString::to_string).collect();
+            let storm = if gw.disconnect_storm_active() {
+                "on"
+            } else {
+                "off"
+            };
             println!(
-                "open connections: {} [{}]; tickets issued: {}; ACKs: {}; awaiting ACK: {}",
-                conns.len(),
-                list.join(", "),
-                gw.tickets_issued(),
-                gw.all_acks().len(),
-                gw.unacked().len()
+                "status: {} [{}]; disconnect storm: {storm}",
+                gw.counts(),
+                list.join(", ")
             );
         }
         "quit" | "exit" => return false,

@@ -1,9 +1,11 @@
 //! Redelivery of EVENT/CALLBACK frames that were not ACKed in time (docs/protocol.md §3.5, §9.5).
 //!
-//! One task sleeps until the earliest deadline, then pushes each overdue frame again, identical
-//! (same `messageId`, same `data`), on the same connection if it can still take deliveries,
-//! else on a random one. It gives up after `max_redeliveries`.
+//! One task sleeps until the earliest deadline (a heap in the state, so a burst of pushes
+//! costs O(log n) each and wakes the task only when a deadline moves earlier), then pushes each
+//! overdue frame again, identical (same `messageId`, same `data`), on the same connection if it
+//! can still take deliveries, else on a random one. It gives up after `max_redeliveries`.
 
+use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,10 @@ pub(crate) async fn run(shared: Arc<GatewayCore>) {
     };
     loop {
         let next_due = {
-            let st = shared.state();
-            st.pending.values().map(|p| p.due).min()
+            let mut st = shared.state();
+            let next = st.dues.peek().map(|Reverse((due, _))| *due);
+            st.redeliver_at = next;
+            next
         };
         let sleep = async {
             match next_due {
@@ -51,15 +55,13 @@ pub(crate) async fn run(shared: Arc<GatewayCore>) {
 fn redeliver_due(shared: &GatewayCore, st: &mut State, delay: Duration) -> Vec<GatewayEvent> {
     let now = Instant::now();
     let max = shared.config.max_redeliveries;
-    let due: Vec<String> = st
-        .pending
-        .iter()
-        .filter(|(_, p)| p.due <= now)
-        .map(|(id, _)| id.clone())
-        .collect();
     let mut events = Vec::new();
-    for message_id in due {
-        let Some(p) = st.pending.get(&message_id) else {
+    while st.dues.peek().is_some_and(|Reverse((due, _))| *due <= now) {
+        let Some(Reverse((due, message_id))) = st.dues.pop() else {
+            break;
+        };
+        // ACKed since (gone), or rescheduled (another heap entry holds its deadline).
+        let Some(p) = st.pending.get(&message_id).filter(|p| p.due == due) else {
             continue;
         };
         if p.attempts >= max {
@@ -76,6 +78,8 @@ fn redeliver_due(shared: &GatewayCore, st: &mut State, delay: Duration) -> Vec<G
             debug!(%message_id, "redelivery due but no connection; waiting");
             if let Some(p) = st.pending.get_mut(&message_id) {
                 p.due = now + NO_CONNECTION_RETRY.min(delay);
+                let due = p.due;
+                st.schedule(message_id, due);
             }
             continue;
         };
@@ -99,7 +103,10 @@ fn redeliver_due(shared: &GatewayCore, st: &mut State, delay: Duration) -> Vec<G
             topic: p.env.topic().to_owned(),
             redelivery: attempt,
         };
-        if entry.tx.send(cmd).is_ok() {
+        let sent = entry.tx.send(cmd).is_ok();
+        st.schedule(message_id.clone(), now + delay);
+        if sent {
+            st.counts.redelivered += 1;
             info!(%conn, %message_id, attempt, "redelivering unACKed frame");
             events.push(GatewayEvent::Redelivered {
                 conn,

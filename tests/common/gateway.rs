@@ -3,7 +3,7 @@
 //! event driven (the gateway's `wait_for` / `wait_until`), never polls.
 
 use crate::common::wait::WAIT;
-use dingtalk_streamd_sim::{ConnId, FakeGateway, GatewayConfig, GatewayEvent};
+use dingtalk_streamd_sim::{ConnId, FakeGateway, GatewayConfig, GatewayEvent, OutFrame, Route};
 use std::time::Instant;
 
 /// The client secret the fake gateway accepts.
@@ -24,28 +24,25 @@ pub async fn gateway_with(f: impl FnOnce(&mut GatewayConfig)) -> FakeGateway {
     FakeGateway::start(c).await.expect("fake gateway starts")
 }
 
-/// Waits until every message in `ids` was ACKed at least once.
+/// Waits until every message in `ids` was ACKed at least once (O(ids + events): fine for a
+/// burst of thousands).
 pub async fn wait_acked<S: AsRef<str>>(gw: &FakeGateway, ids: &[S]) {
-    gw.wait_until(|g| ids.iter().all(|m| !g.acks(m.as_ref()).is_empty()), WAIT)
+    gw.wait_acked(ids, WAIT)
         .await
-        .unwrap_or_else(|e| {
-            let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
-            panic!("{e}: ACKs for {ids:?}")
-        });
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Pushes `n` bot messages ("`tag` 0", "`tag` 1", ...) and waits until each is ACKed (so
-/// stored); returns their messageIds.
+/// Pushes `n` bot messages ("`tag` 0", "`tag` 1", ...) to random connections and waits until
+/// each is ACKed (so stored); returns their messageIds.
 pub async fn push_acked(gw: &FakeGateway, n: usize, tag: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            gw.push_bot_text(&format!("{tag} {i}"))
-                .await
-                .expect("push")
-                .message_id,
-        );
-    }
+    let frames = (0..n).map(|i| OutFrame::bot_text(&format!("{tag} {i}")));
+    let ids: Vec<String> = gw
+        .push_many(frames, Route::Random)
+        .await
+        .expect("push")
+        .into_iter()
+        .map(|p| p.message_id)
+        .collect();
     wait_acked(gw, &ids).await;
     ids
 }
