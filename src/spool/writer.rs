@@ -397,6 +397,8 @@ impl<T: Send + 'static> Writer<T> {
                 (self.after_commit)(committed);
             }
             Err(e) => {
+                // The error first, so a reader that sees `degraded` also sees why.
+                self.state.set_last_error(Some(e.to_string()));
                 if !self.state.degraded.swap(true, Ordering::Relaxed) {
                     if e.is_disk_full() {
                         error!(cause = "spool_full", frames = msgs.len(), error = %e, "spool full: not ACKing, delivering nothing new until space returns");
@@ -404,7 +406,6 @@ impl<T: Send + 'static> Writer<T> {
                         error!(cause = "spool_error", frames = msgs.len(), error = %e, "spool write failed: not ACKing; retrying every second");
                     }
                 }
-                self.state.set_last_error(Some(e.to_string()));
                 self.stuck = msgs
                     .into_iter()
                     .zip(rides)
