@@ -214,3 +214,95 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
         .expect("read");
     body
 }
+
+/// A burst of 20,000 frames of ~1 KB on one connection: the reader pauses while the spool
+/// catches up (TCP pushes back on the gateway) instead of dropping the connection, and every
+/// frame is ACKed on that one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_absorbed_by_pausing_the_reader_not_by_dropping_the_link() {
+    const N: usize = 20_000;
+    let gw = gateway(false).await;
+    let d = Daemon::start(
+        &gw,
+        "keepalive:\n  ping_interval: 5s\n  pong_timeout: 2s\nlimits:\n  max_pending_acks: 500\n",
+    )
+    .await;
+    gw.wait_connected(1, WAIT).await.expect("connected");
+    let frames: Vec<_> = (0..N)
+        .map(|i| {
+            dingtalk_streamd_sim::OutFrame::bot_text(&format!("burst {i} {}", "x".repeat(600)))
+        })
+        .collect();
+    let pushed = gw
+        .push_many(frames, dingtalk_streamd_sim::Route::Random)
+        .await
+        .expect("pushed");
+    let ids: Vec<&str> = pushed.iter().map(|p| p.message_id.as_str()).collect();
+    gw.wait_acked(&ids, Duration::from_secs(120))
+        .await
+        .expect("every frame of the burst ACKed");
+    let st = d.status().await;
+    assert_eq!(st["link"]["connections_opened"], 1, "never dropped: {st}");
+    assert!(
+        st["stream"]["reader_pauses"].as_u64() >= Some(1),
+        "the reader paused at least once: {st}"
+    );
+    assert_eq!(st["spool"]["stored"], N as u64, "{st}");
+    assert_eq!(gw.connection_spans().len(), 1, "one connection all along");
+    d.stop().await.0.expect("clean stop");
+}
+
+/// A gateway that answers every new connection with `disconnect` for 10 s: the replacement
+/// of a young connection waits the normal backoff and at most two drain at once, so the
+/// daemon opens at most 24 connections in those 10 s and never more than 3 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_on_every_new_connection_does_not_storm() {
+    let gw = gateway_with(|c| {
+        c.disconnect_storm = Some(dingtalk_streamd_sim::DisconnectStorm::for_window(
+            Duration::from_secs(10),
+        ));
+    })
+    .await;
+    let d = Daemon::start(
+        &gw,
+        "reconnect:\n  initial_delay: 100ms\n  max_delay: 2s\n  stable_after: 30s\n  connect_timeout: 2s\n",
+    )
+    .await;
+    let started = Instant::now();
+    until(
+        Duration::from_secs(30),
+        "the storm window to end",
+        async || {
+            if gw.disconnect_storm_active() {
+                Err("still storming")
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let spans = gw.connection_spans();
+    let opened_in_storm = gw.max_opened_within(Duration::from_secs(10));
+    assert!(
+        opened_in_storm <= 24,
+        "{opened_in_storm} connections opened within 10 s ({} in all after {:?})",
+        spans.len(),
+        started.elapsed()
+    );
+    assert!(
+        opened_in_storm >= 3,
+        "the storm was felt: {opened_in_storm}"
+    );
+    let most = gw.max_open_at_once();
+    assert!(most <= 3, "{most} connections open at once");
+    // After the storm, the link settles on a connection that is not sent away.
+    let mut m = d.tap().await;
+    let p = until(WAIT, "a connection that takes pushes", async || {
+        gw.push_bot_text("after the storm")
+            .await
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    m.expect_message(&p.message_id).await;
+    d.stop().await.0.expect("clean stop");
+}
