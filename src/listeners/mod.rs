@@ -218,7 +218,7 @@ pub async fn serve_control(
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let reply = crate::control::answer(&line, &sources);
+            let reply = crate::control::answer(&line, &sources).await;
             debug!("control request answered");
             let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
         });
