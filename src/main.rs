@@ -2,7 +2,7 @@
 //! and map the outcome to an exit code (0 clean stop, 78 config/credentials/spool, 1 other).
 
 use clap::Parser;
-use dingtalk_streamd::cli::{Cli, Command};
+use dingtalk_streamd::cli::{Cli, Command, GroupCommand};
 use dingtalk_streamd::config::{self, Config, ConfigError};
 use dingtalk_streamd::{control, logging, notify};
 use std::path::{Path, PathBuf};
@@ -32,12 +32,39 @@ fn main() -> ExitCode {
             runtime.block_on(control::client::status(&path, json))
         }
         Command::Tail {
+            group: Some(group),
+            json,
+            peek: true,
+            limit,
+            control,
+            ..
+        } => {
+            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            runtime.block_on(control::group_client::peek(&path, &group, limit, json))
+        }
+        Command::Tail {
             group,
             json,
             socket,
+            ..
         } => {
             let path = socket.unwrap_or_else(|| socket_paths(&cli.config).0);
             runtime.block_on(control::client::tail(&path, group.as_deref(), json))
+        }
+        Command::Group { command, control } => {
+            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            runtime.block_on(async {
+                match command {
+                    GroupCommand::List { json } => control::group_client::list(&path, json).await,
+                    GroupCommand::Rm { group } => control::group_client::rm(&path, &group).await,
+                    GroupCommand::Replay {
+                        group,
+                        parked,
+                        from,
+                    } => control::group_client::replay(&path, &group, parked, from).await,
+                }
+            })
         }
     };
     ExitCode::from(code)

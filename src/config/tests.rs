@@ -22,6 +22,9 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.spool.max_bytes, ByteSize::gib(1));
     assert_eq!(c.limits.max_pending_acks, 10_000);
     assert!(c.groups.is_empty());
+    assert_eq!(c.limits.max_groups, 64);
+    assert!(c.consumers.adhoc_groups);
+    assert_eq!(c.consumers.adhoc_ttl.get().as_secs(), 24 * 3600);
 }
 
 #[test]
@@ -96,6 +99,14 @@ fn cross_field_rules_name_key_path() {
     let e = parse("dingtalk:\n  client_id: a\n  client_secret: b\n  client_secret_file: /c\n")
         .unwrap_err();
     assert!(e.to_string().contains("dingtalk.client_secret"), "{e}");
+    let e = parse(&format!(
+        "{MINIMAL}groups: [a, b]\nlimits:\n  max_groups: 1\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("groups") && e.to_string().contains("limits.max_groups (1)"),
+        "{e}"
+    );
 }
 
 #[test]

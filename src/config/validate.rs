@@ -178,6 +178,16 @@ impl Config {
                 return bad(key, "must be at least 1".into());
             }
         }
+        if self.groups.len() > l.max_groups as usize {
+            return bad(
+                "groups",
+                format!(
+                    "lists {} groups, more than limits.max_groups ({})",
+                    self.groups.len(),
+                    l.max_groups
+                ),
+            );
+        }
         if l.max_pending_bytes.get() < l.max_frame_bytes.get() {
             return bad(
                 "limits.max_pending_bytes",

@@ -3,7 +3,7 @@
 //! can never deadlock with us), its acks in, and its departure, which hands its unacked
 //! messages back to the group at once.
 
-use super::groups::{GroupMsg, GroupRegistry, Out};
+use super::groups::{GroupMsg, GroupRegistry, JoinError, Out};
 use super::io::{COALESCE_BYTES, Lines, push_line, write_bounded, write_line};
 use super::protocol::{self, LineError, Request};
 use futures_util::StreamExt;
@@ -37,13 +37,21 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     let (tx, rx) = mpsc::channel::<Out>(groups.in_flight() + QUEUE_SLACK);
     // Welcome only once the group's position exists: an ad-hoc group then starts exactly after
     // what was committed before the welcome, and nothing after it is missed.
-    let Some((id, gtx)) = groups.join(group, tx).await else {
-        let e = LineError::new(
-            "unavailable",
-            format!("group {group:?} cannot be opened in the spool (see the daemon's log)"),
-        );
-        let _ = write_line(&mut writer, &e.to_line()).await;
-        return;
+    let (id, gtx) = match groups.join(group, tx).await {
+        Ok(joined) => joined,
+        Err(why) => {
+            let e = match why {
+                JoinError::Refused(r) => r.to_line_error(group),
+                JoinError::Unavailable => LineError::new(
+                    "unavailable",
+                    format!("group {group:?} cannot be opened in the spool (see the daemon's log)"),
+                ),
+            };
+            warn!(peer = %peer, group, code = e.code, "hello refused; closing");
+            groups.count_bad_line();
+            let _ = write_line(&mut writer, &e.to_line()).await;
+            return;
+        }
     };
     if write_line(&mut writer, &protocol::welcome(group))
         .await
@@ -52,6 +60,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
         let _ = gtx.send(GroupMsg::Leave { id });
         return;
     }
+    info!(peer = %peer, group, "group member joined");
     let (err_tx, err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
     let done = groups.shutdown().child_token();
     let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone()));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::codec::LinesCodecError;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How long a new peer has to say hello before it is treated as a tap.
 pub const HELLO_WAIT: Duration = Duration::from_millis(200);
@@ -45,7 +45,6 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
             env.hub.remove_tap(tap_id);
             match protocol::parse(&line) {
                 Ok(Request::Hello { group }) => {
-                    info!(peer = %peer_desc, group = %group, "group member joined");
                     let io = MemberIo {
                         lines,
                         writer: wr,

@@ -1,5 +1,6 @@
 //! The client side of the CLI: `status` asks the control socket, `tail` reads the consumer
-//! socket as a tap or as a group member that acks what it printed.
+//! socket as a tap or as a group member that acks what it printed. The `group` commands and
+//! `tail --peek` are in [`super::group_client`].
 
 use crate::status::{Report, short_duration};
 use std::io::Write;
@@ -14,38 +15,51 @@ pub const STATUS_NOT_CONNECTED: u8 = 1;
 /// Not running.
 pub const STATUS_NOT_RUNNING: u8 = 3;
 
-/// Asks the daemon for its status and prints it; returns the exit code.
-pub async fn status(control: &Path, json: bool) -> u8 {
+/// How long the CLI waits for the daemon's answer.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one request line to the control socket at `control` and returns the answer line.
+/// When there is none, prints why (naming the socket) and returns [`STATUS_NOT_RUNNING`].
+pub async fn ask(control: &Path, request: &str) -> Result<String, u8> {
     let reply = async {
         let mut s = UnixStream::connect(control).await?;
-        s.write_all(b"{\"cmd\":\"status\"}\n").await?;
+        s.write_all(format!("{request}\n").as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).await?;
         Ok::<_, std::io::Error>(line)
     };
-    let line = match tokio::time::timeout(std::time::Duration::from_secs(10), reply).await {
-        Ok(Ok(l)) if !l.trim().is_empty() => l,
+    match tokio::time::timeout(ANSWER_WAIT, reply).await {
+        Ok(Ok(l)) if !l.trim().is_empty() => Ok(l.trim().to_owned()),
         Ok(Ok(_)) => {
             eprintln!(
                 "dingtalk-streamd is not running: {} closed without an answer",
                 control.display()
             );
-            return STATUS_NOT_RUNNING;
+            Err(STATUS_NOT_RUNNING)
         }
         Ok(Err(e)) => {
             eprintln!(
                 "dingtalk-streamd is not running: no answer on {}: {e}",
                 control.display()
             );
-            return STATUS_NOT_RUNNING;
+            Err(STATUS_NOT_RUNNING)
         }
         Err(_) => {
             eprintln!(
-                "dingtalk-streamd is not running: {} did not answer within 10s",
-                control.display()
+                "dingtalk-streamd is not running: {} did not answer within {}s",
+                control.display(),
+                ANSWER_WAIT.as_secs()
             );
-            return STATUS_NOT_RUNNING;
+            Err(STATUS_NOT_RUNNING)
         }
+    }
+}
+
+/// Asks the daemon for its status and prints it; returns the exit code.
+pub async fn status(control: &Path, json: bool) -> u8 {
+    let line = match ask(control, "{\"cmd\":\"status\"}").await {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let report: Report = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
@@ -55,7 +69,7 @@ pub async fn status(control: &Path, json: bool) -> u8 {
         }
     };
     if json {
-        println!("{}", line.trim());
+        println!("{line}");
     } else {
         print!("{}", human(&report));
     }
@@ -186,7 +200,8 @@ pub async fn tail(socket: &Path, group: Option<&str>, json: bool) -> u8 {
     }
 }
 
-fn describe(v: &serde_json::Value, raw: &str) -> String {
+/// One consumer line for a person: `#seq TYPE topic sender: text`, or what the daemon said.
+pub(crate) fn describe(v: &serde_json::Value, raw: &str) -> String {
     if let Some(w) = v.get("welcome") {
         return format!("joined group {} (protocol {})", w["group"], w["protocol"]);
     }

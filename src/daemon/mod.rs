@@ -115,6 +115,9 @@ fn group_settings(c: &Config) -> GroupSettings {
         in_flight: c.consumers.in_flight as usize,
         ack_wait: c.consumers.ack_wait.get(),
         max_deliveries: c.consumers.max_deliveries,
+        adhoc_ttl: c.consumers.adhoc_ttl.get(),
+        adhoc_groups: c.consumers.adhoc_groups,
+        max_groups: c.limits.max_groups as usize,
     }
 }
 
@@ -236,6 +239,7 @@ impl Daemon {
         let parts = shutdown.child_token();
         let tasks = TaskTracker::new();
         let newest = store.newest_seq()?;
+        let known_groups = store.load_groups()?;
         let hub = Hub::new(
             newest,
             usize::try_from(c.limits.recent_cache_bytes.get()).unwrap_or(usize::MAX),
@@ -264,7 +268,9 @@ impl Daemon {
             parts.clone(),
             tasks.clone(),
         );
-        groups.start_configured(&c.groups);
+        // Every group the spool knows runs from the start: it shows in status, and an ad-hoc
+        // one expires even if no member ever comes back.
+        groups.start(&c.groups, &known_groups);
 
         let stats = Arc::new(StreamStats::default());
         let (link_tx, link_rx) = watch::channel(LinkStatus::default());

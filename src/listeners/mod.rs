@@ -252,7 +252,7 @@ async fn answer_control(
         return;
     }
     slot.requested();
-    let reply = crate::control::answer(&line, sources);
+    let reply = crate::control::answer(&line, sources).await;
     debug!("control request answered");
     let _ = tokio::time::timeout(ANSWER_WRITE, wr.write_all(format!("{reply}\n").as_bytes())).await;
 }

@@ -1,4 +1,5 @@
-//! Consumer groups on disk: creation, acks, parking and the contiguous cursor.
+//! Consumer groups on disk: creation, acks, parking and the contiguous cursor (removal, replay
+//! and the idle clock are in `lifecycle.rs`).
 //!
 //! A group's position is `cursor` (every seq at or below it is acked, parked or gone) plus the
 //! out-of-order acks above it. The cursor is recomputed in the same transaction as every
@@ -78,22 +79,6 @@ impl Store {
         self.group_state(name)?.ok_or_else(|| self.unknown(name))
     }
 
-    /// Forgets a group and its acks and parked entries, so it no longer holds messages back.
-    /// Returns whether it existed.
-    pub fn remove_group(&mut self, name: &str) -> Result<bool, SpoolError> {
-        let path = self.path.as_path();
-        let tx = self.conn.transaction().at(path)?;
-        tx.execute("DELETE FROM group_acks WHERE grp = ?1", [name])
-            .at(path)?;
-        tx.execute("DELETE FROM parked WHERE grp = ?1", [name])
-            .at(path)?;
-        let n = tx
-            .execute("DELETE FROM groups WHERE name = ?1", [name])
-            .at(path)?;
-        tx.commit().at(path)?;
-        Ok(n > 0)
-    }
-
     /// The group's parked messages still in the spool, ascending.
     pub fn parked(&self, group: &str) -> Result<Vec<ParkedEntry>, SpoolError> {
         let path = self.path.as_path();
@@ -147,17 +132,19 @@ impl Store {
 
     fn group_state(&self, name: &str) -> Result<Option<GroupState>, SpoolError> {
         let path = self.path.as_path();
-        let row: Option<(u64, bool)> = self
+        let row: Option<(u64, bool, Option<i64>)> = self
             .conn
-            .prepare_cached("SELECT cursor, configured FROM groups WHERE name = ?1")
+            .prepare_cached("SELECT cursor, configured, last_active FROM groups WHERE name = ?1")
             .and_then(|mut s| {
-                s.query_row([name], |r| Ok((get_u64(r, 0)?, r.get(1)?)))
+                s.query_row([name], |r| Ok((get_u64(r, 0)?, r.get(1)?, r.get(2)?)))
                     .optional()
             })
             .at(path)?;
-        let Some((cursor, configured)) = row else {
+        let Some((cursor, configured, last_active)) = row else {
             return Ok(None);
         };
+        // A value no clock can hold reads as unknown: the idle clock then starts anew.
+        let idle_since = last_active.and_then(from_ms);
         let seqs = |sql: &str| -> Result<Vec<u64>, SpoolError> {
             self.conn
                 .prepare_cached(sql)
@@ -170,6 +157,7 @@ impl Store {
             acked_above: seqs("SELECT seq FROM group_acks WHERE grp = ?1 ORDER BY seq")?,
             parked: seqs("SELECT seq FROM parked WHERE grp = ?1 ORDER BY seq")?,
             configured,
+            idle_since,
         }))
     }
 
@@ -455,22 +443,5 @@ mod tests {
             1
         );
         assert!(store.parked("nope").is_err());
-    }
-
-    #[test]
-    fn remove_group_releases_its_messages() {
-        let (_dir, mut store) = open_tmp();
-        fill(&mut store, 2, at(0));
-        store.ensure_group("gone", StartAt::Oldest).expect("g");
-        assert_eq!(
-            store.enforce_retention(at(1)).expect("ret").deleted_acked,
-            0
-        );
-        assert!(store.remove_group("gone").expect("remove"));
-        assert!(!store.remove_group("gone").expect("again"));
-        assert_eq!(
-            store.enforce_retention(at(2)).expect("ret").deleted_acked,
-            2
-        );
     }
 }

@@ -3,9 +3,13 @@
 //! connection, so a group catching up never stalls the writer. [`WriterState`] is what the
 //! writer reports while it runs (counters, the degraded flag), read without asking it.
 
-use super::{GroupState, Reader, SpoolError, SpoolStats, StartAt, StoreOptions, StoredMessage};
+use super::{
+    Backlog, GroupState, Reader, Released, Replay, Replayed, SpoolError, SpoolStats, StartAt,
+    StoreOptions, StoredMessage,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 /// Requests to the writer other than messages.
@@ -23,6 +27,22 @@ pub(super) enum Cmd {
         name: String,
         start: StartAt,
         reply: oneshot::Sender<Result<GroupState, SpoolError>>,
+    },
+    /// A group's idle clock: no member since then (`Some`), or a member is connected.
+    Idle {
+        group: String,
+        since: Option<SystemTime>,
+    },
+    /// Forget a group (what is buffered is committed first).
+    RemoveGroup {
+        name: String,
+        reply: oneshot::Sender<Result<Option<Released>, SpoolError>>,
+    },
+    /// Make messages a group had done owed again (what is buffered is committed first).
+    Replay {
+        group: String,
+        what: Replay,
+        reply: oneshot::Sender<Result<Replayed, SpoolError>>,
     },
     /// New bounds (reload).
     SetOptions(StoreOptions),
@@ -169,6 +189,62 @@ impl SpoolHandle {
         let name = name.to_owned();
         self.ask(|reply| Cmd::EnsureGroup { name, start, reply })
             .await
+    }
+
+    /// Records a group's idle clock (persisted with the writer's next commit), so the expiry of
+    /// an ad-hoc group survives a restart: `Some(t)` when its last member left at `t`, `None`
+    /// when a member joined.
+    pub fn set_idle(&self, group: &str, since: Option<SystemTime>) {
+        self.send(Cmd::Idle {
+            group: group.to_owned(),
+            since,
+        });
+    }
+
+    /// Removes a group from the spool, after committing what is buffered; `None` when the
+    /// spool did not know it. The request is queued before this returns, so whatever is sent
+    /// to the writer afterwards (a new group's creation) comes after the removal.
+    pub fn remove_group(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Released>, SpoolError>> + Send + use<> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Cmd::RemoveGroup {
+            name: name.to_owned(),
+            reply,
+        });
+        async move {
+            if !sent {
+                return Err(SpoolError::Closed);
+            }
+            rx.await.map_err(|_| SpoolError::Closed)?
+        }
+    }
+
+    /// Makes messages a group had done owed again ([`super::Store::replay`]), after committing
+    /// what is buffered (acks sent before the replay count before it).
+    pub async fn replay(&self, group: &str, what: Replay) -> Result<Replayed, SpoolError> {
+        let group = group.to_owned();
+        self.ask(|reply| Cmd::Replay { group, what, reply }).await
+    }
+
+    /// A group's backlog as of the last commit ([`Reader::backlog`]), on the read connection.
+    pub async fn backlog(
+        &self,
+        group: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Backlog>, SpoolError> {
+        let reader = self.reader.clone();
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .backlog(&group, limit, max_bytes)
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)?
     }
 
     /// New bounds.

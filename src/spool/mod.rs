@@ -15,11 +15,13 @@
 //! - `append.rs`: appending inside that transaction: seqs and persisted dedupe
 //! - `checkpoint.rs`: the WAL checkpoint thread (keeps checkpoints out of commits)
 //! - `groups.rs`: consumer groups, acks, parking, the contiguous cursor
+//! - `lifecycle.rs`: a group's idle clock, its removal (releasing its backlog), replays
 //! - `retention.rs`: deleting what all groups acked, forcing out by the bounds
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
 //! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
 //! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
 //! - `writer.rs`: the writer thread: batches, retries, retention, the after-commit hook
+//!   (`writer_groups.rs`: idle clocks, group removals and replays)
 //! - `handle.rs`: [`SpoolHandle`] (acks, parks, queries, backlog reads) and [`WriterState`]
 
 mod append;
@@ -28,6 +30,7 @@ mod commit;
 mod error;
 mod groups;
 mod handle;
+mod lifecycle;
 mod lock;
 mod reader;
 mod retention;
@@ -46,8 +49,8 @@ pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
 pub use store::{DB_FILE, Store};
 pub use types::{
-    AckOutcome, Appended, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, GroupState,
-    KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RetentionReport, SpoolStats, StartAt,
-    StoreOptions, StoredMessage,
+    AckOutcome, Appended, Backlog, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
+    GroupState, KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, Released, Replay,
+    Replayed, RetentionReport, SpoolStats, StartAt, StoreOptions, StoredMessage,
 };
 pub use writer::{AfterCommit, Committed, Entry, MAX_BATCH, Submitter, WriterThread, start};

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use super::error::{SpoolError, SqlContext};
 use super::schema;
 use super::store::DB_FILE;
-use super::types::{StoredMessage, from_ms, get_u64};
+use super::types::{Backlog, StoredMessage, from_ms, get_u64, int};
 
 const SELECT_MESSAGE: &str = "SELECT seq, stored_at, topic, body FROM messages";
 
@@ -45,7 +45,56 @@ impl Reader {
     pub fn newest_seq(&self) -> Result<u64, SpoolError> {
         newest_seq(&self.conn, &self.path)
     }
+
+    /// `group`'s backlog as of the last commit, read without taking anything: the first
+    /// messages after its cursor that it has neither acked nor parked, at most `limit` and at
+    /// most `max_bytes` of bodies, and how many there are in all (one consistent snapshot).
+    /// `None` when the spool does not know the group.
+    pub fn backlog(
+        &self,
+        group: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Backlog>, SpoolError> {
+        let path = self.path.as_path();
+        let tx = self.conn.unchecked_transaction().at(path)?;
+        let Some(cursor) = super::groups::group_cursor(&tx, group).at(path)? else {
+            return Ok(None);
+        };
+        let total: u64 = tx
+            .prepare_cached(&format!("SELECT COUNT(*) FROM messages m WHERE {OWED_BY}"))
+            .and_then(|mut s| s.query_row((group, int(cursor)), |r| get_u64(r, 0)))
+            .at(path)?;
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT m.seq, m.stored_at, m.topic, m.body FROM messages m WHERE {OWED_BY} \
+                 ORDER BY m.seq LIMIT ?3"
+            ))
+            .at(path)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query((group, int(cursor), limit)).at(path)?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().at(path)? {
+            let m = decode(row, path)?;
+            bytes = bytes.saturating_add(m.body.len());
+            if bytes > max_bytes {
+                break;
+            }
+            messages.push(m);
+        }
+        Ok(Some(Backlog {
+            cursor,
+            messages,
+            total,
+        }))
+    }
 }
+
+/// Message `m` is owed by group ?1 at cursor ?2: after the cursor, neither acked nor parked.
+const OWED_BY: &str = "m.seq > ?2 \
+     AND NOT EXISTS (SELECT 1 FROM group_acks a WHERE a.grp = ?1 AND a.seq = m.seq) \
+     AND NOT EXISTS (SELECT 1 FROM parked p WHERE p.grp = ?1 AND p.seq = m.seq)";
 
 /// A backlog read returns at most this many bytes of bodies (and at least one message), so
 /// reading ahead for a group is bounded in memory whatever the messages' size.

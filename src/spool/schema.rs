@@ -57,11 +57,16 @@ CREATE TABLE parked (
 CREATE INDEX parked_seq ON parked (seq);
 ";
 
+/// Version 2: `groups.last_active`, epoch milliseconds since which the group has had no member
+/// (its idle clock: an ad-hoc group expires `consumers.adhoc_ttl` after it). NULL while a member
+/// is connected, and for groups from version 1: their clock starts when the daemon starts.
+const V2: &str = "ALTER TABLE groups ADD COLUMN last_active INTEGER;";
+
 /// Migration `i` takes the database from `user_version` `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's lock (the reader's checkpoint, a
 /// second daemon instance) before failing with `SQLITE_BUSY`.
@@ -184,6 +189,32 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .expect("mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_version_1_spool_is_migrated_keeping_its_groups() {
+        let (dir, conn, path) = fresh();
+        configure_writer(&conn, &path).expect("configure");
+        conn.execute_batch(V1).expect("v1 schema");
+        conn.execute_batch(
+            "INSERT INTO groups (name, cursor, configured, created_at) VALUES ('old', 7, 0, 1); \
+             PRAGMA user_version = 1;",
+        )
+        .expect("a v1 group");
+        drop(conn);
+        let store = crate::spool::Store::open(dir.path(), crate::spool::test_support::opts())
+            .expect("open migrates");
+        let v: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
+        let g = store.load_groups().expect("load").remove(0);
+        assert_eq!((g.name.as_str(), g.cursor, g.configured), ("old", 7, false));
+        assert_eq!(
+            g.idle_since, None,
+            "unknown: the clock starts at the daemon's start"
+        );
     }
 
     #[test]

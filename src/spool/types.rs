@@ -89,6 +89,51 @@ pub struct GroupState {
     pub parked: Vec<u64>,
     /// Listed in `groups:`: keeps messages before its first member connects.
     pub configured: bool,
+    /// Since when it has had no member (`groups.last_active`); `None` while a member is
+    /// connected or when not known (a group from before schema version 2).
+    pub idle_since: Option<SystemTime>,
+}
+
+/// What removing a group let go of (for the log and `group rm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Messages still in the spool that the group had neither acked nor parked: its backlog,
+    /// now held back by no one for it.
+    pub backlog: u64,
+    /// Its parked messages still in the spool.
+    pub parked: u64,
+}
+
+/// What a replay gives to a group again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Its parked messages.
+    Parked,
+    /// Every message from this seq on that is still in the spool.
+    From(u64),
+}
+
+/// What [`Replay`] did in the spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Messages the group had done (acked or parked) and now owes again.
+    pub count: u64,
+    /// For [`Replay::Parked`]: those messages, ascending (the group gives them again from
+    /// memory, since they may lie below where it reads fresh messages).
+    pub messages: Vec<StoredMessage>,
+    /// The group's cursor afterwards.
+    pub cursor: u64,
+}
+
+/// A group's backlog as `group peek` shows it: what it has not acked yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// The group's cursor.
+    pub cursor: u64,
+    /// The first messages after the cursor the group has neither acked nor parked, ascending.
+    pub messages: Vec<StoredMessage>,
+    /// How many such messages there are in all.
+    pub total: u64,
 }
 
 /// Where a group that `ensure_group` creates starts.

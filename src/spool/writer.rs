@@ -148,6 +148,7 @@ pub fn start<T: Send + 'static>(
         next_retry: None,
         acks: BTreeMap::new(),
         parks: Vec::new(),
+        idle: BTreeMap::new(),
         over_bytes: false,
         next_retention: Instant::now(),
         last_retention: Instant::now(),
@@ -185,6 +186,8 @@ struct Writer<T> {
     /// Group acks and parks waiting for the next commit.
     acks: BTreeMap<String, Vec<u64>>,
     parks: Vec<(String, u64, u32)>,
+    /// Group idle clocks waiting for the next commit.
+    idle: BTreeMap<String, Option<SystemTime>>,
     /// Set by a commit that left the accounted bytes above `max_bytes`.
     over_bytes: bool,
     next_retention: Instant,
@@ -259,7 +262,8 @@ impl<T: Send + 'static> Writer<T> {
         }
         // Acks a member sent before the stop still count: record them with the last commit.
         while let Ok(input) = rx.try_recv() {
-            if let Input::Cmd(cmd @ (Cmd::Ack { .. } | Cmd::Park { .. })) = input {
+            if let Input::Cmd(cmd @ (Cmd::Ack { .. } | Cmd::Park { .. } | Cmd::Idle { .. })) = input
+            {
                 self.on_cmd(cmd);
             }
         }
@@ -338,16 +342,17 @@ impl<T: Send + 'static> Writer<T> {
     }
 
     fn pending_group_writes(&self) -> usize {
-        self.acks.values().map(Vec::len).sum::<usize>() + self.parks.len()
+        self.acks.values().map(Vec::len).sum::<usize>() + self.parks.len() + self.idle.len()
     }
 
     /// One transaction: pending acks and parks, then `batch`. On success the hook gets the
     /// batch; on failure everything is kept for the retry and the hook is not called.
     fn commit(&mut self, batch: Vec<Entry<T>>) {
+        self.ack_flush = None;
+        self.flush_idle();
         if batch.is_empty() && self.acks.is_empty() && self.parks.is_empty() {
             return;
         }
-        self.ack_flush = None;
         let (msgs, rides): (Vec<NewMessage>, Vec<T>) =
             batch.into_iter().map(|e| (e.msg, e.ride)).unzip();
         self.state.busy.store(true, Ordering::Relaxed);
@@ -432,6 +437,15 @@ impl<T: Send + 'static> Writer<T> {
                 let _ = reply.send(self.store.ensure_group(&name, start));
                 self.changed();
             }
+            Cmd::Idle { group, since } => {
+                self.idle.insert(group, since);
+            }
+            Cmd::RemoveGroup { name, reply } => {
+                let _ = reply.send(self.remove_group(&name));
+            }
+            Cmd::Replay { group, what, reply } => {
+                let _ = reply.send(self.replay(&group, what));
+            }
             Cmd::SetOptions(o) => {
                 self.next_retention = self
                     .next_retention
@@ -488,6 +502,9 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 }
+
+#[path = "writer_groups.rs"]
+mod groups;
 
 #[cfg(test)]
 mod tests {

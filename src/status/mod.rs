@@ -65,6 +65,11 @@ impl Sources {
             .map(|(name, g)| {
                 let parked_seqs = figures.parked.get(&name).cloned().unwrap_or_default();
                 let report = GroupReport {
+                    configured: g.configured,
+                    expires_in_ms: g.expires_at.map(|at| {
+                        u64::try_from(at.duration_since(now).unwrap_or_default().as_millis())
+                            .unwrap_or(u64::MAX)
+                    }),
                     members: g.members as u64,
                     in_flight: g.in_flight as u64,
                     retry: g.retry as u64,

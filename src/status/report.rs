@@ -153,6 +153,13 @@ pub struct ConsumersReport {
 /// One consumer group.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GroupReport {
+    /// Listed in `groups:`; else ad-hoc (created by a hello, expires without members).
+    #[serde(default)]
+    pub configured: bool,
+    /// Milliseconds until an ad-hoc group without members is removed (`consumers.adhoc_ttl`
+    /// after its last member left); absent while it has members or when it is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
     /// Connected members.
     pub members: u64,
     /// Delivered and not yet acked.

@@ -7,15 +7,22 @@
 //! back at once, in order; after `max_deliveries` a message is parked (done, kept in the spool).
 //! The group's position (`cursor`: everything at or below is done) follows the lowest message
 //! not yet done. The group task around it ([`super::task`]) reads the spool and writes sockets.
+//!
+//! Its life: a group that is not configured (ad-hoc) expires `adhoc_ttl` after it was left
+//! without members (the idle clock starts when the last member leaves, at start for a group
+//! without members, and when a group stops being configured); a group with members never
+//! expires. A replay makes messages that were done owed again, with their delivery counts
+//! restarted: they go out marked redelivered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A member, numbered by the registry.
 pub type MemberId = u64;
 
-/// The reloadable per-member limits (`consumers:`).
+/// The reloadable group settings (`consumers:`, `limits.max_groups`), one watch for all
+/// groups and the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupSettings {
     /// Unacked messages per member.
@@ -24,6 +31,12 @@ pub struct GroupSettings {
     pub ack_wait: Duration,
     /// Parking after this many deliveries.
     pub max_deliveries: u32,
+    /// An ad-hoc group without members this long is removed.
+    pub adhoc_ttl: Duration,
+    /// A hello may create a group not in `groups:` (the registry's admission).
+    pub adhoc_groups: bool,
+    /// Groups at most, configured and ad-hoc (the registry's admission).
+    pub max_groups: usize,
 }
 
 /// A message given at least once and not done yet.
@@ -99,6 +112,12 @@ pub struct Book {
     /// Every seq at or below it is done.
     cursor: u64,
     counts: Counts,
+    /// Listed in `groups:`: never expires.
+    configured: bool,
+    /// Since when it has had no member (wall clock: it is persisted); `None` while it has one.
+    idle_since: Option<SystemTime>,
+    /// Fresh messages below this were given before a replay: they go out marked redelivered.
+    replayed_below: u64,
 }
 
 impl Book {
@@ -119,6 +138,9 @@ impl Book {
             next_fresh: cursor + 1,
             cursor,
             counts: Counts::default(),
+            configured: false,
+            idle_since: None,
+            replayed_below: 0,
         }
     }
 
@@ -127,19 +149,26 @@ impl Book {
         self.settings = settings;
     }
 
-    /// A member joined.
-    pub fn join(&mut self, member: MemberId) {
+    /// A member joined. True when the group had none: its idle clock stops.
+    pub fn join(&mut self, member: MemberId) -> bool {
         if !self.members.iter().any(|m| m.id == member) {
             self.members.push(Member {
                 id: member,
                 in_flight: 0,
             });
         }
+        self.idle_since.take().is_some()
     }
 
-    /// A member left: what it held waits for the next member, at once.
-    pub fn leave(&mut self, member: MemberId) {
+    /// A member left at `now`: what it held waits for the next member, at once. When it was
+    /// the last one the idle clock starts: returns `Some(now)`.
+    pub fn leave(&mut self, member: MemberId, now: SystemTime) -> Option<SystemTime> {
+        let before = self.members.len();
         self.members.retain(|m| m.id != member);
+        let last_left = before > 0 && self.members.is_empty();
+        if last_left {
+            self.idle_since = Some(now);
+        }
         let held: Vec<u64> = self
             .records
             .iter()
@@ -149,6 +178,7 @@ impl Book {
         for seq in held {
             self.release(seq);
         }
+        last_left.then_some(now)
     }
 
     /// Connected members.
@@ -156,13 +186,14 @@ impl Book {
         self.members.len()
     }
 
-    /// A member acked `seq` (any member of the group may ack any of its messages).
+    /// A member acked `seq` (any member of the group may ack any of its messages). Below the
+    /// fresh messages everything not in flight is done (acked, parked, or gone).
     pub fn ack(&mut self, seq: u64) -> Acked {
         if self.records.contains_key(&seq) {
             self.finish(seq);
             self.counts.acked += 1;
             Acked::Done
-        } else if self.done.contains(&seq) || seq <= self.cursor {
+        } else if self.done.contains(&seq) || seq <= self.cursor || seq < self.next_fresh {
             Acked::Repeated
         } else {
             Acked::Unknown
@@ -248,7 +279,8 @@ impl Book {
         seq >= self.next_fresh && !self.done.contains(&seq) && !self.records.contains_key(&seq)
     }
 
-    /// Gives fresh message `seq` to `member` for the first time.
+    /// Gives fresh message `seq` to `member` for the first time (since a replay, when it was
+    /// given before it: then it is marked redelivered, and undoing it makes it wait).
     pub fn deliver(
         &mut self,
         member: MemberId,
@@ -257,6 +289,7 @@ impl Book {
         now: Instant,
     ) -> Delivery {
         self.next_fresh = self.next_fresh.max(seq + 1);
+        let again = seq < self.replayed_below;
         self.records.insert(
             seq,
             Record {
@@ -266,11 +299,18 @@ impl Book {
             },
         );
         self.hand_out(member, seq, now);
+        if again {
+            self.counts.redelivered += 1;
+        }
         Delivery {
             member,
             seq,
-            line,
-            redelivered: false,
+            line: if again {
+                crate::consumers::line::redelivered(&line, seq)
+            } else {
+                line
+            },
+            redelivered: again,
         }
     }
 
@@ -376,166 +416,9 @@ impl Book {
     }
 }
 
+#[path = "book_life.rs"]
+mod life;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const WAIT: Duration = Duration::from_secs(60);
-
-    fn settings(in_flight: usize, max_deliveries: u32) -> GroupSettings {
-        GroupSettings {
-            in_flight,
-            ack_wait: WAIT,
-            max_deliveries,
-        }
-    }
-
-    fn line(seq: u64) -> Arc<str> {
-        format!("{{\"seq\":{seq},\"type\":\"EVENT\"}}").into()
-    }
-
-    /// Gives fresh messages `seqs` round robin to whoever has room; returns (member, seq).
-    fn give(book: &mut Book, seqs: std::ops::RangeInclusive<u64>, now: Instant) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        for seq in seqs {
-            let m = book.member_with_room(|_| true).expect("a member with room");
-            let d = book.deliver(m, seq, line(seq), now);
-            out.push((d.member, d.seq));
-        }
-        out
-    }
-
-    #[test]
-    fn round_robin_respects_in_flight() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(2, 10), 0, []);
-        b.join(1);
-        b.join(2);
-        assert_eq!(
-            give(&mut b, 1..=4, t0),
-            vec![(1, 1), (2, 2), (1, 3), (2, 4)]
-        );
-        assert_eq!(b.member_with_room(|_| true), None, "both at in_flight 2");
-        assert_eq!(b.member_with_room(|m| m == 1), None);
-        assert_eq!(b.ack(3), Acked::Done);
-        assert_eq!(b.member_with_room(|_| true), Some(1));
-        assert_eq!(
-            b.member_with_room(|m| m != 1),
-            None,
-            "a full socket counts too"
-        );
-        assert_eq!(b.in_flight(), 3);
-    }
-
-    #[test]
-    fn acks_move_the_cursor_only_when_contiguous() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 10), 0, []);
-        b.join(1);
-        give(&mut b, 1..=3, t0);
-        assert_eq!(b.ack(2), Acked::Done);
-        assert_eq!(b.cursor(), 0);
-        assert_eq!(b.ack(1), Acked::Done);
-        assert_eq!(b.cursor(), 2);
-        assert_eq!(b.ack(1), Acked::Repeated);
-        assert_eq!(b.ack(3), Acked::Done);
-        assert_eq!(b.cursor(), 3);
-        assert_eq!(b.ack(9), Acked::Unknown, "never given");
-        assert_eq!(b.counts().acked, 3);
-    }
-
-    #[test]
-    fn ack_wait_redelivers_then_parks_after_max_deliveries() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 2), 0, []);
-        b.join(1);
-        give(&mut b, 1..=2, t0);
-        assert_eq!(b.next_deadline(), Some(t0 + WAIT));
-        assert!(b.expire(t0 + WAIT - Duration::from_millis(1)).is_empty());
-        assert!(
-            b.expire(t0 + WAIT).is_empty(),
-            "first expiry: given again, not parked"
-        );
-        assert_eq!((b.waiting(), b.in_flight()), (2, 0));
-        let t1 = t0 + WAIT;
-        let d = b.redeliver(1, t1, 0).expect("seq 1 again");
-        assert_eq!((d.seq, d.redelivered), (1, true));
-        assert_eq!(
-            &*d.line,
-            "{\"seq\":1,\"redelivered\":true,\"type\":\"EVENT\"}"
-        );
-        assert_eq!(
-            b.expire(t1 + WAIT),
-            vec![(1, 2)],
-            "second delivery expired: parked"
-        );
-        assert_eq!(b.counts().parked, 1);
-        assert_eq!(b.cursor(), 1, "a parked message counts as done");
-        assert_eq!(b.ack(1), Acked::Repeated);
-        assert_eq!(b.waiting(), 1, "seq 2 still waits");
-    }
-
-    #[test]
-    fn leaving_member_hands_back_in_order_at_once() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 10), 0, []);
-        b.join(1);
-        b.join(2);
-        give(&mut b, 1..=4, t0);
-        b.leave(1);
-        assert_eq!(b.members(), 1);
-        assert_eq!(b.waiting(), 2);
-        let first = b.redeliver(2, t0, 0).expect("redelivery");
-        let second = b.redeliver(2, t0, 0).expect("redelivery");
-        assert_eq!((first.seq, second.seq), (1, 3), "in seq order");
-        assert_eq!(b.redeliver(2, t0, 0), None);
-        assert_eq!(b.in_flight(), 4);
-    }
-
-    #[test]
-    fn restart_position_skips_what_was_done() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 10), 5, [7, 9, 3]);
-        assert_eq!(b.next_fresh(), 6);
-        assert!(b.wants(6) && !b.wants(7) && b.wants(8) && !b.wants(9));
-        b.join(1);
-        b.deliver(1, 6, line(6), t0);
-        b.ack(6);
-        assert_eq!(b.cursor(), 6, "8 was not considered yet");
-        assert_eq!(b.ack(7), Acked::Repeated, "done before the restart");
-        b.deliver(1, 8, line(8), t0);
-        b.ack(8);
-        assert_eq!(b.cursor(), 8, "7 was done, so the cursor passes it");
-    }
-
-    #[test]
-    fn undo_puts_a_refused_delivery_back() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 10), 0, []);
-        b.join(1);
-        let d = b.deliver(1, 1, line(1), t0);
-        b.undo(&d);
-        assert!(b.wants(1), "fresh again");
-        assert_eq!((b.in_flight(), b.counts().delivered), (0, 0));
-        let d = b.deliver(1, 1, line(1), t0);
-        b.expire(t0 + WAIT);
-        let again = b.redeliver(1, t0 + WAIT, 0).expect("again");
-        b.undo(&again);
-        assert_eq!(b.waiting(), 1, "a redelivery goes back to waiting");
-        assert_eq!(d.seq, 1);
-    }
-
-    #[test]
-    fn forced_out_messages_are_dropped_not_redelivered() {
-        let t0 = Instant::now();
-        let mut b = Book::new(settings(10, 10), 0, []);
-        b.join(1);
-        give(&mut b, 1..=3, t0);
-        b.expire(t0 + WAIT);
-        let d = b.redeliver(1, t0 + WAIT, 3).expect("seq 3 survives");
-        assert_eq!(d.seq, 3);
-        assert_eq!(b.cursor(), 2);
-        b.skip_to(10);
-        assert_eq!(b.next_fresh(), 10);
-    }
-}
+#[path = "book_tests.rs"]
+mod tests;

@@ -4,27 +4,42 @@
 //! theirs leaves; after `max_deliveries` they are parked. Acks are persisted through the spool
 //! writer, so a group that was away gets its backlog.
 //!
-//! Layout: [`book`] holds the rules (pure, unit-tested), [`task`] is one group's task around
-//! its book, and this file is the [`GroupRegistry`] that starts group tasks (configured groups
-//! at startup, others on their first hello) and hands members to them.
+//! Groups have a life: configured groups (`groups:`) and every group the spool knows run from
+//! the start; a hello may create an ad-hoc group (unless `consumers.adhoc_groups` is false, and
+//! at most `limits.max_groups` groups in all); an ad-hoc group without members for
+//! `consumers.adhoc_ttl` is removed, releasing its backlog; `group rm` and `group replay`
+//! reach a group through [`GroupRegistry::remove`] and [`GroupRegistry::replay`].
+//!
+//! Layout: [`book`] holds a group's rules (pure, unit-tested), [`admission`] the rule for
+//! hellos (pure), [`task`] is one group's task around its book (it also performs removals and
+//! replays), `admin.rs` the registry's side of `group rm` and `group replay`, and this file
+//! the [`GroupRegistry`] that starts group tasks and hands members to them.
 
+mod admin;
+pub mod admission;
 pub mod book;
 mod task;
 
+pub use admin::GroupError;
 pub use book::{GroupSettings, MemberId};
 
 use super::hub::Hub;
 use super::protocol::LineError;
 use crate::notify::Progress;
 use crate::relay::callbacks::Callbacks;
-use crate::spool::SpoolHandle;
+use crate::spool::{GroupState, Released, Replay, SpoolHandle};
+use admission::Refusal;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How often a hello tries again when the group it reached was removed meanwhile.
+const JOIN_ATTEMPTS: usize = 3;
 
 /// What a group task sends to a member's connection.
 pub(crate) enum Out {
@@ -34,11 +49,13 @@ pub(crate) enum Out {
     Error(LineError),
 }
 
-/// What a member's connection tells its group task.
+/// What a member's connection, the registry or the control socket tells a group task.
 pub(crate) enum GroupMsg {
+    /// A member joins; `joined` is answered once it is in (dropped when the group is gone).
     Join {
         id: MemberId,
         tx: mpsc::Sender<Out>,
+        joined: oneshot::Sender<()>,
     },
     Ack {
         id: MemberId,
@@ -48,11 +65,26 @@ pub(crate) enum GroupMsg {
     Leave {
         id: MemberId,
     },
+    /// Listed in `groups:` now, or no longer (a reload).
+    Configured(bool),
+    /// `group rm`: refused while members are connected.
+    Remove {
+        reply: oneshot::Sender<Result<Released, GroupError>>,
+    },
+    /// `group replay`: how many messages are owed again.
+    Replay {
+        what: Replay,
+        reply: oneshot::Sender<Result<u64, GroupError>>,
+    },
 }
 
 /// What status shows for a group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupSnapshot {
+    /// Listed in `groups:` (else ad-hoc).
+    pub configured: bool,
+    /// When it expires (ad-hoc, without members).
+    pub expires_at: Option<SystemTime>,
     /// Connected members.
     pub members: usize,
     /// Messages delivered and not yet acked.
@@ -71,7 +103,11 @@ pub struct GroupSnapshot {
     pub parked: u64,
 }
 
+/// A running group task as the registry knows it.
+#[derive(Clone)]
 struct GroupHandle {
+    /// Tells a task from the one that replaced it under the same name.
+    id: u64,
     tx: mpsc::UnboundedSender<GroupMsg>,
     snapshot: Arc<Mutex<GroupSnapshot>>,
     /// True once the group's position is open in the spool.
@@ -80,10 +116,15 @@ struct GroupHandle {
     progress: Arc<Progress>,
 }
 
-/// All groups, started on first use (configured groups at startup).
+impl GroupHandle {
+    fn live(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// All groups: configured and known ones from the start, others on their first hello.
 #[derive(Clone)]
 pub struct GroupRegistry {
-    inner: Arc<Mutex<HashMap<String, GroupHandle>>>,
     env: Arc<GroupEnv>,
     next_member: Arc<AtomicU64>,
 }
@@ -94,12 +135,73 @@ struct GroupEnv {
     callbacks: Callbacks,
     settings: watch::Receiver<GroupSettings>,
     configured: Mutex<Vec<String>>,
+    /// The running groups by name. A task removes its own entry when it goes away.
+    groups: Mutex<HashMap<String, GroupHandle>>,
+    next_task: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
+impl GroupEnv {
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, GroupHandle>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_configured(&self, name: &str) -> bool {
+        self.configured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|g| g == name)
+    }
+
+    /// Starts a task for `name` and registers it in `map` (the caller holds the lock). Until
+    /// the task has opened the group, status shows it at `cursor` (from the spool when known,
+    /// else the newest seq: where an ad-hoc group starts).
+    fn spawn(
+        self: &Arc<Self>,
+        map: &mut HashMap<String, GroupHandle>,
+        name: &str,
+        configured: bool,
+        cursor: Option<u64>,
+    ) -> GroupHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = watch::channel(false);
+        let handle = GroupHandle {
+            id: self.next_task.fetch_add(1, Ordering::Relaxed),
+            tx,
+            snapshot: Arc::new(Mutex::new(GroupSnapshot {
+                configured,
+                cursor: cursor.unwrap_or_else(|| self.hub.newest_seq()),
+                ..GroupSnapshot::default()
+            })),
+            ready,
+            progress: Progress::new(),
+        };
+        self.tasks.spawn(task::run(
+            name.to_owned(),
+            configured,
+            rx,
+            self.clone(),
+            handle.clone(),
+            ready_tx,
+        ));
+        map.insert(name.to_owned(), handle.clone());
+        handle
+    }
+}
+
+/// Why a hello cannot join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JoinError {
+    /// Admission refused it.
+    Refused(Refusal),
+    /// The group's position cannot be opened in the spool.
+    Unavailable,
+}
+
 impl GroupRegistry {
-    /// A registry; call [`GroupRegistry::start_configured`] to start the `groups:` list.
+    /// A registry; call [`GroupRegistry::start`] to start the groups.
     pub fn new(
         spool: SpoolHandle,
         hub: Arc<Hub>,
@@ -109,13 +211,14 @@ impl GroupRegistry {
         tasks: TaskTracker,
     ) -> GroupRegistry {
         GroupRegistry {
-            inner: Arc::new(Mutex::new(HashMap::new())),
             env: Arc::new(GroupEnv {
                 spool,
                 hub,
                 callbacks,
                 settings,
                 configured: Mutex::new(Vec::new()),
+                groups: Mutex::new(HashMap::new()),
+                next_task: AtomicU64::new(1),
                 shutdown,
                 tasks,
             }),
@@ -123,71 +226,89 @@ impl GroupRegistry {
         }
     }
 
-    /// Starts the configured groups so they keep messages before any member connects.
+    /// Sets the `groups:` list on reload: starts the configured groups so they
+    /// keep messages before any member connects, and tells every running group whether it is
+    /// configured now (a group no longer listed becomes ad-hoc and may expire).
     pub fn start_configured(&self, names: &[String]) {
         *self
             .env
             .configured
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = names.to_vec();
+        let mut map = self.env.groups();
+        for (name, h) in map.iter().filter(|(_, h)| h.live()) {
+            let _ =
+                h.tx.send(GroupMsg::Configured(names.iter().any(|n| n == name)));
+        }
         for n in names {
-            let _ = self.handle(n);
+            if !map.get(n).is_some_and(GroupHandle::live) {
+                self.env.spawn(&mut map, n, true, None);
+            }
         }
     }
 
-    fn handle(&self, name: &str) -> (mpsc::UnboundedSender<GroupMsg>, watch::Receiver<bool>) {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = map.get(name).filter(|h| !h.tx.is_closed()) {
-            return (h.tx.clone(), h.ready.clone());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready) = watch::channel(false);
-        let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
-        let progress = Progress::new();
-        let configured = self
+    /// Starts the daemon's groups: every group the spool knows (`known`, so each shows in
+    /// status, with its cursor from the first moment, and an ad-hoc one expires even if no
+    /// member ever comes back), then the configured ones not known yet.
+    pub fn start(&self, configured: &[String], known: &[GroupState]) {
+        *self
             .env
             .configured
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|g| g == name);
-        self.env.tasks.spawn(task::run(
-            name.to_owned(),
-            configured,
-            rx,
-            self.env.clone(),
-            snapshot.clone(),
-            ready_tx,
-            progress.clone(),
-        ));
-        map.insert(
-            name.to_owned(),
-            GroupHandle {
-                tx: tx.clone(),
-                snapshot,
-                ready: ready.clone(),
-                progress,
-            },
-        );
-        (tx, ready)
+            .unwrap_or_else(|p| p.into_inner()) = configured.to_vec();
+        let mut map = self.env.groups();
+        for g in known {
+            let is_configured = configured.contains(&g.name);
+            self.env
+                .spawn(&mut map, &g.name, is_configured, Some(g.cursor));
+        }
+        for n in configured {
+            if !map.contains_key(n) {
+                self.env.spawn(&mut map, n, true, None);
+            }
+        }
+        let limit = self.env.settings.borrow().max_groups;
+        if map.len() > limit {
+            tracing::warn!(
+                groups = map.len(),
+                limit,
+                "more groups than limits.max_groups: no new group is admitted until some are removed"
+            );
+        }
+    }
+
+    /// The running task for `group`, started if admission allows.
+    fn admit(&self, group: &str) -> Result<GroupHandle, Refusal> {
+        let mut map = self.env.groups();
+        let configured = self.env.is_configured(group);
+        let existing = map.get(group).filter(|h| h.live()).cloned();
+        let running = map.values().filter(|h| h.live()).count();
+        let settings = *self.env.settings.borrow();
+        admission::admit(configured, existing.is_some(), running, &settings)?;
+        Ok(match existing {
+            Some(h) => h,
+            None => self.env.spawn(&mut map, group, configured, None),
+        })
     }
 
     /// Each running group's progress count, for the watchdog: one wedged group among healthy
-    /// ones must stop it too. A group whose task has ended is not listed (it is restarted on
-    /// its next use).
+    /// ones must stop it too. A group whose task has ended is not listed.
     pub fn progress(&self) -> Vec<(String, u64)> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .filter(|(_, h)| !h.tx.is_closed())
+        self.env
+            .groups()
+            .iter()
+            .filter(|(_, h)| h.live())
             .map(|(name, h)| (name.clone(), h.progress.get()))
             .collect()
     }
 
-    /// Status of every group.
+    /// Status of every running group, by name.
     pub fn snapshots(&self) -> Vec<(String, GroupSnapshot)> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = map
+        let mut v: Vec<_> = self
+            .env
+            .groups()
             .iter()
+            .filter(|(_, h)| h.live())
             .map(|(k, h)| {
                 (
                     k.clone(),
@@ -199,19 +320,32 @@ impl GroupRegistry {
         v
     }
 
-    /// Joins a member to `group`: waits until the group's position is open in the spool
-    /// (so an ad-hoc group starts exactly after what was committed before the welcome).
-    /// `None` when the group cannot be opened.
+    /// Joins a member to `group` once admission allows it and the group's position is open in
+    /// the spool (so an ad-hoc group starts exactly after what was committed before the
+    /// welcome). A hello that reaches a group just being removed tries a fresh one.
     pub(crate) async fn join(
         &self,
         group: &str,
         tx: mpsc::Sender<Out>,
-    ) -> Option<(MemberId, mpsc::UnboundedSender<GroupMsg>)> {
+    ) -> Result<(MemberId, mpsc::UnboundedSender<GroupMsg>), JoinError> {
         let id = self.next_member.fetch_add(1, Ordering::Relaxed);
-        let (gtx, mut ready) = self.handle(group);
-        ready.wait_for(|r| *r).await.ok()?;
-        gtx.send(GroupMsg::Join { id, tx }).ok()?;
-        Some((id, gtx))
+        for _ in 0..JOIN_ATTEMPTS {
+            let h = self.admit(group).map_err(JoinError::Refused)?;
+            let mut ready = h.ready.clone();
+            if ready.wait_for(|r| *r).await.is_err() {
+                return Err(JoinError::Unavailable);
+            }
+            let (joined_tx, joined) = oneshot::channel();
+            let join = GroupMsg::Join {
+                id,
+                tx: tx.clone(),
+                joined: joined_tx,
+            };
+            if h.tx.send(join).is_ok() && joined.await.is_ok() {
+                return Ok((id, h.tx));
+            }
+        }
+        Err(JoinError::Unavailable)
     }
 
     /// The per-member limit on unacked messages now.

@@ -1,33 +1,51 @@
 //! One consumer group's task: the I/O around its [`Book`]. It opens the group's position in
 //! the spool, reads fresh messages (from the hub's recent cache, else from the spool), sends
-//! deliveries to members' queues, persists acks and parks through the spool writer, and
-//! answers held callbacks. Every decision is the book's.
+//! deliveries to members' queues, persists acks, parks and its idle clock through the spool
+//! writer, and answers held callbacks. It also performs its group's end (expiry, `group rm`)
+//! and replays. Every decision is the book's.
 
 use super::book::{Acked, Book, Delivery, GroupSettings, MemberId};
-use super::{GroupEnv, GroupMsg, GroupSnapshot, Out};
+use super::{GroupEnv, GroupError, GroupHandle, GroupMsg, GroupSnapshot, Out};
 use crate::consumers::hub::Message;
 use crate::consumers::protocol::LineError;
-use crate::spool::StartAt;
+use crate::spool::{Released, Replay, SpoolError, StartAt};
 use serde_json::value::RawValue;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// How many backlog messages are read from the spool at once.
 const READ_BATCH: usize = 512;
+/// How long an expired group waits before trying its removal again after the spool failed.
+const EXPIRY_RETRY: Duration = Duration::from_secs(10);
 
 struct Group {
     name: String,
     env: Arc<GroupEnv>,
+    /// How the registry knows this task (to unregister it, or register it again).
+    handle: GroupHandle,
     book: Book,
     /// Each member's line queue.
     queues: HashMap<MemberId, mpsc::Sender<Out>>,
     /// Upcoming fresh messages already read.
     ahead: VecDeque<Message>,
+    /// Fresh messages below this are read from the spool, never from the hub's cache: after a
+    /// replay, only what is still stored is given again.
+    spool_only_below: u64,
+    /// No expiry attempt before this (the last one failed in the spool).
+    expiry_not_before: Instant,
+}
+
+/// Whether the task goes on after a request.
+enum Next {
+    Continue,
+    /// The group is gone (removed or expired): the task ends.
+    End,
 }
 
 pub(super) async fn run(
@@ -35,9 +53,8 @@ pub(super) async fn run(
     configured: bool,
     mut rx: mpsc::UnboundedReceiver<GroupMsg>,
     env: Arc<GroupEnv>,
-    snapshot: Arc<Mutex<GroupSnapshot>>,
+    handle: GroupHandle,
     ready: watch::Sender<bool>,
-    progress: Arc<crate::notify::Progress>,
 ) {
     let start = if configured {
         StartAt::Oldest
@@ -51,6 +68,12 @@ pub(super) async fn run(
             return;
         }
     };
+    // The idle clock survives restarts; unknown (a member was connected, or a spool from
+    // before it was kept), it starts now.
+    let started = SystemTime::now();
+    if state.idle_since.is_none() {
+        env.spool.set_idle(&name, Some(started));
+    }
     let mut settings_rx = env.settings.clone();
     let settings: GroupSettings = *settings_rx.borrow_and_update();
     let mut g = Group {
@@ -58,31 +81,54 @@ pub(super) async fn run(
             settings,
             state.cursor,
             state.acked_above.iter().chain(&state.parked).copied(),
-        ),
+        )
+        .with_lifecycle(configured, state.idle_since.unwrap_or(started)),
         name,
         env: env.clone(),
+        handle,
         queues: HashMap::new(),
         ahead: VecDeque::new(),
+        spool_only_below: 0,
+        expiry_not_before: Instant::now(),
     };
     let mut newest = env.hub.newest();
+    // Status lists the group from here on, with real figures.
+    g.publish();
     ready.send_replace(true);
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         g.fill().await;
-        g.publish(&snapshot);
+        g.publish();
         crate::notify::wedge_point("sink", g.book.counts().delivered > 0).await;
-        progress.beat();
+        g.handle.progress.beat();
         let deadline = g.book.next_deadline().map(Instant::from_std);
-        tokio::select! {
+        let expiry = g
+            .book
+            .expires_at()
+            .map(|at| wall_to_instant(at).max(g.expiry_not_before));
+        let next = tokio::select! {
             _ = env.shutdown.cancelled() => return,
             msg = rx.recv() => match msg {
                 None => return,
-                Some(m) => g.on_msg(m),
+                Some(m) => g.on_msg(m).await,
             },
-            _ = newest.changed() => {}
-            _ = settings_rx.changed() => g.book.set_settings(*settings_rx.borrow_and_update()),
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => g.expire(),
-            _ = beat.tick() => {}
+            _ = newest.changed() => Next::Continue,
+            _ = settings_rx.changed() => {
+                g.book.set_settings(*settings_rx.borrow_and_update());
+                Next::Continue
+            }
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                g.expire();
+                Next::Continue
+            }
+            _ = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                g.expire_group(&mut rx).await
+            }
+            _ = beat.tick() => Next::Continue,
+        };
+        if let Next::End = next {
+            g.end(rx);
+            return;
         }
     }
 }
@@ -91,10 +137,23 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(3600)
 }
 
+/// The monotonic instant of a wall-clock time (now when it has passed). A jump of the wall
+/// clock is caught when the task wakes: expiry is checked against the wall clock again.
+fn wall_to_instant(at: SystemTime) -> Instant {
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now() + left.min(Duration::from_secs(3600))
+}
+
 impl Group {
-    fn publish(&self, snapshot: &Mutex<GroupSnapshot>) {
+    fn publish(&self) {
         let c = self.book.counts();
-        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = GroupSnapshot {
+        *self
+            .handle
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = GroupSnapshot {
+            configured: self.book.configured(),
+            expires_at: self.book.expires_at(),
             members: self.book.members(),
             in_flight: self.book.in_flight(),
             retry: self.book.waiting(),
@@ -106,18 +165,163 @@ impl Group {
         };
     }
 
-    fn on_msg(&mut self, m: GroupMsg) {
+    async fn on_msg(&mut self, m: GroupMsg) -> Next {
         match m {
-            GroupMsg::Join { id, tx } => {
+            GroupMsg::Join { id, tx, joined } => {
                 self.queues.insert(id, tx);
-                self.book.join(id);
+                if self.book.join(id) {
+                    self.env.spool.set_idle(&self.name, None);
+                }
+                let _ = joined.send(());
             }
             GroupMsg::Leave { id } => {
                 self.queues.remove(&id);
-                self.book.leave(id);
+                if let Some(since) = self.book.leave(id, SystemTime::now()) {
+                    self.env.spool.set_idle(&self.name, Some(since));
+                }
             }
             GroupMsg::Ack { id, seq, response } => self.on_ack(id, seq, response),
+            GroupMsg::Configured(configured) => {
+                if let Some(since) = self.book.set_configured(configured, SystemTime::now()) {
+                    self.env.spool.set_idle(&self.name, Some(since));
+                }
+            }
+            GroupMsg::Remove { reply } => {
+                let (answer, next) = self.remove().await;
+                let _ = reply.send(answer);
+                return next;
+            }
+            GroupMsg::Replay { what, reply } => {
+                let _ = reply.send(self.replay(what).await);
+            }
         }
+        Next::Continue
+    }
+
+    /// `group rm`, between two steps of this task (so no member can join halfway).
+    async fn remove(&mut self) -> (Result<Released, GroupError>, Next) {
+        let group = self.name.clone();
+        if self.book.configured() {
+            return (Err(GroupError::Configured(group)), Next::Continue);
+        }
+        let members = self.book.members();
+        if members > 0 {
+            return (
+                Err(GroupError::HasMembers { group, members }),
+                Next::Continue,
+            );
+        }
+        match self.retire().await {
+            Ok(released) => {
+                info!(group = %self.name, backlog = released.backlog, parked = released.parked, "consumer group removed (group rm); its backlog is released");
+                (Ok(released), Next::End)
+            }
+            Err((source, next)) => (Err(GroupError::Spool { group, source }), next),
+        }
+    }
+
+    /// The idle clock ran out: an ad-hoc group without members is removed. Requests already
+    /// queued (a member joining) count first.
+    async fn expire_group(&mut self, rx: &mut mpsc::UnboundedReceiver<GroupMsg>) -> Next {
+        while let Ok(m) = rx.try_recv() {
+            if let Next::End = self.on_msg(m).await {
+                return Next::End;
+            }
+        }
+        if !self.book.expired(SystemTime::now()) {
+            return Next::Continue;
+        }
+        match self.retire().await {
+            Ok(released) => {
+                info!(group = %self.name, backlog = released.backlog, parked = released.parked, ttl = ?self.env.settings.borrow().adhoc_ttl, "ad-hoc consumer group removed: no member for consumers.adhoc_ttl; its backlog is released");
+                Next::End
+            }
+            Err((e, next)) => {
+                warn!(group = %self.name, error = %e, retry_in = ?EXPIRY_RETRY, "cannot remove the expired ad-hoc group from the spool; trying again later");
+                self.expiry_not_before = Instant::now() + EXPIRY_RETRY;
+                next
+            }
+        }
+    }
+
+    /// Unregisters the group and removes it from the spool. The removal is queued under the
+    /// registry's lock: a hello after it starts a new group, whose creation the writer then
+    /// performs after this removal. On failure the group stays (registered again, unless a
+    /// new task took its name meanwhile: then this one ends).
+    async fn retire(&mut self) -> Result<Released, (SpoolError, Next)> {
+        let removal = {
+            let mut map = self.env.groups();
+            if map.get(&self.name).is_some_and(|h| h.id == self.handle.id) {
+                map.remove(&self.name);
+            }
+            self.env.spool.remove_group(&self.name)
+        };
+        match removal.await {
+            Ok(released) => Ok(released.unwrap_or_default()),
+            Err(e) => {
+                let mut map = self.env.groups();
+                let next = match map.entry(self.name.clone()) {
+                    Entry::Vacant(v) => {
+                        v.insert(self.handle.clone());
+                        Next::Continue
+                    }
+                    Entry::Occupied(mut o) if !o.get().live() => {
+                        o.insert(self.handle.clone());
+                        Next::Continue
+                    }
+                    Entry::Occupied(_) => Next::End,
+                };
+                Err((e, next))
+            }
+        }
+    }
+
+    /// The group is gone: requests still queued are answered as for an unknown group, and
+    /// hellos that reached it try again (their `joined` is dropped).
+    fn end(self, mut rx: mpsc::UnboundedReceiver<GroupMsg>) {
+        rx.close();
+        let unknown = || GroupError::Unknown(self.name.clone());
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                GroupMsg::Remove { reply } => {
+                    let _ = reply.send(Err(unknown()));
+                }
+                GroupMsg::Replay { reply, .. } => {
+                    let _ = reply.send(Err(unknown()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `group replay`: the spool first (acks buffered before it count before it), then the
+    /// book; connected members get the messages as they have room.
+    async fn replay(&mut self, what: Replay) -> Result<u64, GroupError> {
+        let r = self
+            .env
+            .spool
+            .replay(&self.name, what)
+            .await
+            .map_err(|source| GroupError::Spool {
+                group: self.name.clone(),
+                source,
+            })?;
+        match what {
+            Replay::Parked => {
+                self.book.replay_parked(
+                    r.messages
+                        .iter()
+                        .map(|m| (m.seq, Message::new(m.seq, &m.body).line)),
+                );
+            }
+            Replay::From(from) => {
+                self.book.replay_from(from);
+                self.ahead.clear();
+                self.spool_only_below = self.env.hub.newest_seq() + 1;
+            }
+        }
+        info!(group = %self.name, replay = ?what, messages = r.count, "messages given to the group again");
+        Ok(r.count)
     }
 
     fn on_ack(&mut self, id: MemberId, seq: u64, response: Option<Box<RawValue>>) {
@@ -210,7 +414,12 @@ impl Group {
             if after >= self.env.hub.newest_seq() {
                 return None;
             }
-            if let Some(recent) = self.env.hub.recent_after(after, READ_BATCH) {
+            let recent = if after < self.spool_only_below {
+                None
+            } else {
+                self.env.hub.recent_after(after, READ_BATCH)
+            };
+            if let Some(recent) = recent {
                 self.ahead.extend(recent);
             } else {
                 match self.env.spool.read_after(after, READ_BATCH).await {
