@@ -119,6 +119,7 @@ fn make_batch(next: &mut u64, n: usize) -> Vec<NewMessage> {
                 ],
                 body: format!("{head}{}\"}}}}}}", "x".repeat(pad)),
                 topic: "/v1.0/im/bot/messages/get".into(),
+                ..Default::default()
             }
         })
         .collect()

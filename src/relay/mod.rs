@@ -122,6 +122,8 @@ fn entry(frame: &Frame<'_>, bytes: usize, conn: ConnId, acks: &AckSender) -> Ent
         dedupe_keys: frame.dedupe_keys(&info),
         body: line::body(frame, &info, conn),
         topic: frame.topic().to_owned(),
+        origin: conn.0,
+        lag_ms: frame.lag_ms(std::time::SystemTime::now()),
     };
     let ride = Ride {
         bytes,

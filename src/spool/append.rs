@@ -1,21 +1,24 @@
-//! Appending a batch inside the commit's transaction: seqs and persisted dedupe.
+//! Appending a batch inside the commit's transaction: seqs, receipts, and dedupe against the
+//! in-memory window ([`DedupeIndex`]).
 //!
 //! One transaction (one fsync) per batch. The seq counter moves only after the commit
 //! succeeded, so a failed batch (disk full) leaves no trace and can be retried as is; seqs are
-//! therefore dense and never reused.
-
-use std::collections::HashMap;
-use std::time::SystemTime;
+//! therefore dense and never reused. A hash hit in the index is confirmed against the keys
+//! stored in the original's receipt (or, within the batch, in memory) before a message counts
+//! as a redelivery.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{OptionalExtension, Transaction};
 
+use super::dedupe::{DedupeIndex, key_hash};
 use super::error::{SpoolError, SqlContext};
-use super::types::{
-    Appended, NewMessage, StoreOptions, duration_ms, get_u64, int, key_cost, len_u64, message_cost,
-    to_ms,
-};
+use super::types::{Appended, NewMessage, int, message_cost, receipt_cost, to_ms};
+
+/// A jump in seqs larger than this starts the in-memory window over (never happens in use:
+/// seqs are dense).
+const MAX_SEQ_GAP: u64 = 1 << 20;
 
 /// What [`append_in`] did; the caller applies `last_seq` and `added_bytes` after its commit.
 pub(super) struct AppendDone {
@@ -24,25 +27,61 @@ pub(super) struct AppendDone {
     pub(super) added_bytes: u64,
 }
 
-/// [`Store::append_batch`] inside the caller's transaction.
+/// A message's dedupe keys as a receipt stores them: each `<byte length>:<key>`.
+pub(super) fn encode_keys(keys: &[String]) -> String {
+    let mut out = String::with_capacity(keys.iter().map(|k| k.len() + 4).sum());
+    for k in keys.iter().filter(|k| !k.is_empty()) {
+        out.push_str(itoa::Buffer::new().format(k.len()));
+        out.push(':');
+        out.push_str(k);
+    }
+    out
+}
+
+/// The keys of an encoded receipt (`None` for a damaged one).
+pub(super) fn decode_keys(mut text: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    while !text.is_empty() {
+        let colon = text.find(':')?;
+        let len: usize = text[..colon].parse().ok()?;
+        let key = text.get(colon + 1..colon + 1 + len)?;
+        out.push(key);
+        text = &text[colon + 1 + len..];
+    }
+    Some(out)
+}
+
+/// The distinct non-empty keys of a message with their hashes.
+fn hashed(keys: &[String]) -> Vec<(&str, u64)> {
+    let mut out: Vec<(&str, u64)> = Vec::with_capacity(keys.len());
+    for k in keys.iter().map(String::as_str).filter(|k| !k.is_empty()) {
+        if !out.iter().any(|(seen, _)| *seen == k) {
+            out.push((k, key_hash(k)));
+        }
+    }
+    out
+}
+
+/// [`Store::append_batch`](super::Store::append_batch) inside the caller's transaction. The
+/// new messages are added to `index` as they are stored (so a redelivery later in the same
+/// batch is folded); on error the caller takes them out again.
 pub(super) fn append_in(
     tx: &Transaction<'_>,
     path: &Path,
-    opts: &StoreOptions,
+    window: Duration,
+    index: &mut DedupeIndex,
     last_seq: u64,
     batch: &[NewMessage],
     now: SystemTime,
 ) -> Result<AppendDone, SpoolError> {
     let now_ms = to_ms(now);
-    let keep_keys = !opts.dedupe_window.is_zero();
-    let expires = now_ms.saturating_add(duration_ms(opts.dedupe_window));
+    let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(batch.len());
-    let mut in_batch: HashMap<&str, u64> = HashMap::new();
     let mut seq = last_seq;
-    let (mut add_bytes, mut add_msgs, mut add_keys) = (0u64, 0u64, 0u64);
+    let (mut add_bytes, mut add_msgs) = (0u64, 0u64);
     {
-        let mut lookup = tx
-            .prepare_cached("SELECT seq, expires_at FROM dedupe WHERE key = ?1")
+        let mut stored_keys = tx
+            .prepare_cached("SELECT keys FROM receipts WHERE seq = ?1")
             .at(path)?;
         let mut insert = tx
             .prepare_cached(
@@ -50,36 +89,42 @@ pub(super) fn append_in(
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .at(path)?;
-        let mut upsert = tx
+        let mut receipt = tx
             .prepare_cached(
-                "INSERT INTO dedupe (key, seq, expires_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, \
-                 expires_at = excluded.expires_at",
+                "INSERT INTO receipts (seq, received_at, keys, topic, origin, lag_ms, size) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .at(path)?;
-        let mut fresh: Vec<(&str, bool)> = Vec::new();
         for msg in batch {
-            fresh.clear();
+            let keys = hashed(&msg.dedupe_keys);
+            // A candidate from the index is the original only if it really has the key.
             let mut duplicate_of = None;
-            for key in msg.dedupe_keys.iter().map(String::as_str) {
-                if key.is_empty() || fresh.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                if let Some(&orig) = in_batch.get(key) {
-                    duplicate_of = Some(orig);
-                    break;
-                }
-                let row: Option<(u64, i64)> = lookup
-                    .query_row([key], |r| Ok((get_u64(r, 0)?, r.get(1)?)))
-                    .optional()
-                    .at(path)?;
-                match row {
-                    Some((orig, exp)) if exp > now_ms => {
-                        duplicate_of = Some(orig);
-                        break;
+            'keys: for &(key, hash) in &keys {
+                for cand in index.candidates(hash) {
+                    // Past the window (retention has not run since): a new message.
+                    let at = index.stored_at(cand).unwrap_or(0);
+                    if u64::from(now_s.saturating_sub(at)) >= window.as_secs().max(1) {
+                        continue;
                     }
-                    Some(_) => fresh.push((key, true)),
-                    None => fresh.push((key, false)),
+                    let confirmed = if cand > last_seq {
+                        // Stored earlier in this batch: its keys are in memory.
+                        let earlier = usize::try_from(cand - last_seq - 1)
+                            .ok()
+                            .and_then(|n| stored_in_batch(batch, &out, n));
+                        earlier.is_some_and(|m| m.dedupe_keys.iter().any(|k| k == key))
+                    } else {
+                        let text: Option<String> = stored_keys
+                            .query_row([int(cand)], |r| r.get(0))
+                            .optional()
+                            .at(path)?;
+                        text.as_deref()
+                            .and_then(decode_keys)
+                            .is_some_and(|ks| ks.contains(&key))
+                    };
+                    if confirmed {
+                        duplicate_of = Some(cand);
+                        break 'keys;
+                    }
                 }
             }
             if let Some(orig) = duplicate_of {
@@ -91,29 +136,32 @@ pub(super) fn append_in(
             insert
                 .execute((int(seq), now_ms, int(size), &msg.topic, &msg.body))
                 .at(path)?;
+            let encoded = encode_keys(&msg.dedupe_keys);
+            let rsize = receipt_cost(&encoded, &msg.topic);
+            receipt
+                .execute((
+                    int(seq),
+                    now_ms,
+                    &encoded,
+                    &msg.topic,
+                    int(msg.origin),
+                    msg.lag_ms,
+                    int(rsize),
+                ))
+                .at(path)?;
             add_msgs += 1;
-            add_bytes += size;
-            if keep_keys {
-                for &(key, expired_row) in &fresh {
-                    upsert.execute((key, int(seq), expires)).at(path)?;
-                    if !expired_row {
-                        add_keys += 1;
-                        add_bytes += key_cost(len_u64(key));
-                    }
-                }
-            }
-            for &(key, _) in &fresh {
-                in_batch.insert(key, seq);
-            }
+            add_bytes += size + rsize;
+            let hashes: Vec<u64> = keys.iter().map(|(_, h)| *h).collect();
+            index.insert(seq, &hashes, now_s, MAX_SEQ_GAP);
             out.push(Appended::Stored { seq });
         }
     }
     if add_msgs > 0 {
         tx.prepare_cached(
             "UPDATE meta SET last_seq = ?1, bytes = bytes + ?2, messages = messages + ?3, \
-             dedupe_keys = dedupe_keys + ?4 WHERE id = 1",
+             receipts = receipts + ?3 WHERE id = 1",
         )
-        .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs), int(add_keys))))
+        .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs))))
         .at(path)?;
     }
     Ok(AppendDone {
@@ -121,6 +169,20 @@ pub(super) fn append_in(
         last_seq: seq,
         added_bytes: add_bytes,
     })
+}
+
+/// The `n`-th message stored so far in this batch (0-based), from the outcomes in order.
+fn stored_in_batch<'b>(
+    batch: &'b [NewMessage],
+    outcomes: &[Appended],
+    n: usize,
+) -> Option<&'b NewMessage> {
+    outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Appended::Stored { .. }))
+        .nth(n)
+        .and_then(|(i, _)| batch.get(i))
 }
 
 #[cfg(test)]
@@ -238,8 +300,13 @@ mod tests {
             .append_batch(&[msg("c", &["m:1"])], at(3600))
             .expect("c");
         assert_eq!(after, vec![Appended::Stored { seq: 2 }]);
-        let stats = store.stats().expect("stats");
-        assert_eq!(stats.dedupe_keys, 1, "the expired key row is reused");
+        assert_eq!(store.stats().expect("stats").dedupe_keys, 2);
+        store.enforce_retention(at(3601)).expect("retention");
+        assert_eq!(
+            store.stats().expect("stats").dedupe_keys,
+            1,
+            "the expired key left the window at the next retention pass"
+        );
         assert_accounting(&store);
         let again = store
             .append_batch(&[msg("d", &["m:1"])], at(3700))
@@ -289,6 +356,7 @@ mod tests {
                 dedupe_keys: vec![format!("m:big{i}")],
                 body: big.clone(),
                 topic: "/t".into(),
+                ..Default::default()
             })
             .collect();
         let err = store.append_batch(&batch, at(1)).expect_err("must be full");

@@ -12,7 +12,7 @@ use super::append::append_in;
 use super::error::{SpoolError, SqlContext};
 use super::groups::{ack_in, park_in, unknown_group};
 use super::store::Store;
-use super::types::{AckOutcome, Appended, NewMessage, get_u64};
+use super::types::{AckOutcome, Appended, NewMessage, get_u64, int, to_ms};
 
 /// What one [`Store::commit`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +25,33 @@ pub struct CommitOutcome {
     pub parked: Vec<(String, u64)>,
     /// Groups named by acks or parks that the spool does not know; those writes were skipped.
     pub unknown_groups: Vec<String>,
+}
+
+/// Records which seqs `group` acked at `now_ms`, one row per run of consecutive seqs (acks
+/// come mostly in order, so usually one row per group and commit): what `inspect` shows.
+fn log_acked(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    group: &str,
+    acked: &[u64],
+    now_ms: i64,
+) -> Result<(), SpoolError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO acked_log (grp, first_seq, last_seq, acked_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .at(path)?;
+    let mut runs = acked.iter().copied().peekable();
+    while let Some(first) = runs.next() {
+        let mut last = first;
+        while runs.peek() == Some(&(last + 1)) {
+            last += 1;
+            runs.next();
+        }
+        stmt.execute((group, int(first), int(last), now_ms))
+            .at(path)?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -53,9 +80,11 @@ impl Store {
             .prepare_cached("SELECT last_seq FROM meta WHERE id = 1")
             .and_then(|mut s| s.query_row([], |r| get_u64(r, 0)))
             .at(path)?;
+        let now_ms = to_ms(now);
         for (group, seqs) in acks {
             match ack_in(&tx, path, group, seqs, last_seq) {
                 Ok(a) => {
+                    log_acked(&tx, path, group, &a.acked, now_ms)?;
                     out.acks.insert(group.clone(), a);
                 }
                 Err(SpoolError::UnknownGroup { .. }) => out.unknown_groups.push(group.clone()),
@@ -70,8 +99,28 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        let done = append_in(&tx, path, &self.opts, last_seq, batch, now)?;
-        tx.commit().at(path)?;
+        let done = match append_in(
+            &tx,
+            path,
+            self.opts.dedupe_window,
+            &mut self.index,
+            last_seq,
+            batch,
+            now,
+        )
+        .and_then(|done| tx.commit().at(path).map(|()| done))
+        {
+            Ok(done) => done,
+            Err(e) => {
+                // Nothing of the batch is stored: neither is it in the dedupe window.
+                self.index.truncate_from(last_seq + 1);
+                return Err(e);
+            }
+        };
+        if self.opts.dedupe_window.is_zero() {
+            // No window: duplicates were folded within the batch only.
+            self.index.forget_through(done.last_seq);
+        }
         self.last_seq = done.last_seq;
         self.bytes += done.added_bytes;
         out.appended = done.outcomes;
@@ -160,6 +209,7 @@ mod tests {
                 dedupe_keys: vec![format!("m:{i}")],
                 body: "x".repeat(4000),
                 topic: "/t".into(),
+                ..Default::default()
             })
             .collect();
         let err = store.commit(&big, &acks, &[], at(1)).expect_err("full");

@@ -2,7 +2,8 @@
 //!
 //! SQLite (rusqlite, bundled) in `spool.dir/spool.db`, WAL with `synchronous=FULL`. One writer
 //! thread owns the [`Store`] and commits batches (group commit: one fsync per batch); `seq` is
-//! assigned at commit and never reused. Dedupe keys persist for `dedupe_window`, consumer group
+//! assigned at commit and never reused. A small receipt per message (its dedupe keys, arrival)
+//! outlives the body; the dedupe window is an in-memory hash index over them; consumer group
 //! positions live next to the messages, and retention applies `max_bytes` / `max_age`.
 //!
 //! The spool knows nothing of WebSockets or consumers: what rides along with a message through
@@ -12,7 +13,8 @@
 //! - `store.rs`: open and directory checks, reads, stats
 //! - `lock.rs`: one daemon per spool (`flock` on `spool.dir/lock`)
 //! - `commit.rs`: `commit`, the one transaction for messages, acks and parks (and its wrappers)
-//! - `append.rs`: appending inside that transaction: seqs and persisted dedupe
+//! - `append.rs`: appending inside that transaction: seqs, receipts, dedupe
+//! - `dedupe.rs`: the dedupe window in memory (key hashes, confirmed against receipts)
 //! - `checkpoint.rs`: the WAL checkpoint thread (keeps checkpoints out of commits)
 //! - `groups.rs`: consumer groups, acks, parking, the contiguous cursor
 //! - `lifecycle.rs`: a group's idle clock, its removal (releasing its backlog), replays
@@ -27,6 +29,7 @@
 mod append;
 mod checkpoint;
 mod commit;
+mod dedupe;
 mod error;
 mod groups;
 mod handle;
@@ -50,7 +53,7 @@ pub use schema::SCHEMA_VERSION;
 pub use store::{DB_FILE, Store};
 pub use types::{
     AckOutcome, Appended, Backlog, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
-    GroupState, KEY_OVERHEAD, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, Released, Replay,
+    GroupState, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RECEIPT_OVERHEAD, Released, Replay,
     Replayed, RetentionReport, SpoolStats, StartAt, StoreOptions, StoredMessage,
 };
 pub use writer::{AfterCommit, Committed, Entry, MAX_BATCH, Submitter, WriterThread, start};

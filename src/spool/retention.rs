@@ -1,9 +1,10 @@
 //! Retention: what may leave the spool, and what the bounds force out.
 //!
-//! In one transaction: expired dedupe keys go; messages every known group has acked go (a
-//! parked message stays); then `max_age` and `max_bytes` force out the oldest messages, counting
-//! per group those it had not acked or parked, and warn. Keys are evicted early only when keys
-//! alone exceed `max_bytes`.
+//! In one transaction: receipts older than both the dedupe window and `max_age` go; messages
+//! every known group has acked go (a parked message stays); then `max_age` and `max_bytes`
+//! force out the oldest messages, counting per group those it had not acked or parked, and
+//! warn. Receipts are evicted early only when receipts alone exceed `max_bytes`. The in-memory
+//! dedupe window follows once the transaction committed.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -13,9 +14,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::error::{SpoolError, SqlContext};
 use super::groups::advance_cursor;
 use super::store::Store;
-use super::types::{
-    KEY_OVERHEAD, RetentionReport, StoreOptions, duration_ms, get_u64, int, key_cost, to_ms,
-};
+use super::types::{RetentionReport, StoreOptions, duration_ms, get_u64, int, to_ms};
 
 /// Deletes acked by everyone: at or below every cursor, or acked above it, and parked by none.
 const DELETE_ACKED_PREFIX: &str = "DELETE FROM messages WHERE seq <= ?1 \
@@ -41,7 +40,7 @@ const OWED_BY_ANY: &str = "SELECT COUNT(*) FROM messages m WHERE m.seq <= ?1 AND
 struct Delta {
     bytes: u64,
     messages: u64,
-    keys: u64,
+    receipts: u64,
 }
 
 impl Store {
@@ -53,11 +52,17 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let report = Pass::new(&tx, self.last_seq)
+        let (report, evicted_through) = Pass::new(&tx, self.last_seq)
             .and_then(|pass| pass.run(to_ms(now), &self.opts))
             .at(path)?;
         tx.commit().at(path)?;
         self.bytes = report.bytes_after;
+        let window = duration_ms(self.opts.dedupe_window);
+        let cutoff = to_ms(now).saturating_sub(window) / 1000;
+        self.index.expire(u32::try_from(cutoff).unwrap_or(u32::MAX));
+        if let Some(seq) = evicted_through {
+            self.index.forget_through(seq);
+        }
         if report.forced_out_unacked > 0 {
             tracing::warn!(
                 forced_out_unacked = report.forced_out_unacked,
@@ -67,11 +72,11 @@ impl Store {
                 "spool bounds forced out messages not yet acked by every group"
             );
         }
-        if report.evicted_keys > 0 {
+        if report.evicted_receipts > 0 {
             tracing::warn!(
-                evicted_keys = report.evicted_keys,
+                evicted_receipts = report.evicted_receipts,
                 max_bytes = self.opts.max_bytes,
-                "dedupe keys alone exceed spool.max_bytes: evicted unexpired keys"
+                "receipts alone exceed spool.max_bytes: evicted receipts still in the dedupe window or max_age"
             );
         }
         Ok(report)
@@ -105,15 +110,25 @@ impl<'a, 'c> Pass<'a, 'c> {
         })
     }
 
-    /// Every phase in order; the caller commits.
-    fn run(mut self, now_ms: i64, opts: &StoreOptions) -> rusqlite::Result<RetentionReport> {
+    /// Every phase in order; the caller commits. Also returns the last seq whose receipt was
+    /// evicted early (the dedupe window must forget it too).
+    fn run(
+        mut self,
+        now_ms: i64,
+        opts: &StoreOptions,
+    ) -> rusqlite::Result<(RetentionReport, Option<u64>)> {
         let bytes_before: u64 =
             self.tx
                 .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
-        let (n, bytes) = delete_keys_until(self.tx, now_ms)?;
-        self.report.expired_keys = n;
-        self.freed.keys += n;
-        self.freed.bytes += bytes;
+        // A receipt serves dedupe for the window and `inspect` for max_age: the longer of both.
+        let keep = opts.dedupe_window.max(opts.max_age);
+        let cutoff = now_ms.saturating_sub(duration_ms(keep));
+        if let Some(through) = receipts_before(self.tx, cutoff)? {
+            let (n, bytes) = delete_receipts_through(self.tx, through)?;
+            self.report.expired_receipts = n;
+            self.freed.receipts += n;
+            self.freed.bytes += bytes;
+        }
 
         let min_cursor = self
             .groups
@@ -143,13 +158,15 @@ impl<'a, 'c> Pass<'a, 'c> {
         {
             self.force_out(through)?;
         }
+        let mut evicted_through = None;
         if let Some(excess) = over(&self.freed)
-            && let Some(until) = key_cutoff(self.tx, excess)?
+            && let Some(through) = receipt_cutoff(self.tx, excess)?
         {
-            let (n, bytes) = delete_keys_until(self.tx, until)?;
-            self.report.evicted_keys = n;
-            self.freed.keys += n;
+            let (n, bytes) = delete_receipts_through(self.tx, through)?;
+            self.report.evicted_receipts = n;
+            self.freed.receipts += n;
             self.freed.bytes += bytes;
+            evicted_through = Some(through);
         }
 
         self.tx.execute_batch(
@@ -163,18 +180,24 @@ impl<'a, 'c> Pass<'a, 'c> {
         }
         self.tx.execute(
             "UPDATE meta SET bytes = MAX(bytes - ?1, 0), messages = MAX(messages - ?2, 0), \
-             dedupe_keys = MAX(dedupe_keys - ?3, 0) WHERE id = 1",
+             receipts = MAX(receipts - ?3, 0) WHERE id = 1",
             (
                 int(self.freed.bytes),
                 int(self.freed.messages),
-                int(self.freed.keys),
+                int(self.freed.receipts),
             ),
         )?;
+        self.tx
+            .prepare_cached(
+                "DELETE FROM acked_log WHERE last_seq < \
+                 (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
+            )?
+            .execute([int(self.last_seq)])?;
         self.report.bytes_after =
             self.tx
                 .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
         self.report.forced_by_group = self.per_group.into_iter().filter(|(_, n)| *n > 0).collect();
-        Ok(self.report)
+        Ok((self.report, evicted_through))
     }
 
     /// Deletes every message with `seq <= through`, counting per group the ones it still owed.
@@ -217,18 +240,29 @@ fn delete_messages(tx: &Transaction<'_>, sql: &str, param: u64) -> rusqlite::Res
     Ok((n, bytes))
 }
 
-/// Deletes dedupe keys expiring at or before `until_ms`; returns `(count, accounted bytes)`.
-fn delete_keys_until(tx: &Transaction<'_>, until_ms: i64) -> rusqlite::Result<(u64, u64)> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM dedupe WHERE expires_at <= ?1 RETURNING length(CAST(key AS BLOB))",
-    )?;
-    let mut rows = stmt.query([until_ms])?;
-    let (mut n, mut bytes) = (0u64, 0u64);
-    while let Some(row) = rows.next()? {
-        n += 1;
-        bytes += key_cost(get_u64(row, 0)?);
-    }
+/// Deletes the receipts up to `through`; returns `(count, accounted bytes)`.
+fn delete_receipts_through(tx: &Transaction<'_>, through: u64) -> rusqlite::Result<(u64, u64)> {
+    let (n, bytes): (u64, u64) = tx
+        .prepare_cached("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM receipts WHERE seq <= ?1")?
+        .query_row([int(through)], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)))?;
+    tx.prepare_cached("DELETE FROM receipts WHERE seq <= ?1")?
+        .execute([int(through)])?;
     Ok((n, bytes))
+}
+
+/// The last seq of the oldest run of receipts received at or before `cutoff_ms` (in seq
+/// order, as they were written).
+fn receipts_before(tx: &Transaction<'_>, cutoff_ms: i64) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached("SELECT seq, received_at FROM receipts ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut through = None;
+    while let Some(row) = rows.next()? {
+        if row.get::<_, i64>(1)? > cutoff_ms {
+            break;
+        }
+        through = Some(get_u64(row, 0)?);
+    }
+    Ok(through)
 }
 
 /// The last seq of the oldest run of messages stored before `cutoff_ms`. Messages are aged in
@@ -262,21 +296,19 @@ fn bytes_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<u6
     Ok(through)
 }
 
-/// The expiry time up to which the soonest-expiring keys add up to `excess` bytes.
-fn key_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<i64>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT length(CAST(key AS BLOB)), expires_at FROM dedupe ORDER BY expires_at",
-    )?;
+/// The last seq of the shortest oldest run of receipts whose sizes add up to `excess`.
+fn receipt_cutoff(tx: &Transaction<'_>, excess: u64) -> rusqlite::Result<Option<u64>> {
+    let mut stmt = tx.prepare_cached("SELECT seq, size FROM receipts ORDER BY seq")?;
     let mut rows = stmt.query([])?;
-    let (mut until, mut sum) = (None, 0u64);
+    let (mut through, mut sum) = (None, 0u64);
     while let Some(row) = rows.next()? {
-        sum += get_u64(row, 0)?.saturating_mul(2) + KEY_OVERHEAD;
-        until = Some(row.get(1)?);
+        through = Some(get_u64(row, 0)?);
+        sum += get_u64(row, 1)?;
         if sum >= excess {
             break;
         }
     }
-    Ok(until)
+    Ok(through)
 }
 
 #[cfg(test)]
@@ -313,20 +345,25 @@ mod tests {
     }
 
     #[test]
-    fn expired_keys_go_and_bytes_follow() {
+    fn expired_receipts_go_and_bytes_follow() {
         let (_dir, mut store) = open_tmp();
         store.ensure_group("g", StartAt::Oldest).expect("g");
         store
             .append_batch(&[msg("a", &["m:1", "b:1"]), msg("b", &["m:2"])], at(0))
             .expect("append");
+        assert_eq!(store.stats().expect("stats").dedupe_keys, 3);
         assert_eq!(
-            store.enforce_retention(at(3599)).expect("ret").expired_keys,
+            store
+                .enforce_retention(at(3599))
+                .expect("ret")
+                .expired_receipts,
             0
         );
         let report = store.enforce_retention(at(3600)).expect("ret");
-        assert_eq!(report.expired_keys, 3);
+        assert_eq!(report.expired_receipts, 2, "one receipt per message");
         assert_eq!(report.bytes_after, store.stats().expect("stats").bytes);
-        assert_eq!(store.stats().expect("stats").dedupe_keys, 0);
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.dedupe_keys, stats.receipts), (0, 0));
         assert_accounting(&store);
     }
 
@@ -371,9 +408,11 @@ mod tests {
         let seqs = fill(&mut store, 10, at(0));
         store.ensure_group("late", StartAt::Newest).expect("late");
         store.ack("b", &seqs[..4]).expect("b");
-        let per_msg = store.stats().expect("stats").bytes / 10;
+        // What forcing out six messages frees (their receipts stay, for dedupe and inspect).
+        let m = crate::spool::types::message_cost("/t", &msg("0", &[]).body);
+        let bound = store.stats().expect("stats").bytes - 6 * m;
         store.set_options(StoreOptions {
-            max_bytes: per_msg * 4,
+            max_bytes: bound,
             ..opts()
         });
         let report = store.enforce_retention(at(1)).expect("retention");
@@ -384,7 +423,8 @@ mod tests {
             vec![("a".to_string(), 6), ("b".to_string(), 2)],
             "b acked 1-4 of 1-6; late started after 10"
         );
-        assert!(report.bytes_after <= per_msg * 4, "{report:?}");
+        assert!(report.bytes_after <= bound, "{report:?}");
+        assert_eq!(report.evicted_receipts, 0, "messages alone made room");
         assert_eq!(store.stats().expect("stats").oldest_seq, 7);
         assert_accounting(&store);
     }
@@ -408,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_alone_over_max_bytes_are_evicted_oldest_first() {
+    fn receipts_alone_over_max_bytes_are_evicted_oldest_first() {
         let (_dir, mut store) = open_tmp();
         for i in 0..10u64 {
             store
@@ -419,13 +459,21 @@ mod tests {
             .enforce_retention(at(10))
             .expect("no groups: messages go");
         let stats = store.stats().expect("stats");
-        assert_eq!((stats.messages, stats.dedupe_keys), (0, 10));
+        assert_eq!(
+            (stats.messages, stats.receipts, stats.dedupe_keys),
+            (0, 10, 10)
+        );
         store.set_options(StoreOptions {
             max_bytes: stats.bytes / 2,
             ..opts()
         });
         let report = store.enforce_retention(at(11)).expect("retention");
-        assert_eq!(report.evicted_keys, 5);
+        assert_eq!(report.evicted_receipts, 5);
+        assert_eq!(
+            store.stats().expect("stats").dedupe_keys,
+            5,
+            "the window forgets them too"
+        );
         assert!(report.bytes_after <= stats.bytes / 2);
         let again = store
             .append_batch(&[msg("k", &["m:0009"])], at(12))

@@ -62,16 +62,54 @@ CREATE INDEX parked_seq ON parked (seq);
 /// is connected, and for groups from version 1: their clock starts when the daemon starts.
 const V2: &str = "ALTER TABLE groups ADD COLUMN last_active INTEGER;";
 
+/// Version 3: a small receipt per message instead of the `dedupe` key table. The dedupe
+/// window now lives in memory (hashes of the keys, rebuilt at open from the receipts), so no
+/// commit searches or grows a B-tree of random text keys; the receipt keeps the keys (to confirm
+/// a hash hit), when and on which connection the message arrived and its delivery lag, and it
+/// outlives the body (`dingtalk-streamd inspect` answers from it for `spool.max_age`).
+/// `acked_log` records, per group and commit, the run of seqs acked and when.
+/// Keys are stored length-prefixed (`9:mid:a1b2c` …); existing dedupe keys become receipts.
+const V3: &str = "
+CREATE TABLE receipts (
+    seq         INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    keys        TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    origin      INTEGER NOT NULL,
+    lag_ms      INTEGER,
+    size        INTEGER NOT NULL
+);
+INSERT INTO receipts (seq, received_at, keys, topic, origin, lag_ms, size)
+    SELECT d.seq,
+           COALESCE(m.stored_at, MIN(d.expires_at) - 3600000),
+           group_concat(length(CAST(d.key AS BLOB)) || ':' || d.key, ''),
+           COALESCE(m.topic, ''), 0, NULL, 0
+    FROM dedupe d LEFT JOIN messages m ON m.seq = d.seq GROUP BY d.seq;
+UPDATE receipts SET size = length(CAST(keys AS BLOB)) + length(CAST(topic AS BLOB)) + 48;
+DROP TABLE dedupe;
+ALTER TABLE meta RENAME COLUMN dedupe_keys TO receipts;
+UPDATE meta SET receipts = (SELECT COUNT(*) FROM receipts),
+    bytes = (SELECT COALESCE(SUM(size), 0) FROM messages)
+          + (SELECT COALESCE(SUM(size), 0) FROM receipts);
+CREATE TABLE acked_log (
+    grp       TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    acked_at  INTEGER NOT NULL
+);
+CREATE INDEX acked_log_last ON acked_log (last_seq);
+";
+
 /// Migration `i` takes the database from `user_version` `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another connection's lock (the reader's checkpoint, a
 /// second daemon instance) before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Page cache per connection, KiB (negative = KiB for SQLite): keeps the dedupe index hot.
+/// Page cache per connection, KiB (negative = KiB for SQLite): keeps the hot pages cached.
 const CACHE_KIB: i64 = 16 * 1024;
 /// The WAL file is truncated back to this after a checkpoint, so a burst does not leave a
 /// large WAL behind.

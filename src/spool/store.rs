@@ -11,11 +11,15 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
 use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
+use super::dedupe::{DedupeIndex, key_hash};
 use super::error::{SpoolError, SqlContext};
 use super::lock::SpoolLock;
 use super::reader;
 use super::schema;
-use super::types::{SpoolStats, StoreOptions, StoredMessage, get_opt_u64, get_u64, int};
+use super::types::{
+    SpoolStats, StoreOptions, StoredMessage, duration_ms, get_opt_u64, get_u64, int, to_ms,
+};
+use std::time::SystemTime;
 
 /// The database file inside `spool.dir`.
 pub const DB_FILE: &str = "spool.db";
@@ -39,6 +43,8 @@ pub struct Store {
     /// Accounted bytes (mirrors `meta.bytes`), so the writer can tell cheaply when `max_bytes`
     /// is exceeded.
     pub(super) bytes: u64,
+    /// The dedupe window in memory, rebuilt from the receipts at open.
+    pub(super) index: DedupeIndex,
 }
 
 impl Store {
@@ -77,7 +83,8 @@ impl Store {
                 None
             }
         };
-        tracing::debug!(path = %path.display(), last_seq, "spool opened");
+        let index = rebuild_index(&conn, &path, &opts)?;
+        tracing::debug!(path = %path.display(), last_seq, keys = index.len(), "spool opened");
         Ok(Store {
             _checkpointer: checkpointer,
             _lock: lock,
@@ -87,6 +94,7 @@ impl Store {
             opts,
             last_seq,
             bytes,
+            index,
         })
     }
 
@@ -134,13 +142,7 @@ impl Store {
     /// Counts for `status` and metrics.
     pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
         let path = self.path.as_path();
-        let (bytes, messages, dedupe_keys): (u64, u64, u64) = self
-            .conn
-            .prepare_cached("SELECT bytes, messages, dedupe_keys FROM meta WHERE id = 1")
-            .and_then(|mut s| {
-                s.query_row([], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?, get_u64(r, 2)?)))
-            })
-            .at(path)?;
+        let (bytes, messages, receipts) = self.totals()?;
         let oldest: Option<u64> = self
             .conn
             .prepare_cached("SELECT MIN(seq) FROM messages")
@@ -157,7 +159,8 @@ impl Store {
         Ok(SpoolStats {
             messages,
             bytes,
-            dedupe_keys,
+            dedupe_keys: self.index.len() as u64,
+            receipts,
             oldest_seq: oldest.unwrap_or(0),
             newest_seq: self.last_seq,
             parked,
@@ -165,10 +168,10 @@ impl Store {
         })
     }
 
-    /// The running totals `(bytes, messages, dedupe_keys)`: one row read.
+    /// The running totals `(bytes, messages, receipts)`: one row read.
     pub fn totals(&self) -> Result<(u64, u64, u64), SpoolError> {
         self.conn
-            .prepare_cached("SELECT bytes, messages, dedupe_keys FROM meta WHERE id = 1")
+            .prepare_cached("SELECT bytes, messages, receipts FROM meta WHERE id = 1")
             .and_then(|mut s| {
                 s.query_row([], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?, get_u64(r, 2)?)))
             })
@@ -200,11 +203,11 @@ impl Store {
             .at(&self.path)
     }
 
-    /// Recounts `(bytes, messages, dedupe_keys)` from the tables (O(n)); tests compare it
-    /// with the running totals in `meta`.
+    /// Recounts `(bytes, messages, receipts)` from the tables (O(n)); tests compare it with
+    /// the running totals in `meta`.
     #[cfg(test)]
     pub(crate) fn recount(&self) -> (u64, u64, u64) {
-        use super::types::{KEY_OVERHEAD, MESSAGE_OVERHEAD};
+        use super::types::{MESSAGE_OVERHEAD, RECEIPT_OVERHEAD};
         let q = |sql: &str| -> u64 {
             self.conn
                 .query_row(sql, [], |r| get_opt_u64(r, 0))
@@ -212,15 +215,60 @@ impl Store {
                 .unwrap_or(0)
         };
         let msgs = q("SELECT COUNT(*) FROM messages");
-        let keys = q("SELECT COUNT(*) FROM dedupe");
+        let receipts = q("SELECT COUNT(*) FROM receipts");
         let msg_bytes = q(
             "SELECT SUM(length(CAST(topic AS BLOB)) + length(CAST(body AS BLOB))) \
              FROM messages",
         );
-        let key_bytes = q("SELECT SUM(length(CAST(key AS BLOB))) FROM dedupe");
-        let bytes = msg_bytes + msgs * MESSAGE_OVERHEAD + 2 * key_bytes + keys * KEY_OVERHEAD;
-        (bytes, msgs, keys)
+        let receipt_bytes = q(
+            "SELECT SUM(length(CAST(keys AS BLOB)) + length(CAST(topic AS BLOB))) \
+             FROM receipts",
+        );
+        let bytes =
+            msg_bytes + msgs * MESSAGE_OVERHEAD + receipt_bytes + receipts * RECEIPT_OVERHEAD;
+        (bytes, msgs, receipts)
     }
+}
+
+/// The dedupe window's index, rebuilt from the receipts stored within `dedupe_window`.
+fn rebuild_index(
+    conn: &Connection,
+    path: &Path,
+    opts: &StoreOptions,
+) -> Result<DedupeIndex, SpoolError> {
+    let mut index = DedupeIndex::new();
+    if opts.dedupe_window.is_zero() {
+        return Ok(index);
+    }
+    // The window ends at the newest receipt (or now, if the clock says earlier): what was
+    // stored just before a stop is recognised after it; the first retention pass then expires
+    // by the clock.
+    let newest: Option<i64> = conn
+        .query_row("SELECT MAX(received_at) FROM receipts", [], |r| r.get(0))
+        .at(path)?;
+    let now = to_ms(SystemTime::now());
+    let end = newest.map_or(now, |n| n.min(now));
+    let since = end.saturating_sub(duration_ms(opts.dedupe_window));
+    let mut stmt = conn
+        .prepare("SELECT seq, received_at, keys FROM receipts WHERE received_at >= ?1 ORDER BY seq")
+        .at(path)?;
+    let mut rows = stmt.query([since]).at(path)?;
+    let mut hashes = Vec::new();
+    while let Some(row) = rows.next().at(path)? {
+        let seq = get_u64(row, 0).at(path)?;
+        let at: i64 = row.get(1).at(path)?;
+        let keys: String = row.get(2).at(path)?;
+        hashes.clear();
+        hashes.extend(
+            super::append::decode_keys(&keys)
+                .unwrap_or_default()
+                .into_iter()
+                .map(key_hash),
+        );
+        let at = u32::try_from(at / 1000).unwrap_or(u32::MAX);
+        index.insert(seq, &hashes, at, u64::MAX);
+    }
+    Ok(index)
 }
 
 /// Fails with a precise error unless `dir` is an existing, writable directory. The probe

@@ -30,6 +30,7 @@ pub(crate) fn msg(tag: &str, keys: &[&str]) -> NewMessage {
         dedupe_keys: keys.iter().map(|k| k.to_string()).collect(),
         body: format!(r#"{{"type":"CALLBACK","topic":"/t","data":{{"tag":"{tag}"}}}}"#),
         topic: "/t".into(),
+        ..Default::default()
     }
 }
 
@@ -47,10 +48,10 @@ pub(crate) fn fill(store: &mut Store, n: usize, now: SystemTime) -> Vec<u64> {
 /// Asserts the running totals in `meta` match a full recount.
 pub(crate) fn assert_accounting(store: &Store) {
     let stats = store.stats().expect("stats");
-    let (bytes, messages, keys) = store.recount();
+    let (bytes, messages, receipts) = store.recount();
     assert_eq!(
-        (stats.bytes, stats.messages, stats.dedupe_keys),
-        (bytes, messages, keys),
+        (stats.bytes, stats.messages, stats.receipts),
+        (bytes, messages, receipts),
         "running totals drifted from a recount"
     );
 }

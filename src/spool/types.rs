@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Default `spool.max_bytes`: 1 GiB, messages and dedupe keys together.
+/// Default `spool.max_bytes`: 1 GiB, messages and receipts together.
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default `spool.max_age`: 7 days, long enough for a group to be away over a weekend.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -16,9 +16,9 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
 /// timestamp and size integers, the record header and the b-tree cell pointer (about what
 /// SQLite spends on such a row).
 pub const MESSAGE_OVERHEAD: u64 = 40;
-/// Per-dedupe-key bytes counted on top of twice the key length (the key is stored in the table
-/// and again in the expiry index): seq, expiry, record headers and cell pointers.
-pub const KEY_OVERHEAD: u64 = 32;
+/// Per-receipt bytes counted on top of its keys and topic: seq, times, origin, size, record
+/// header and cell pointer.
+pub const RECEIPT_OVERHEAD: u64 = 48;
 
 /// The `spool:` config keys the store enforces; reloadable with `Store::set_options`.
 /// A zero `max_bytes` or `max_age` means "no bound"; a zero `dedupe_window` disables persisted
@@ -42,12 +42,16 @@ impl Default for StoreOptions {
 
 /// One inbound frame to store. `dedupe_keys` should be namespaced by kind (e.g. `m:<messageId>`,
 /// `b:<msgId>`, `e:<eventId>`) so kinds never collide; empty keys are ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewMessage {
     pub dedupe_keys: Vec<String>,
     /// JSON object text without `"seq"`, e.g. `{"type":"CALLBACK","topic":...}`.
     pub body: String,
     pub topic: String,
+    /// Where it came from (the daemon's connection number), for its receipt.
+    pub origin: u64,
+    /// How late it arrived (its `time` header to reception), for its receipt.
+    pub lag_ms: Option<i64>,
 }
 
 /// What `append_batch` did with one message, in batch order.
@@ -175,11 +179,11 @@ pub struct RetentionReport {
     pub forced_by_group: Vec<(String, u64)>,
     /// Messages removed by a bound that every group had acked or parked.
     pub forced_out_other: u64,
-    /// Dedupe keys past their window.
-    pub expired_keys: u64,
-    /// Unexpired dedupe keys evicted because keys alone exceeded `max_bytes`.
-    pub evicted_keys: u64,
-    /// Accounted bytes (messages + keys) after the pass.
+    /// Receipts past both the dedupe window and `max_age`.
+    pub expired_receipts: u64,
+    /// Receipts still needed, evicted because receipts alone exceeded `max_bytes`.
+    pub evicted_receipts: u64,
+    /// Accounted bytes (messages + receipts) after the pass.
     pub bytes_after: u64,
 }
 
@@ -187,9 +191,13 @@ pub struct RetentionReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStats {
     pub messages: u64,
-    /// Accounted bytes: messages and dedupe keys, see [`MESSAGE_OVERHEAD`] and [`KEY_OVERHEAD`].
+    /// Accounted bytes: messages and receipts, see [`MESSAGE_OVERHEAD`] and
+    /// [`RECEIPT_OVERHEAD`].
     pub bytes: u64,
+    /// Dedupe keys in the window (in memory).
     pub dedupe_keys: u64,
+    /// Receipts kept (one per message received within `max_age` and the dedupe window).
+    pub receipts: u64,
     /// 0 when the spool holds no message.
     pub oldest_seq: u64,
     /// 0 before the first message; never goes backwards.
@@ -205,9 +213,9 @@ pub(crate) fn message_cost(topic: &str, body: &str) -> u64 {
     len_u64(topic) + len_u64(body) + MESSAGE_OVERHEAD
 }
 
-/// Bytes counted toward `max_bytes` for one dedupe key of `key_len` bytes.
-pub(crate) fn key_cost(key_len: u64) -> u64 {
-    key_len.saturating_mul(2) + KEY_OVERHEAD
+/// Bytes counted toward `max_bytes` for one receipt with these encoded keys and topic.
+pub(crate) fn receipt_cost(keys: &str, topic: &str) -> u64 {
+    len_u64(keys) + len_u64(topic) + RECEIPT_OVERHEAD
 }
 
 pub(crate) fn len_u64(s: &str) -> u64 {
@@ -267,7 +275,7 @@ mod tests {
     #[test]
     fn costs_are_documented_formula() {
         assert_eq!(message_cost("t", "abc"), 4 + MESSAGE_OVERHEAD);
-        assert_eq!(key_cost(10), 20 + KEY_OVERHEAD);
+        assert_eq!(receipt_cost("ab", "t"), 3 + RECEIPT_OVERHEAD);
         assert_eq!(Appended::Duplicate { seq: 7 }.seq(), 7);
     }
 }

@@ -463,7 +463,8 @@ impl<T: Send + 'static> Writer<T> {
         self.state.busy.store(false, Ordering::Relaxed);
         match result {
             Ok(r) => {
-                if r.deleted_acked + r.forced_out_unacked + r.forced_out_other + r.expired_keys > 0
+                if r.deleted_acked + r.forced_out_unacked + r.forced_out_other + r.expired_receipts
+                    > 0
                 {
                     self.publish_totals();
                     // Now, not within a second: what a bound forced out shows at once.
@@ -487,10 +488,10 @@ impl<T: Send + 'static> Writer<T> {
                         .forced_out
                         .fetch_add(r.forced_out_unacked, Ordering::Relaxed);
                 }
-                if r.deleted_acked > 0 || r.expired_keys > 0 {
+                if r.deleted_acked > 0 || r.expired_receipts > 0 {
                     debug!(
                         deleted = r.deleted_acked,
-                        expired_keys = r.expired_keys,
+                        expired_receipts = r.expired_receipts,
                         "spool retention"
                     );
                 }

@@ -148,19 +148,27 @@ impl<'a> Frame<'a> {
         self.header("eventId").filter(|s| !s.is_empty())
     }
 
+    /// How long the frame took from DingTalk's `time` header (epoch ms) to `now`; `None`
+    /// without a readable `time` (negative when the clocks disagree).
+    pub fn lag_ms(&self, now: std::time::SystemTime) -> Option<i64> {
+        let sent: i64 = self.header("time")?.parse().ok()?;
+        let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+        Some(i64::try_from(now).ok()? - sent)
+    }
+
     /// One pass over `data`: is it JSON, and (for a CALLBACK) its `msgId`.
     pub fn data_info(&self) -> DataInfo<'_> {
         #[derive(Deserialize)]
         struct MsgId<'d> {
             #[serde(rename = "msgId", borrow, default)]
-            msg_id: Option<Cow<'d, str>>,
+            msg_id: Text<'d>,
         }
         if self.kind == FrameKind::Callback
             && let Ok(m) = serde_json::from_str::<MsgId<'_>>(&self.data)
         {
             return DataInfo {
                 is_json: true,
-                msg_id: m.msg_id.filter(|s| !s.is_empty()),
+                msg_id: m.msg_id.0.filter(|s| !s.is_empty()),
             };
         }
         DataInfo {
@@ -207,8 +215,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for HeaderList<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some((k, v)) = m.next_entry::<Cow<'de, str>, Text<'de>>()? {
-                    if let Some(v) = v.0 {
+                // Keys through `Text` too: serde's own `Cow` impl always copies.
+                while let Some((k, v)) = m.next_entry::<Text<'de>, Text<'de>>()? {
+                    if let (Some(k), Some(v)) = (k.0, v.0) {
                         out.push((k, v));
                     }
                 }
@@ -221,6 +230,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for HeaderList<'a> {
 
 /// A JSON value as text: a string unescaped (borrowed when it has no escapes), anything else
 /// as its JSON text, `null` as nothing.
+#[derive(Default)]
 struct Text<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
