@@ -133,12 +133,15 @@ async fn watchdog_cadence_and_connected_status() {
         "median gap {median:.3}s, want ~0.5 s: {gaps:?}"
     );
 
-    let st = d
-        .note("STATUS=connected ...", WAIT, |n| {
-            n.value("STATUS")
-                .is_some_and(|s| s.starts_with("connected "))
-        })
-        .await;
+    // STATUS= is sent when it changes: the line after the 5 messages may have come already.
+    let done = |n: &Note| {
+        n.value("STATUS")
+            .is_some_and(|s| s.starts_with("connected ") && s.contains(" · 5 in · "))
+    };
+    let st = match d.seen.iter().rev().find(|n| done(n)).cloned() {
+        Some(n) => n,
+        None => d.note("STATUS=connected · 5 in", WAIT, done).await,
+    };
     let line = st.value("STATUS").unwrap_or_default().to_owned();
     assert!(
         line.ends_with(" · 5 in · backlog 0 · 1 consumer"),
@@ -184,6 +187,8 @@ async fn wedge(part: &'static str, verdict: &'static str) {
     // From here on: no WATCHDOG=1 at all (systemd would kill us after 1 s), STATUS= goes on.
     // Notes still queued from before the verdict are told apart by their arrival time.
     let verdict_at = Instant::now();
+    // A change for STATUS= to show (it is sent when it changes): one more consumer.
+    let _tap = Consumer::tap(&p.socket).await;
     let mut notes: Vec<Note> = d.notes_for(Duration::from_secs(3)).await;
     notes.retain(|n| n.at > verdict_at + Duration::from_millis(100));
     let pings: Vec<&Note> = notes.iter().filter(|n| n.has("WATCHDOG=1")).collect();
@@ -193,7 +198,9 @@ async fn wedge(part: &'static str, verdict: &'static str) {
         d.log()
     );
     assert!(
-        notes.iter().any(|n| n.value("STATUS").is_some()),
+        notes.iter().any(|n| n
+            .value("STATUS")
+            .is_some_and(|s| s.ends_with("2 consumers"))),
         "{part}: STATUS= stopped too: {notes:#?}"
     );
 }

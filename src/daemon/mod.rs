@@ -391,6 +391,8 @@ impl Daemon {
     pub async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
         let mut supervisor = self.supervisor.take().expect("serve runs once");
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        // STATUS= has a reader only under systemd; elsewhere an idle daemon stays asleep.
+        let status_on = notify::listening();
         let mut last_status = String::new();
         // Sticks to STATUS= until a reload succeeds: the running config is not the file's.
         let mut reload_note = "";
@@ -414,7 +416,7 @@ impl Daemon {
                     notify::ready(&line);
                     last_status = line;
                 }
-                _ = status_tick.tick() => {
+                _ = status_tick.tick(), if status_on => {
                     let line = self.sources.report().summary + reload_note;
                     if line != last_status {
                         notify::status(&line);

@@ -110,7 +110,10 @@ impl Store {
         )
         .and_then(|done| tx.commit().at(path).map(|()| done))
         {
-            Ok(done) => done,
+            Ok(done) => {
+                self.wrote();
+                done
+            }
             Err(e) => {
                 // Nothing of the batch is stored: neither is it in the dedupe window.
                 self.index.truncate_from(last_seq + 1);

@@ -56,6 +56,7 @@ impl Store {
             .and_then(|pass| pass.run(to_ms(now), &self.opts))
             .at(path)?;
         tx.commit().at(path)?;
+        self.wrote();
         self.bytes = report.bytes_after;
         let window = duration_ms(self.opts.dedupe_window);
         let cutoff = to_ms(now).saturating_sub(window) / 1000;

@@ -31,7 +31,7 @@ const PROBE_FILE: &str = ".spool-write-probe";
 pub struct Store {
     /// Declared first so it stops before the writer's connection closes (the last connection
     /// to close checkpoints and removes the WAL).
-    _checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Checkpointer>,
     /// Held while the store is open; declared last, so it is released last.
     _lock: SpoolLock,
     pub(super) conn: Connection,
@@ -48,6 +48,13 @@ pub struct Store {
 }
 
 impl Store {
+    /// Something reached the WAL: the checkpointer runs soon (see [`Checkpointer::wrote`]).
+    pub(super) fn wrote(&self) {
+        if let Some(c) = &self.checkpointer {
+            c.wrote();
+        }
+    }
+
     /// Opens or creates `<dir>/spool.db`: WAL, `synchronous=FULL`, schema migrated.
     /// The directory must exist and be writable; errors name the path.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, SpoolError> {
@@ -86,7 +93,7 @@ impl Store {
         let index = rebuild_index(&conn, &path, &opts)?;
         tracing::debug!(path = %path.display(), last_seq, keys = index.len(), "spool opened");
         Ok(Store {
-            _checkpointer: checkpointer,
+            checkpointer,
             _lock: lock,
             conn,
             dir: dir.to_path_buf(),

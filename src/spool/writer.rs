@@ -20,9 +20,13 @@ pub const MAX_BATCH: usize = 2048;
 /// Most bytes of message bodies committed in one transaction (a batch of large messages ends
 /// sooner): bounds the memory a batch holds and the time one commit takes.
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-/// How often retention runs at most apart: each pass then deletes about a second's worth of
-/// acked messages, a few milliseconds of work, instead of a burst that would delay ACKs.
+/// How often retention runs at most apart while the spool changes: each pass then deletes about
+/// a second's worth of acked messages, a few milliseconds of work, instead of a burst that would
+/// delay ACKs.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// How often it runs while nothing changes (only time expires messages and receipts then): an
+/// idle daemon stays asleep.
+const RETENTION_IDLE: Duration = Duration::from_secs(60);
 /// The shortest retention period (a tiny `max_age`, or `max_bytes` exceeded after a commit).
 const RETENTION_MIN: Duration = Duration::from_millis(50);
 /// How long group acks wait for a batch of messages to share its commit before committing alone.
@@ -152,6 +156,7 @@ pub fn start<T: Send + 'static>(
         over_bytes: false,
         next_retention: Instant::now(),
         last_retention: Instant::now(),
+        active: true,
         ack_flush: None,
         refresh_figures: Some(Instant::now()),
         figures_at: Instant::now(),
@@ -192,6 +197,8 @@ struct Writer<T> {
     over_bytes: bool,
     next_retention: Instant,
     last_retention: Instant,
+    /// The spool changed since the last retention pass.
+    active: bool,
     /// When buffered acks are committed on their own if no message came to carry them.
     ack_flush: Option<Instant>,
     /// When the figures for status are refreshed next (`None`: nothing changed since).
@@ -200,19 +207,26 @@ struct Writer<T> {
     figures_at: Instant,
 }
 
-/// Time between retention passes for these bounds: [`RETENTION_EVERY`], or an eighth of
-/// `max_age` when that is shorter, so nothing outlives `max_age` by much.
-fn retention_period(opts: &StoreOptions) -> Duration {
-    if opts.max_age.is_zero() {
+/// Time between retention passes for these bounds: [`RETENTION_EVERY`] while the spool changes
+/// (`active`), [`RETENTION_IDLE`] while it does not; an eighth of `max_age` or of the dedupe
+/// window when that is shorter, so nothing outlives them by much.
+fn retention_period(opts: &StoreOptions, active: bool) -> Duration {
+    let most = if active {
         RETENTION_EVERY
     } else {
-        (opts.max_age / 8).clamp(RETENTION_MIN, RETENTION_EVERY)
-    }
+        RETENTION_IDLE
+    };
+    [opts.max_age, opts.dedupe_window]
+        .into_iter()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 8)
+        .fold(most, Duration::min)
+        .max(RETENTION_MIN)
 }
 
 impl<T: Send + 'static> Writer<T> {
     fn run(mut self, rx: mpsc::Receiver<Input<T>>) {
-        self.next_retention = Instant::now() + retention_period(&self.opts);
+        self.next_retention = Instant::now() + retention_period(&self.opts, true);
         self.publish_totals();
         let mut stopping = false;
         while !stopping {
@@ -311,7 +325,8 @@ impl<T: Send + 'static> Writer<T> {
                 self.retention();
                 self.last_retention = now;
             }
-            self.next_retention = now + retention_period(&self.opts);
+            let active = std::mem::take(&mut self.active);
+            self.next_retention = now + retention_period(&self.opts, active);
         }
         if self.refresh_figures.is_some_and(|at| now >= at) {
             self.refresh_figures = None;
@@ -336,6 +351,11 @@ impl<T: Send + 'static> Writer<T> {
     /// Something in the spool changed: status shows it at the end of this round, or within
     /// [`FIGURES_EVERY`] of the previous refresh while changes keep coming.
     fn changed(&mut self) {
+        if !self.active {
+            self.active = true;
+            let soon = Instant::now() + retention_period(&self.opts, true);
+            self.next_retention = self.next_retention.min(soon);
+        }
         if self.refresh_figures.is_none() {
             self.refresh_figures = Some(self.figures_at + FIGURES_EVERY);
         }
@@ -449,7 +469,7 @@ impl<T: Send + 'static> Writer<T> {
             Cmd::SetOptions(o) => {
                 self.next_retention = self
                     .next_retention
-                    .min(Instant::now() + retention_period(&o));
+                    .min(Instant::now() + retention_period(&o, true));
                 self.opts = o.clone();
                 self.store.set_options(o);
             }
@@ -467,6 +487,8 @@ impl<T: Send + 'static> Writer<T> {
                     > 0
                 {
                     self.publish_totals();
+                    // More may follow: the next pass comes at the busy pace.
+                    self.active = true;
                     // Now, not within a second: what a bound forced out shows at once.
                     self.refresh_figures = Some(Instant::now());
                 }

@@ -42,6 +42,12 @@ pub struct Sources {
     pub callbacks: Callbacks,
 }
 
+/// This process's id, asked once (it is a system call each time).
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -89,7 +95,7 @@ impl Sources {
         let st = &self.stream;
         let mut report = Report {
             version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
+            pid: pid(),
             started: rfc3339(self.started),
             uptime_s: now
                 .duration_since(self.started)
@@ -179,12 +185,22 @@ fn link_report(link: &LinkStatus, now: SystemTime) -> LinkReport {
     r
 }
 
+/// A connection's age for the `STATUS=` line, to the minute: an idle line then changes once a
+/// minute, and only a changed line is sent to systemd.
+fn coarse_duration(d: Duration) -> String {
+    match d.as_secs() {
+        0..=59 => "<1m".into(),
+        s @ 60..=3599 => format!("{}m", s / 60),
+        s => short_duration(Duration::from_secs(s)),
+    }
+}
+
 /// The `STATUS=` line: `connected 2h13m · 1234 in · backlog 0 · 2 consumers`, ...
 fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
     let head = match state {
         LinkState::Open { since, .. } => format!(
             "connected {}",
-            short_duration(now.duration_since(*since).unwrap_or_default())
+            coarse_duration(now.duration_since(*since).unwrap_or_default())
         ),
         LinkState::Connecting { attempt, .. } => format!("connecting (attempt {attempt})"),
         LinkState::Backoff {
@@ -220,4 +236,20 @@ fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
         r.backlog(),
         if consumers == 1 { "" } else { "s" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_age_changes_once_a_minute() {
+        let at = |s| coarse_duration(Duration::from_secs(s));
+        assert_eq!(at(0), "<1m");
+        assert_eq!(at(59), "<1m");
+        assert_eq!(at(60), "1m");
+        assert_eq!(at(119), "1m");
+        assert_eq!(at(3599), "59m");
+        assert_eq!(at(3600 + 13 * 60 + 5), "1h13m");
+    }
 }
