@@ -15,10 +15,7 @@ use std::time::Duration;
 /// A daemon with the endpoint at `ep`, `consumers:` timers as given, and `extra` keys.
 async fn daemon(gw: &FakeGateway, ep: &Endpoint, ack_wait: &str, extra: &str) -> Daemon {
     let p = Paths::new();
-    let yaml = format!(
-        "{}consumers:\n  ack_wait: {ack_wait}\n{extra}",
-        ep.yaml(&p)
-    );
+    let yaml = format!("{}consumers:\n  ack_wait: {ack_wait}\n{extra}", ep.yaml(&p));
     let d = Daemon::start_at(p, gw, &yaml).await;
     gw.wait_connected(1, WAIT).await.unwrap();
     d
@@ -46,7 +43,11 @@ async fn frames_carry_the_original_headers_and_data_with_a_fresh_message_id() {
         let original: Value = serde_json::from_str(&pushed.text).unwrap();
         assert_eq!(f["specVersion"], "1.0");
         assert_eq!(f["type"], original["type"], "{f}");
-        assert_eq!(f["data"], pushed_data(&pushed.text), "the original data string");
+        assert_eq!(
+            f["data"],
+            pushed_data(&pushed.text),
+            "the original data string"
+        );
         let h = &f["headers"];
         for key in ["topic", "appId", "time", "contentType"] {
             assert_eq!(h[key], original["headers"][key], "{key}: {f}");
@@ -55,13 +56,19 @@ async fn frames_carry_the_original_headers_and_data_with_a_fresh_message_id() {
             assert_eq!(h["eventId"], original["headers"]["eventId"]);
             assert_eq!(h["eventType"], "user_add_org");
         }
-        assert_ne!(h["messageId"], pushed.message_id.as_str(), "a fresh messageId");
+        assert_ne!(
+            h["messageId"],
+            pushed.message_id.as_str(),
+            "a fresh messageId"
+        );
         assert_eq!(h["connectionId"], sdk.ticket.as_str(), "the ticket");
         assert!(h.as_object().unwrap().values().all(Value::is_string));
         sdk.ack(&f).await;
     }
     let st = d
-        .status_until("both acked by the SDK", |s| s["groups"]["sdk"]["acked"] == 2)
+        .status_until("both acked by the SDK", |s| {
+            s["groups"]["sdk"]["acked"] == 2
+        })
         .await;
     assert_eq!(st["groups"]["sdk"]["configured"], true, "{st}");
     assert_eq!(st["groups"]["sdk"]["members"], 1, "{st}");
@@ -78,7 +85,8 @@ async fn later_or_no_ack_gives_the_message_again_after_ack_wait() {
     gw.push_event("e", &json!({"n": 1})).await.unwrap();
     let first = sdk.push().await;
     // NODE's LATER: code 200, status LATER.
-    sdk.ack_raw(&first, 200, "OK", r#"{"status":"LATER"}"#).await;
+    sdk.ack_raw(&first, 200, "OK", r#"{"status":"LATER"}"#)
+        .await;
     let again = sdk.push().await;
     assert_eq!(again["data"], first["data"]);
     assert_ne!(again["headers"]["messageId"], first["headers"]["messageId"]);
@@ -114,7 +122,10 @@ async fn a_closed_connection_hands_its_messages_to_another_at_once() {
     let held = holder.1.clone();
     holder.0.ws.close(None).await.unwrap();
     drop(holder);
-    let f = other.push_within(Duration::from_secs(5)).await.expect("handed over at once");
+    let f = other
+        .push_within(Duration::from_secs(5))
+        .await
+        .expect("handed over at once");
     assert_eq!(text_of(&f), "one");
     assert_eq!(f["data"], held["data"]);
     other.ack(&f).await;
@@ -148,7 +159,8 @@ async fn messages_wait_in_the_backlog_until_an_app_connects() {
 async fn a_callback_answer_reaches_dingtalk_as_the_response() {
     let gw = gateway(false).await;
     let ep = Endpoint::new();
-    let extra = format!("callbacks:\n  - topic: {TOPIC_CARD_CALLBACK}\n    group: sdk\n    timeout: 5s\n");
+    let extra =
+        format!("callbacks:\n  - topic: {TOPIC_CARD_CALLBACK}\n    group: sdk\n    timeout: 5s\n");
     let d = daemon(&gw, &ep, "30s", &extra).await;
     let mut sdk = Sdk::connect(&ep).await;
     let card = gw
@@ -167,7 +179,10 @@ async fn a_callback_answer_reaches_dingtalk_as_the_response() {
     wait_acked(&gw, &[card.message_id.as_str()]).await;
     let ack = &gw.acks(&card.message_id)[0];
     let data: Value = serde_json::from_str(&ack.data).unwrap();
-    assert_eq!(data, json!({"response": {"cardData": {"cardParamMap": {"clicked": "yes"}}}}));
+    assert_eq!(
+        data,
+        json!({"response": {"cardData": {"cardParamMap": {"clicked": "yes"}}}})
+    );
     // A bot message (no route) is acked as usual.
     gw.push_bot_text("plain").await.unwrap();
     let f = sdk.push().await;
@@ -182,12 +197,19 @@ async fn tickets_are_single_use_and_wrong_local_credentials_get_401() {
     let gw = gateway(false).await;
     let ep = Endpoint::new();
     let d = daemon(&gw, &ep, "30s", "").await;
-    for (id, secret) in [(LOCAL_ID, "wrong"), ("other-app", LOCAL_SECRET), (gw.config().client_id.as_str(), SECRET)] {
+    for (id, secret) in [
+        (LOCAL_ID, "wrong"),
+        ("other-app", LOCAL_SECRET),
+        (gw.config().client_id.as_str(), SECRET),
+    ] {
         let r = open(&ep, id, secret).await;
         assert_eq!(r.status(), 401, "{id}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["code"], "authFailed", "{v}");
-        assert!(v["requestid"].is_string() && v["message"].is_string(), "{v}");
+        assert!(
+            v["requestid"].is_string() && v["message"].is_string(),
+            "{v}"
+        );
         let r = access_token(&ep, id, secret).await;
         assert_eq!(r.status(), 401, "token for {id}");
         let v: Value = r.json().await.unwrap();
@@ -203,10 +225,17 @@ async fn tickets_are_single_use_and_wrong_local_credentials_get_401() {
     // The same ticket again: upgraded (a refused handshake makes NODE storm), then told to go.
     let mut second = Sdk::connect_with(&endpoint, &ticket).await;
     let f = second.frame_within(WAIT).await.expect("disconnect");
-    assert_eq!((f["type"].as_str(), f["headers"]["topic"].as_str()), (Some("SYSTEM"), Some("disconnect")), "{f}");
+    assert_eq!(
+        (f["type"].as_str(), f["headers"]["topic"].as_str()),
+        (Some("SYSTEM"), Some("disconnect")),
+        "{f}"
+    );
     assert!(second.frame_within(WAIT).await.is_none(), "closed");
     let mut made_up = Sdk::connect_with(&endpoint, "made-up").await;
-    assert_eq!(made_up.frame_within(WAIT).await.unwrap()["headers"]["topic"], "disconnect");
+    assert_eq!(
+        made_up.frame_within(WAIT).await.unwrap()["headers"]["topic"],
+        "disconnect"
+    );
     // The first connection works.
     gw.push_bot_text("still here").await.unwrap();
     let f = first.push().await;
@@ -247,7 +276,10 @@ async fn the_access_token_is_shared_and_openapi_requests_are_forwarded() {
     assert!(v["processQueryKey"].is_string(), "{v}");
     let sends = gw.robot_sends();
     assert_eq!(sends.len(), 1);
-    assert_eq!((sends[0].token.as_str(), &sends[0].body), (token.as_str(), &body));
+    assert_eq!(
+        (sends[0].token.as_str(), &sends[0].body),
+        (token.as_str(), &body)
+    );
     // DingTalk's errors come back unchanged.
     let r = http()
         .post(ep.url("/v1.0/robot/oToMessages/batchSend"))

@@ -49,16 +49,15 @@ pub use events::{
     TimedEvent, Timeout,
 };
 pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
-pub use openapi::RobotSend;
 pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
 };
+pub use openapi::RobotSend;
 
 pub use config::{
     AckRecord, Counts, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
-    DEFAULT_TOKEN_TTL,
-    DisconnectStorm, GatewayConfig, PushError, Pushed, Route, SimError,
+    DEFAULT_TOKEN_TTL, DisconnectStorm, GatewayConfig, PushError, Pushed, Route, SimError,
 };
 pub use stats::{ConnSpan, connection_spans, max_open_at_once, max_opened_within};
 

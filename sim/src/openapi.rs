@@ -56,10 +56,21 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "invalidParameter", "unreadable body"))?
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalidParameter",
+                "unreadable body",
+            )
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "invalidParameter", "body is not JSON"))
+    serde_json::from_slice(&bytes).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalidParameter",
+            "body is not JSON",
+        )
+    })
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
@@ -70,7 +81,10 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 /// `POST /v1.0/oauth2/accessToken`.
-pub(crate) async fn access_token(shared: &Arc<GatewayCore>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn access_token(
+    shared: &Arc<GatewayCore>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let body = match body_json(req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -105,7 +119,10 @@ pub(crate) async fn access_token(shared: &Arc<GatewayCore>, req: Request<Incomin
 }
 
 /// `POST /v1.0/robot/oToMessages/batchSend`.
-pub(crate) async fn batch_send(shared: &Arc<GatewayCore>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn batch_send(
+    shared: &Arc<GatewayCore>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let token = req
         .headers()
         .get("x-acs-dingtalk-access-token")

@@ -84,7 +84,10 @@ where
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = ws.split();
     let Some(ticket) = ticket else {
-        info!(conn, "SDK connection with an unknown, used or expired ticket: disconnecting it");
+        info!(
+            conn,
+            "SDK connection with an unknown, used or expired ticket: disconnecting it"
+        );
         goodbye(&mut sink, "", "invalid ticket").await;
         return;
     };
@@ -174,7 +177,12 @@ fn on_ack(
         }
         Verdict::Later => {
             shared.stats.later.fetch_add(1, Ordering::Relaxed);
-            info!(conn, seq, code = ack.code, "SDK answered LATER or an error; the group gives the message again after consumers.ack_wait");
+            info!(
+                conn,
+                seq,
+                code = ack.code,
+                "SDK answered LATER or an error; the group gives the message again after consumers.ack_wait"
+            );
         }
     }
 }
@@ -277,7 +285,11 @@ fn system_frame(mut env: Envelope, message_id: &str) -> Envelope {
 /// connection's counter, the time.
 fn message_id(n: u64) -> String {
     let r: u32 = rand::random();
-    format!("{r:08x}_{n:x}_{:x}_{:x}", super::now_ms(), rand::random::<u32>() >> 4)
+    format!(
+        "{r:08x}_{n:x}_{:x}_{:x}",
+        super::now_ms(),
+        rand::random::<u32>() >> 4
+    )
 }
 
 #[cfg(test)]

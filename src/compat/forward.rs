@@ -82,7 +82,11 @@ pub async fn forward(up: &Upstream, req: Request<Incoming>) -> Response<BoxBody>
             } else {
                 (StatusCode::BAD_GATEWAY, "upstreamError")
             };
-            return error_response(status, code, &format!("DingTalk's API cannot be reached: {why}"));
+            return error_response(
+                status,
+                code,
+                &format!("DingTalk's API cannot be reached: {why}"),
+            );
         }
     };
     debug!(%method, path = %path_only(&path), status = resp.status().as_u16(), "OpenAPI request forwarded");
@@ -112,10 +116,16 @@ mod tests {
     fn hop_by_hop_headers_are_dropped() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9470"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("x-acs-dingtalk-access-token", HeaderValue::from_static("t"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         let out = end_to_end(&h);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");

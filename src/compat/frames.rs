@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn the_frame_is_rebuilt_with_a_fresh_message_id_and_the_ticket() {
         let d = Delivery::from_line(EVENT_LINE).unwrap();
-        assert_eq!((d.seq, d.kind.clone(), d.topic.as_str()), (7, FrameKind::Event, "*"));
+        assert_eq!(
+            (d.seq, d.kind.clone(), d.topic.as_str()),
+            (7, FrameKind::Event, "*")
+        );
         let v: Value = serde_json::from_str(&d.render("m-new", "tkt")).unwrap();
         assert_eq!(v["type"], "EVENT");
         assert_eq!(v["specVersion"], "1.0");
@@ -180,17 +183,29 @@ mod tests {
         let cb = FrameKind::Callback;
         let ev = FrameKind::Event;
         // PY CallbackHandler, NODE socketCallBackResponse
-        let Verdict::Done { response } = Verdict::of(&ack(200, r#"{"response": {"cardData": {"a": 1}}}"#), &cb) else {
+        let Verdict::Done { response } =
+            Verdict::of(&ack(200, r#"{"response": {"cardData": {"a": 1}}}"#), &cb)
+        else {
             panic!("done")
         };
         assert_eq!(response.unwrap().get(), r#"{"cardData": {"a": 1}}"#);
         // PY AsyncChatbotHandler echoes the message; DOC's null response
-        for data in [r#"{"msgId":"x","text":{"content":"hi"}}"#, r#"{"response": null}"#, ""] {
-            assert_eq!(Verdict::of(&ack(200, data), &cb), Verdict::Done { response: None });
+        for data in [
+            r#"{"msgId":"x","text":{"content":"hi"}}"#,
+            r#"{"response": null}"#,
+            "",
+        ] {
+            assert_eq!(
+                Verdict::of(&ack(200, data), &cb),
+                Verdict::Done { response: None }
+            );
         }
         // PY EventHandler echoes the event; NODE async listener sends {}
         for data in [r#"{"userId": ["u1"]}"#, "{}", r#"{"status":"SUCCESS"}"#] {
-            assert_eq!(Verdict::of(&ack(200, data), &ev), Verdict::Done { response: None });
+            assert_eq!(
+                Verdict::of(&ack(200, data), &ev),
+                Verdict::Done { response: None }
+            );
         }
         // an event's data is never a callback response
         assert_eq!(
@@ -198,7 +213,12 @@ mod tests {
             Verdict::Done { response: None }
         );
         // LATER with 200 (NODE, JAVA) or 500 (GO), errors, PY's 404 "not implement"
-        for (code, data) in [(200, r#"{"status":"LATER"}"#), (500, r#"{"status":"LATER"}"#), (404, ""), (-1, "")] {
+        for (code, data) in [
+            (200, r#"{"status":"LATER"}"#),
+            (500, r#"{"status":"LATER"}"#),
+            (404, ""),
+            (-1, ""),
+        ] {
             assert_eq!(Verdict::of(&ack(code, data), &ev), Verdict::Later);
         }
     }

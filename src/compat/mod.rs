@@ -43,8 +43,8 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tickets::Tickets;
 use token::TokenCache;
@@ -462,7 +462,8 @@ fn auth_failed() -> Response<BoxBody> {
 
 /// DingTalk's error shape: `{"requestid":"...","code":"...","message":"..."}`.
 pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response<BoxBody> {
-    let body = serde_json::json!({"requestid": new_id().to_uppercase(), "code": code, "message": message});
+    let body =
+        serde_json::json!({"requestid": new_id().to_uppercase(), "code": code, "message": message});
     json_response(status, &body)
 }
 
@@ -490,7 +491,14 @@ fn empty() -> BoxBody {
 pub(crate) fn new_id() -> String {
     let b: [u8; 16] = rand::random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Epoch milliseconds.
@@ -507,7 +515,10 @@ mod tests {
     #[test]
     fn helpers() {
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
-        assert_eq!(query_param("a=1&ticket=x%2Dy+z", "ticket").as_deref(), Some("x-y z"));
+        assert_eq!(
+            query_param("a=1&ticket=x%2Dy+z", "ticket").as_deref(),
+            Some("x-y z")
+        );
         assert_eq!(query_param("a=1", "ticket"), None);
         assert_eq!(new_id().len(), 36);
     }

@@ -25,7 +25,10 @@ impl Tickets {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, at| now.saturating_duration_since(*at) < TICKET_TTL);
         if open.len() >= MAX_OPEN
-            && let Some(oldest) = open.iter().min_by_key(|(_, at)| **at).map(|(t, _)| t.clone())
+            && let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, _)| t.clone())
         {
             open.remove(&oldest);
         }

@@ -84,7 +84,9 @@ mod tests {
         let u = Upstream::new(&c, Secret::new("b"), tls, &ProxySettings::default()).unwrap();
         assert_eq!(u.origin.as_str(), "http://127.0.0.1:9/");
         assert_eq!(
-            u.url("/v1.0/robot/oToMessages/batchSend?a=b%20c").unwrap().as_str(),
+            u.url("/v1.0/robot/oToMessages/batchSend?a=b%20c")
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:9/v1.0/robot/oToMessages/batchSend?a=b%20c"
         );
     }

@@ -185,8 +185,7 @@ impl Config {
                 "groups",
                 format!(
                     "lists {} groups (the compat group included), more than limits.max_groups ({})",
-                    configured,
-                    l.max_groups
+                    configured, l.max_groups
                 ),
             );
         }

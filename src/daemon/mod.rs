@@ -345,12 +345,13 @@ impl Daemon {
             None => None,
             Some(s) => {
                 let listen = s.listen;
-                let server = compat::Server::start(s, compat_env.clone())
-                    .await
-                    .map_err(|source| Error::Io {
-                        context: format!("binding compat.listen {listen}"),
-                        source,
-                    })?;
+                let server =
+                    compat::Server::start(s, compat_env.clone())
+                        .await
+                        .map_err(|source| Error::Io {
+                            context: format!("binding compat.listen {listen}"),
+                            source,
+                        })?;
                 Some(server)
             }
         };
@@ -549,7 +550,9 @@ impl Reloadable {
             }
             (Some(old), Some(s)) if old.settings.same_endpoint(&s) => Some(old),
             (Some(old), Some(s)) => {
-                info!("compat changed: the local SDK endpoint restarts; SDK apps get disconnect and reconnect");
+                info!(
+                    "compat changed: the local SDK endpoint restarts; SDK apps get disconnect and reconnect"
+                );
                 Some(old.restart(s, self.compat_env.clone()))
             }
         };

@@ -129,7 +129,9 @@ impl Sdk {
     pub async fn frame_within(&mut self, d: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match m {
                 Ok(Message::Text(t)) => {
                     return Some(
@@ -163,7 +165,9 @@ impl Sdk {
 
     /// The next push within [`WAIT`].
     pub async fn push(&mut self) -> Value {
-        self.push_within(WAIT).await.expect("a pushed frame in time")
+        self.push_within(WAIT)
+            .await
+            .expect("a pushed frame in time")
     }
 
     /// Sends an ACK of `frame` (the DOC shape).
