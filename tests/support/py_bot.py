@@ -7,13 +7,14 @@ Env: APP_ID, APP_SECRET; BOT_TOKEN=1: print get_access_token() and exit.
 import json
 import os
 import sys
+import time
 
 import dingtalk_stream
 from dingtalk_stream import AckMessage
 
 
 def out(kind, **fields):
-    print("@@ " + json.dumps({"kind": kind, **fields}), flush=True)
+    print("@@ " + json.dumps({"kind": kind, "t": time.time(), **fields}), flush=True)
 
 
 class Bot(dingtalk_stream.ChatbotHandler):
