@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::systemd::Service;
 use common::*;
 use dingtalk_streamd_sim::{FakeGateway, OutFrame, Route, TOPIC_CARD_CALLBACK};
 use serde_json::{Value, json};
@@ -334,4 +335,61 @@ async fn compat_listen_must_be_loopback() {
     p.configure(&gw, &yaml);
     let e = dingtalk_streamd::config::Config::load(&p.config).unwrap_err();
     assert!(e.to_string().contains("compat.listen"), "{e}");
+}
+
+/// SIGHUP through the real binary: a reload that leaves `compat:` alone leaves SDK connections
+/// alone; one that changes its secret gives each `disconnect` and a close, and the endpoint
+/// comes back with the new secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_compat_disconnects_sdk_apps_and_rebinds() {
+    let gw = gateway(false).await;
+    let ep = Endpoint::new();
+    let p = Paths::new();
+    let compat = ep.yaml(&p);
+    p.configure(&gw, &compat);
+    let mut d = Service::run(&p.config, &[]);
+    d.ready().await;
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let mut sdk = Sdk::connect(&ep).await;
+    p.configure(&gw, &format!("{compat}log:\n  level: debug\n"));
+    d.reload().await;
+    gw.push_bot_text("kept").await.unwrap();
+    let f = sdk.push().await;
+    assert_eq!(
+        text_of(&f),
+        "kept",
+        "the same connection after an unrelated reload"
+    );
+    sdk.ack(&f).await;
+
+    std::fs::write(p.path("compat_secret"), "rotated-local-secret\n").unwrap();
+    d.reload().await;
+    let mut saw_disconnect = false;
+    while let Some(f) = sdk.frame_within(WAIT).await {
+        match f["headers"]["topic"].as_str() {
+            Some("ping") => {}
+            Some("disconnect") => saw_disconnect = true,
+            _ => panic!("unexpected frame: {f}"),
+        }
+    }
+    assert!(saw_disconnect, "disconnect, then the close");
+    until(WAIT, "the endpoint back with the new secret", async || {
+        let r = http()
+            .post(ep.url("/v1.0/gateway/connections/open"))
+            .json(&json!({"clientId": LOCAL_ID, "clientSecret": "rotated-local-secret"}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() == 200 {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", r.status()))
+        }
+    })
+    .await;
+    assert_eq!(open(&ep, LOCAL_ID, LOCAL_SECRET).await.status(), 401);
+    gw.push_bot_text("after").await.unwrap();
+    let mut again = Sdk::connect_with_secret(&ep, "rotated-local-secret").await;
+    assert_eq!(text_of(&again.push().await), "after");
+    d.stop().await;
 }

@@ -23,37 +23,33 @@
 mod conn;
 mod forward;
 mod frames;
+mod http;
 mod tickets;
 mod token;
 mod upstream;
 
+pub use http::error_response;
 pub use token::RENEW_BEFORE;
 pub use upstream::Upstream;
 
 use crate::consumers::groups::GroupRegistry;
 use crate::relay::callbacks::Callbacks;
 use crate::secret::Secret;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tickets::Tickets;
 use token::TokenCache;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -61,8 +57,6 @@ use tracing::{debug, info, warn};
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
-/// Request bodies the endpoint reads itself (tickets, tokens) are at most this large.
-const MAX_BODY: usize = 64 * 1024;
 /// How long an accept loop waits after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -285,9 +279,9 @@ async fn serve_http(shared: Arc<Shared>, tcp: TcpStream) {
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/v1.0/gateway/connections/open") => open(&shared, req).await,
-        (_, "/connect") => handshake(&shared, req),
-        (&Method::POST, "/v1.0/oauth2/accessToken") => access_token(&shared, req).await,
+        (&Method::POST, "/v1.0/gateway/connections/open") => http::open(&shared, req).await,
+        (_, "/connect") => http::handshake(&shared, req),
+        (&Method::POST, "/v1.0/oauth2/accessToken") => http::access_token(&shared, req).await,
         (_, p) if forward::forwards(p) => {
             let up = shared.upstream.borrow().clone();
             forward::forward(&up, req).await
@@ -298,193 +292,6 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
             "the local endpoint serves /v1.0/gateway/connections/open, /connect, /v1.0/ and /v2.0/",
         ),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct OpenBody {
-    #[serde(default)]
-    client_id: String,
-    #[serde(default)]
-    client_secret: String,
-}
-
-/// `connections/open` with the local credentials: a ticket and the WebSocket endpoint.
-async fn open(shared: &Shared, req: Request<Incoming>) -> Response<BoxBody> {
-    let body: OpenBody = match read_json(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if body.client_id != shared.client_id || !same(&body.client_secret, shared.secret.expose()) {
-        info!("compat endpoint: connections/open with wrong local credentials (401)");
-        return auth_failed();
-    }
-    let ticket = shared.tickets.issue(Instant::now());
-    let endpoint = match shared.local.get() {
-        Some(a) => format!("ws://{a}/connect"),
-        None => return error_response(StatusCode::SERVICE_UNAVAILABLE, "systemError", "not ready"),
-    };
-    debug!("compat endpoint: ticket issued");
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"endpoint": endpoint, "ticket": ticket}),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TokenBody {
-    #[serde(default)]
-    app_key: String,
-    #[serde(default)]
-    app_secret: String,
-}
-
-/// `oauth2/accessToken` with the local credentials: the shared real token.
-async fn access_token(shared: &Shared, req: Request<Incoming>) -> Response<BoxBody> {
-    let body: TokenBody = match read_json(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if body.app_key != shared.client_id || !same(&body.app_secret, shared.secret.expose()) {
-        info!("compat endpoint: accessToken with wrong local credentials (401)");
-        return auth_failed();
-    }
-    match shared.token.get().await {
-        Ok((token, left)) => json_response(
-            StatusCode::OK,
-            &serde_json::json!({"accessToken": token.expose(), "expireIn": left.as_secs()}),
-        ),
-        Err(e) => {
-            warn!(error = %e, "no DingTalk access token for a local app");
-            error_response(StatusCode::BAD_GATEWAY, "upstreamError", &e.to_string())
-        }
-    }
-}
-
-/// The WebSocket upgrade. A ticket that is unknown, used or expired still gets its upgrade,
-/// then `disconnect` and a close (see [`conn::serve`]); only a request that is no WebSocket
-/// upgrade at all is refused.
-fn handshake(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
-    let key = match upgrade_key(&req) {
-        Ok(k) => k,
-        Err(why) => return error_response(StatusCode::BAD_REQUEST, "invalidParameter", why),
-    };
-    let ticket = query_param(req.uri().query().unwrap_or(""), "ticket")
-        .filter(|t| shared.tickets.take(t, Instant::now()));
-    let task_shared = shared.clone();
-    shared.tasks.spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                conn::serve(task_shared, ws, ticket).await;
-            }
-            Err(e) => debug!(error = %e, "compat endpoint: upgrade failed"),
-        }
-    });
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
-}
-
-/// The `Sec-WebSocket-Key` of a well-formed upgrade request.
-fn upgrade_key(req: &Request<Incoming>) -> Result<String, &'static str> {
-    let h = req.headers();
-    let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
-        })
-    };
-    if req.method() != Method::GET
-        || !has(header::UPGRADE, "websocket")
-        || !has(header::CONNECTION, "upgrade")
-        || !has(header::SEC_WEBSOCKET_VERSION, "13")
-    {
-        return Err("not a WebSocket upgrade (GET, Upgrade: websocket, version 13)");
-    }
-    h.get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or("missing Sec-WebSocket-Key")
-}
-
-/// One query parameter, `+` and `%XX` decoded (PY `quote_plus`es the ticket).
-fn query_param(query: &str, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Reads a small JSON body, or the error answer for it.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> Result<T, Response<BoxBody>> {
-    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "invalidParameter",
-                "unreadable or too large body",
-            ));
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "invalidParameter",
-            &format!("expected a JSON object: {e}"),
-        )
-    })
-}
-
-/// Equal strings, compared in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
-fn auth_failed() -> Response<BoxBody> {
-    error_response(
-        StatusCode::UNAUTHORIZED,
-        "authFailed",
-        "鉴权失败: wrong client id or secret for the local endpoint (compat.client_id, compat.client_secret_file)",
-    )
-}
-
-/// DingTalk's error shape: `{"requestid":"...","code":"...","message":"..."}`.
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response<BoxBody> {
-    let body =
-        serde_json::json!({"requestid": new_id().to_uppercase(), "code": code, "message": message});
-    json_response(status, &body)
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<BoxBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json;charset=utf-8"),
-    );
-    resp
-}
-
-fn empty() -> BoxBody {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// A random id in UUID form.
@@ -508,18 +315,27 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn helpers() {
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
-        assert_eq!(
-            query_param("a=1&ticket=x%2Dy+z", "ticket").as_deref(),
-            Some("x-y z")
-        );
-        assert_eq!(query_param("a=1", "ticket"), None);
-        assert_eq!(new_id().len(), 36);
+/// What a reload does to the endpoint: keeps it when `compat:` and its secret are unchanged,
+/// restarts it when they changed (SDK connections get `disconnect` and reconnect), starts or
+/// stops it when `compat:` was added or removed.
+pub fn reload(current: Option<Server>, next: Option<Settings>, env: &Env) -> Option<Server> {
+    match (current, next) {
+        (None, None) => None,
+        (Some(old), None) => {
+            info!("compat removed from the config: the local SDK endpoint stops");
+            old.stop();
+            None
+        }
+        (None, Some(s)) => {
+            info!("compat added to the config: the local SDK endpoint starts");
+            Some(Server::launch(s, env.clone(), None))
+        }
+        (Some(old), Some(s)) if old.settings.same_endpoint(&s) => Some(old),
+        (Some(old), Some(s)) => {
+            info!(
+                "compat changed: the local SDK endpoint restarts; SDK apps get disconnect and reconnect"
+            );
+            Some(old.restart(s, env.clone()))
+        }
     }
 }

@@ -517,7 +517,8 @@ impl Reloadable {
             // New credentials, endpoint, trust or proxy: the cached access token goes too.
             self.upstream.send_replace(Arc::new(upstream));
         }
-        self.reload_compat(&new);
+        let compat = self.compat.take();
+        self.compat = compat::reload(compat, compat::Settings::of(&new), &self.compat_env);
         for key in &plan.needs_restart {
             warn!(key, "changed in the config; takes effect after a restart");
         }
@@ -531,30 +532,5 @@ impl Reloadable {
         self.loaded = new;
         info!(config = %path.display(), "configuration reloaded");
         Ok(())
-    }
-
-    /// `compat:` (or its secret) changed: the endpoint is restarted with the new settings
-    /// (SDK connections get `disconnect` and reconnect), started, or stopped.
-    fn reload_compat(&mut self, new: &Loaded) {
-        let next = compat::Settings::of(new);
-        self.compat = match (self.compat.take(), next) {
-            (None, None) => None,
-            (Some(old), None) => {
-                info!("compat removed from the config: the local SDK endpoint stops");
-                old.stop();
-                None
-            }
-            (None, Some(s)) => {
-                info!("compat added to the config: the local SDK endpoint starts");
-                Some(compat::Server::launch(s, self.compat_env.clone(), None))
-            }
-            (Some(old), Some(s)) if old.settings.same_endpoint(&s) => Some(old),
-            (Some(old), Some(s)) => {
-                info!(
-                    "compat changed: the local SDK endpoint restarts; SDK apps get disconnect and reconnect"
-                );
-                Some(old.restart(s, self.compat_env.clone()))
-            }
-        };
     }
 }

@@ -103,7 +103,12 @@ pub struct Sdk {
 impl Sdk {
     /// Opens a ticket with the local credentials and connects to the endpoint it names.
     pub async fn connect(ep: &Endpoint) -> Sdk {
-        let resp = open(ep, LOCAL_ID, LOCAL_SECRET).await;
+        Sdk::connect_with_secret(ep, LOCAL_SECRET).await
+    }
+
+    /// [`Sdk::connect`] presenting `secret`.
+    pub async fn connect_with_secret(ep: &Endpoint, secret: &str) -> Sdk {
+        let resp = open(ep, LOCAL_ID, secret).await;
         assert_eq!(resp.status(), 200, "open");
         let v: Value = resp.json().await.expect("open answer");
         let endpoint = v["endpoint"].as_str().expect("endpoint").to_owned();
