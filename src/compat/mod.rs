@@ -155,6 +155,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// The endpoint of a loaded config, bound and serving; `None` without `compat:`.
+    pub async fn of_config(l: &crate::config::Loaded, env: Env) -> std::io::Result<Option<Server>> {
+        match Settings::of(l) {
+            Some(s) => Server::start(s, env).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Binds `settings.listen` and starts serving.
     pub async fn start(settings: Settings, env: Env) -> std::io::Result<Server> {
         let listener = TcpListener::bind(settings.listen).await?;

@@ -341,20 +341,12 @@ impl Daemon {
             shutdown: parts.clone(),
             tasks: tasks.clone(),
         };
-        let compat = match compat::Settings::of(&loaded) {
-            None => None,
-            Some(s) => {
-                let listen = s.listen;
-                let server =
-                    compat::Server::start(s, compat_env.clone())
-                        .await
-                        .map_err(|source| Error::Io {
-                            context: format!("binding compat.listen {listen}"),
-                            source,
-                        })?;
-                Some(server)
-            }
-        };
+        let compat = compat::Server::of_config(&loaded, compat_env.clone())
+            .await
+            .map_err(|source| Error::Io {
+                context: "binding compat.listen".into(),
+                source,
+            })?;
 
         let reader_progress = Progress::new();
         let watchdog = {
