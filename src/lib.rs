@@ -14,6 +14,7 @@
 //! - [`spool`]: the SQLite store and its writer thread; knows nothing of WebSockets or consumers.
 //! - [`consumers`]: the consumer socket: the line format, taps, groups
 //!   ([`consumers::groups::book`] holds the rules, pure), members.
+//! - [`compat`]: the local DingTalk-compatible endpoint for unmodified SDK apps (`compat:`).
 //! - [`listeners`]: every listening socket and its accept loop, socket activation.
 //! - [`status`]: the one typed status report; [`control`]: control requests, metrics, the CLI
 //!   clients.
@@ -24,6 +25,7 @@
 //! docs/ARCHITECTURE.md walks through it.
 
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod consumers;
 pub mod control;

@@ -13,6 +13,8 @@ use super::events::ConnId;
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(90);
 /// Redelivery delay seen in field reports for unACKed bot messages (docs/protocol.md §3.5).
 pub const DEFAULT_REDELIVER_AFTER: Duration = Duration::from_secs(60);
+/// Lifetime of access tokens, as DingTalk's `expireIn` (seconds) says it.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7200);
 /// Silence between `disconnect` and the TCP close (docs/protocol.md §4.2).
 pub const DEFAULT_DISCONNECT_GRACE: Duration = Duration::from_secs(10);
 
@@ -34,6 +36,8 @@ pub struct GatewayConfig {
     pub public_host: Option<String>,
     /// How long an issued ticket can be used.
     pub ticket_ttl: Duration,
+    /// How long an access token from `POST /v1.0/oauth2/accessToken` is valid (`expireIn`).
+    pub token_ttl: Duration,
     /// Period of SYSTEM `ping` frames on every connection; `None` = only on demand.
     pub ping_interval: Option<Duration>,
     /// Redeliver an EVENT/CALLBACK not ACKed (or ACKed with failure) after this; `None` = never.
@@ -61,6 +65,7 @@ impl Default for GatewayConfig {
             app_id: "3bb3c6d6-c31b-4473-addd-60f5cdc50ce0".into(),
             public_host: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
+            token_ttl: DEFAULT_TOKEN_TTL,
             ping_interval: None,
             redeliver_after: Some(DEFAULT_REDELIVER_AFTER),
             max_redeliveries: 3,

@@ -126,6 +126,15 @@ pub enum GatewayEvent {
     },
     /// The ticket endpoint is hanging a request on purpose.
     TicketHung,
+    /// `POST /v1.0/oauth2/accessToken` issued a token.
+    TokenIssued {
+        /// The token (the value a client must send as `x-acs-dingtalk-access-token`).
+        token: String,
+    },
+    /// `POST /v1.0/oauth2/accessToken` refused wrong credentials.
+    TokenRefused,
+    /// A robot message was sent through `POST /v1.0/robot/oToMessages/batchSend`.
+    RobotSent(Box<super::openapi::RobotSend>),
     /// A WebSocket handshake was refused before upgrading.
     HandshakeRejected {
         /// HTTP status.

@@ -1,7 +1,7 @@
 //! The HTTP side: accept loop, optional TLS, routing, and the WebSocket handshake at `/connect`.
 //!
-//! One port serves `POST /v1.0/gateway/connections/open` (see `ticket.rs`) and
-//! `GET /connect?ticket=...`. Tickets are checked and handshake faults applied *before*
+//! One port serves `POST /v1.0/gateway/connections/open` (see `ticket.rs`),
+//! `GET /connect?ticket=...`, and two OpenAPI endpoints (see `openapi.rs`). Tickets are checked and handshake faults applied *before*
 //! upgrading, as DingTalk does; bad input is answered and logged, never a panic.
 
 use std::convert::Infallible;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::events::GatewayEvent;
 use super::faults;
 use super::state::GatewayCore;
-use super::{conn, ticket};
+use super::{conn, openapi, ticket};
 
 /// Path of the ticket endpoint.
 pub(crate) const OPEN_PATH: &str = "/v1.0/gateway/connections/open";
@@ -107,6 +107,8 @@ async fn route(
         (&Method::POST, OPEN_PATH) => ticket::open(&shared, req).await,
         (_, OPEN_PATH) => json_response(StatusCode::METHOD_NOT_ALLOWED, &faults::error_body(405)),
         (_, CONNECT_PATH) => handshake(&shared, req, sock),
+        (&Method::POST, openapi::TOKEN_PATH) => openapi::access_token(&shared, req).await,
+        (&Method::POST, openapi::BATCH_SEND_PATH) => openapi::batch_send(&shared, req).await,
         _ => json_response(StatusCode::NOT_FOUND, &faults::error_body(404)),
     }
 }

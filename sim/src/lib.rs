@@ -7,7 +7,8 @@
 //!
 //! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`
 //! (observability), `stats` (counts, connection spans), `faults` (HTTP faults), `ca`
-//! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `conn` (one
+//! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `openapi` (the
+//! access-token and robot-send endpoints), `conn` (one
 //! WebSocket) with `outbox` (its write side) and `acks` (what an ACK does), `redeliver` (ACK
 //! deadlines), `ack_log` (the soak log), `state` (shared bookkeeping), `push` and `wait` (parts
 //! of the public handle), and this file (the handle).
@@ -22,6 +23,7 @@ mod faults;
 mod frames;
 mod http;
 mod ids;
+mod openapi;
 mod outbox;
 mod push;
 mod redeliver;
@@ -51,10 +53,11 @@ pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
 };
+pub use openapi::RobotSend;
 
 pub use config::{
     AckRecord, Counts, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
-    DisconnectStorm, GatewayConfig, PushError, Pushed, Route, SimError,
+    DEFAULT_TOKEN_TTL, DisconnectStorm, GatewayConfig, PushError, Pushed, Route, SimError,
 };
 pub use stats::{ConnSpan, connection_spans, max_open_at_once, max_opened_within};
 
@@ -220,6 +223,22 @@ impl FakeGateway {
     /// How many tickets were issued.
     pub fn tickets_issued(&self) -> usize {
         self.shared.state().tickets_issued
+    }
+
+    /// Every access token issued by `POST /v1.0/oauth2/accessToken`, oldest first.
+    pub fn tokens_issued(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|e| match &e.event {
+                GatewayEvent::TokenIssued { token } => Some(token.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every robot message sent through `POST /v1.0/robot/oToMessages/batchSend`, oldest first.
+    pub fn robot_sends(&self) -> Vec<RobotSend> {
+        self.shared.state().robot_sends.clone()
     }
 
     /// Every parsed ticket request, oldest first.

@@ -64,6 +64,10 @@ pub(crate) struct State {
     pub(crate) redeliver_at: Option<Instant>,
     /// messageIds ACKed so far (bounded), for [`super::FakeGateway::wait_acked`] and the ACK log.
     pub(crate) acked: AckedIds,
+    /// Access tokens issued, with when each expires.
+    pub(crate) tokens: HashMap<String, Instant>,
+    /// Robot messages sent through the OpenAPI.
+    pub(crate) robot_sends: Vec<super::openapi::RobotSend>,
     /// The storm in force and when it started.
     pub(crate) storm: Option<(DisconnectStorm, Instant)>,
     pub(crate) counts: Counters,

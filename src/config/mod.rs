@@ -3,11 +3,13 @@
 //! resolution. Every error names the file and line (and column), or the key path for
 //! cross-field rules.
 
+mod compat;
 mod error;
 mod units;
 mod validate;
 pub(crate) use validate::is_loopback;
 
+pub use compat::{Compat, DEFAULT_COMPAT_GROUP, DEFAULT_COMPAT_LISTEN};
 pub use error::ConfigError;
 pub use units::{ByteSize, FileMode, HumanDuration};
 
@@ -74,6 +76,9 @@ pub struct Config {
     /// Optional Prometheus endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// Optional local DingTalk-compatible endpoint for unmodified SDK apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat: Option<Compat>,
 }
 
 /// `dingtalk:` — who we are to DingTalk and what we subscribe to.
@@ -439,6 +444,8 @@ pub struct Loaded {
     pub secret: Secret,
     /// Where it came from.
     pub secret_source: SecretSource,
+    /// The local secret SDK apps present to `compat:` (from `compat.client_secret_file`).
+    pub compat_secret: Option<Secret>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -470,10 +477,12 @@ impl Config {
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let (secret, secret_source) =
             validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
+        let compat_secret = compat::resolve_compat_secret(&config, path, &secret)?;
         Ok(Loaded {
             config,
             secret,
             secret_source,
+            compat_secret,
             path: path.to_owned(),
         })
     }

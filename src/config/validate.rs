@@ -178,13 +178,14 @@ impl Config {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if self.groups.len() > l.max_groups as usize {
+        self.validate_compat(file)?;
+        let configured = self.configured_groups().len();
+        if configured > l.max_groups as usize {
             return bad(
                 "groups",
                 format!(
-                    "lists {} groups, more than limits.max_groups ({})",
-                    self.groups.len(),
-                    l.max_groups
+                    "lists {} groups (the compat group included), more than limits.max_groups ({})",
+                    configured, l.max_groups
                 ),
             );
         }
@@ -222,7 +223,7 @@ fn positive(file: &Path, key: &str, d: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_group_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_group_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -6,6 +6,7 @@
 
 pub mod reload;
 
+use crate::compat::{self, Upstream};
 use crate::config::{Config, ConfigError, Loaded};
 use crate::consumers::groups::{GroupRegistry, GroupSettings};
 use crate::consumers::hub::Hub;
@@ -129,14 +130,19 @@ fn reconnect_settings(c: &Config) -> Settings {
     }
 }
 
-/// The ticket client and WebSocket parameters for a config.
-fn clients(l: &Loaded) -> Result<(TicketClient, ConnectParams), Error> {
+/// The ticket client, WebSocket parameters and OpenAPI upstream (compat) for a config.
+fn clients(l: &Loaded) -> Result<(TicketClient, ConnectParams, Upstream), Error> {
     let c = &l.config;
     let ca = c.tls.ca_file.as_deref();
     let ws_tls = tls::client_config(ca, &[])?;
     let http_tls = tls::client_config(ca, &[b"http/1.1"])?;
     let proxies = ProxySettings::from_env(c.proxy.clone());
-    let ticket = TicketClient::new(c, l.secret.clone(), http_tls, &proxies)?;
+    let ticket = TicketClient::new(c, l.secret.clone(), http_tls.clone(), &proxies)?;
+    let upstream =
+        Upstream::new(c, l.secret.clone(), http_tls, &proxies).map_err(|e| Error::Io {
+            context: "building the OpenAPI client of compat".into(),
+            source: std::io::Error::other(e),
+        })?;
     let params = ConnectParams {
         keepalive: c.keepalive.clone(),
         timeout: c.reconnect.connect_timeout.get(),
@@ -144,7 +150,7 @@ fn clients(l: &Loaded) -> Result<(TicketClient, ConnectParams), Error> {
         proxies,
         max_frame_bytes: c.limits.max_frame_bytes.get() as usize,
     };
-    Ok((ticket, params))
+    Ok((ticket, params, upstream))
 }
 
 /// Opens the spool. A full disk at start is not a config error: the daemon reports READY with
@@ -198,6 +204,10 @@ struct Reloadable {
     spool: SpoolHandle,
     groups: GroupRegistry,
     supervisor: mpsc::UnboundedSender<Reload>,
+    /// The local SDK endpoint, when `compat:` is configured.
+    compat: Option<compat::Server>,
+    compat_env: compat::Env,
+    upstream: watch::Sender<Arc<Upstream>>,
 }
 
 /// The supervisor's loop, started by [`Daemon::start`] and driven by [`Daemon::serve`].
@@ -226,7 +236,7 @@ impl Daemon {
     ) -> Result<Option<Daemon>, Error> {
         let c = loaded.config.clone();
         let started = SystemTime::now();
-        let (ticket, params) = clients(&loaded)?;
+        let (ticket, params, upstream) = clients(&loaded)?;
         // Before anything can wait: SIGHUP's default action would end the daemon, and
         // `systemctl reload` may come at any time after READY.
         let mut hup = signal(SignalKind::hangup()).map_err(|source| Error::Io {
@@ -270,7 +280,7 @@ impl Daemon {
         );
         // Every group the spool knows runs from the start: it shows in status, and an ad-hoc
         // one expires even if no member ever comes back.
-        groups.start(&c.groups, &known_groups);
+        groups.start(&c.configured_groups(), &known_groups);
 
         let stats = Arc::new(StreamStats::default());
         let (link_tx, link_rx) = watch::channel(LinkStatus::default());
@@ -322,6 +332,21 @@ impl Daemon {
                 Err(e) => warn!(address = %m.listen, error = %e, "metrics endpoint not available"),
             }
         }
+
+        let (upstream, upstream_rx) = watch::channel(Arc::new(upstream));
+        let compat_env = compat::Env {
+            groups: groups.clone(),
+            callbacks: callbacks.clone(),
+            upstream: upstream_rx,
+            shutdown: parts.clone(),
+            tasks: tasks.clone(),
+        };
+        let compat = compat::Server::of_config(&loaded, compat_env.clone())
+            .await
+            .map_err(|source| Error::Io {
+                context: "binding compat.listen".into(),
+                source,
+            })?;
 
         let reader_progress = Progress::new();
         let watchdog = {
@@ -381,6 +406,9 @@ impl Daemon {
                 spool,
                 groups,
                 supervisor: reloads_tx,
+                compat,
+                compat_env,
+                upstream,
             },
             hup,
             supervisor: Some(run),
@@ -456,7 +484,7 @@ impl Reloadable {
     fn reload(&mut self) -> Result<(), ()> {
         notify::reloading();
         let path = self.loaded.path.clone();
-        let (new, (ticket, connect)) = match Config::load(&path)
+        let (new, (ticket, connect, upstream)) = match Config::load(&path)
             .map_err(Error::from)
             .and_then(|l| clients(&l).map(|c| (l, c)))
         {
@@ -478,7 +506,13 @@ impl Reloadable {
         self.groups_settings.send_replace(group_settings(n));
         self.callbacks.set_routes(n.callbacks.clone());
         self.spool.set_options(store_options(n));
-        self.groups.start_configured(&n.groups);
+        self.groups.start_configured(&n.configured_groups());
+        if plan.relink {
+            // New credentials, endpoint, trust or proxy: the cached access token goes too.
+            self.upstream.send_replace(Arc::new(upstream));
+        }
+        let compat = self.compat.take();
+        self.compat = compat::reload(compat, compat::Settings::of(&new), &self.compat_env);
         for key in &plan.needs_restart {
             warn!(key, "changed in the config; takes effect after a restart");
         }

@@ -7,6 +7,7 @@
 //!   (`spawn`, `spawn_run`, `start_run`, `output`);
 //! - `process`: any child with its output lines waitable (`Proc`), its exit with a deadline,
 //!   signals;
+//! - `compat`: the local SDK endpoint: its config, HTTP requests, a raw SDK-like client;
 //! - `consumer`: taps and group members on the consumer socket;
 //! - `status`: the control socket's status, once or until a predicate holds;
 //! - `systemd`: a fake `NOTIFY_SOCKET` around the real binary (`Service`);
@@ -17,6 +18,7 @@
 //! synchronise. Each test binary uses a subset, hence the allows.
 #![allow(dead_code, unused_imports)]
 
+pub mod compat;
 pub mod consumer;
 pub mod daemon;
 pub mod gateway;
@@ -27,6 +29,7 @@ pub mod status;
 pub mod systemd;
 pub mod wait;
 
+pub use compat::*;
 pub use consumer::*;
 pub use daemon::*;
 pub use gateway::*;
