@@ -9,8 +9,9 @@
 //! (observability), `stats` (counts, connection spans), `faults` (HTTP faults), `ca`
 //! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `conn` (one
 //! WebSocket) with `outbox` (its write side) and `acks` (what an ACK does), `redeliver` (ACK
-//! deadlines), `ack_log` (the soak log), `state` (shared bookkeeping), `push` and `wait` (parts
-//! of the public handle), and this file (the handle).
+//! deadlines), `ack_log` (the soak log), `state` (shared bookkeeping), `push`, `mix` (the
+//! benchmark's fixed burst and paced runs) and `wait` (parts of the public handle), and this
+//! file (the handle).
 
 mod ack_log;
 mod acks;
@@ -22,6 +23,7 @@ mod faults;
 mod frames;
 mod http;
 mod ids;
+mod mix;
 mod outbox;
 mod push;
 mod redeliver;
@@ -51,6 +53,7 @@ pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
 };
+pub use mix::{MIX_EVENT_TYPE, PaceReport, mix_frame};
 
 pub use config::{
     AckRecord, Counts, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
@@ -103,7 +106,8 @@ impl FakeGateway {
         let tracker = TaskTracker::new();
         let ack_log = match &config.ack_log {
             Some(path) => {
-                let (log, writer) = ack_log::AckLog::open(path, cancel.clone())?;
+                let (log, writer) =
+                    ack_log::AckLog::open(path, config.ack_log_times, cancel.clone())?;
                 tracker.spawn(writer);
                 Some(log)
             }
