@@ -104,12 +104,15 @@ def section(res, quick=False):
                                 or sim_busy(c) >= SIM_BOUND * sim_busy("sink"))
     rep = cfg["repeat"]
     paced = res["paced"]
-    # Latency: the paced run with the median ACK p99 (a run disturbed by other work on a shared
-    # machine moves the median less than it moves pooled percentiles; every run is in the notes).
-    p = {c: sorted(runs, key=lambda r: pct(r["ack_ms"], .99))[(len(runs) - 1) // 2]
-         for c, runs in paced.items() if runs}
+    # Latency: of a client's paced runs, the one the machine disturbed least (lowest CPU + I/O
+    # pressure, chosen without looking at its latency): other sessions' builds on a shared
+    # machine put tens of milliseconds into a tail. Every run is listed in the notes.
+    def disturbance(r):
+        return sum(v or 0 for v in r.get("psi_some", {}).values())
+    p = {c: min(runs, key=disturbance) for c, runs in paced.items() if runs}
     n_paced = len(next(iter(paced.values())))
-    n_paced_txt = f"{npace:,} msgs, median of {n_paced} runs by p99" if n_paced > 1 else f"{npace:,} msgs"
+    n_paced_txt = (f"{npace:,} msgs; the least disturbed of {n_paced} runs" if n_paced > 1
+                   else f"{npace:,} msgs")
 
     def rate_cell(c):
         rs = [r["ack_rate"] for r in res["burst"][c]]
@@ -175,7 +178,7 @@ def section(res, quick=False):
     if n_paced > 1:
         p99s = "; ".join(f"{NAMES[c]} " + ", ".join(ms(pct(r["ack_ms"], .99)) for r in paced[c])
                          for c in cols if paced.get(c))
-        notes.append(f"ACK latency p99 of each paced run, in ms (the table shows the median run): {p99s}.")
+        notes.append(f"ACK latency p99 of each paced run, in ms: {p99s}.")
     def psi(r, k):
         v = r.get("psi_some", {}).get(k)
         return "?" if v is None else f"{v:.0%}"
@@ -241,7 +244,7 @@ def section(res, quick=False):
         "run. (`perf trace -s` also works here but reports per thread.)",
         "- **RSS:** VmRSS once connected, warmed up and quiet; VmHWM (peak) right after the burst.",
         f"- **Latency:** {npace:,} messages with `/pace {npace} {rate}` after the warm-up, "
-        f"{str(n_paced) + ' runs per client, the table shows the one with the median ACK p99' if n_paced > 1 else 'one run per client'}. "
+        f"{str(n_paced) + ' runs per client; the table shows the run with the least CPU + I/O pressure (Linux PSI, see the notes), whatever its latency' if n_paced > 1 else 'one run per client'}. "
         "ACK latency = "
         "the frame queued at the simulator → its ACK read by the simulator. End-to-end = the "
         "same push time → the moment the no-op SDK handler ran, or dingtalk-streamd's group "
@@ -290,6 +293,11 @@ def write_section(path, section):
 
 
 if __name__ == "__main__":
+    # Renders the section again from a run's RESULTS.json: report.py RESULTS.json [BENCHMARKS.md]
     import sys
-    res = json.load(open(sys.argv[1]))
-    print(section(res, quick=res["config"]["quick"]))
+    with open(sys.argv[1]) as f:
+        res = json.load(f)
+    text = section(res, quick=res["config"]["quick"])
+    if len(sys.argv) > 2:
+        write_section(sys.argv[2], text)
+    print(text)
