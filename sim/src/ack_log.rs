@@ -11,10 +11,18 @@
 //!                               duplicates and SYSTEM ping ACKs are not logged
 //! ```
 //!
+//! With [`super::GatewayConfig::ack_log_times`] (`--ack-log-times`) every line ends with one
+//! more field, the wall clock (`CLOCK_REALTIME`) in microseconds since the Unix epoch, taken
+//! when the frame was queued for its connection or when its ACK was read:
+//! `pushed <messageId> <msgId> <µs>`, `acked <messageId> <µs>`. Readers of the plain format
+//! that split on whitespace keep working. Other processes on the host (a benchmark's
+//! consumers) can stamp what they see with the same clock.
+//!
 //! Lines are queued under the gateway's state lock (so `pushed` precedes its `acked`) and
 //! written by one task that flushes whenever the queue runs empty and at shutdown.
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -24,12 +32,14 @@ use tracing::warn;
 /// The sending side, kept in the gateway core.
 pub(crate) struct AckLog {
     tx: mpsc::UnboundedSender<String>,
+    times: bool,
 }
 
 impl AckLog {
     /// Opens `path` for appending (creating it) and returns the log and its writer task.
     pub(crate) fn open(
         path: &Path,
+        times: bool,
         cancel: CancellationToken,
     ) -> std::io::Result<(AckLog, impl Future<Output = ()> + Send + 'static)> {
         let file = std::fs::OpenOptions::new()
@@ -39,20 +49,32 @@ impl AckLog {
         let (tx, rx) = mpsc::unbounded_channel();
         let display = path.display().to_string();
         let task = write_lines(tokio::fs::File::from_std(file), rx, cancel, display);
-        Ok((AckLog { tx }, task))
+        Ok((AckLog { tx, times }, task))
     }
 
-    /// `pushed <messageId> <msgId>`.
+    /// `pushed <messageId> <msgId>[ <µs>]`.
     pub(crate) fn pushed(&self, message_id: &str, msg_id: Option<&str>) {
-        let _ = self
-            .tx
-            .send(format!("pushed {message_id} {}\n", msg_id.unwrap_or("-")));
+        let msg_id = msg_id.unwrap_or("-");
+        let _ = self.tx.send(match self.times {
+            true => format!("pushed {message_id} {msg_id} {}\n", unix_micros()),
+            false => format!("pushed {message_id} {msg_id}\n"),
+        });
     }
 
-    /// `acked <messageId>`.
+    /// `acked <messageId>[ <µs>]`.
     pub(crate) fn acked(&self, message_id: &str) {
-        let _ = self.tx.send(format!("acked {message_id}\n"));
+        let _ = self.tx.send(match self.times {
+            true => format!("acked {message_id} {}\n", unix_micros()),
+            false => format!("acked {message_id}\n"),
+        });
     }
+}
+
+/// Microseconds since the Unix epoch (wall clock).
+fn unix_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 async fn write_lines(

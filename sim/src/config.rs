@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     /// Append one line per push (`pushed <messageId> <msgId>`) and per first successful ACK
     /// (`acked <messageId>`) to this file, for soak checks (see `ack_log.rs`). `None` = off.
     pub ack_log: Option<PathBuf>,
+    /// End every ACK log line with the wall clock in microseconds (for latency
+    /// measurements, see `ack_log.rs`).
+    pub ack_log_times: bool,
 }
 
 impl Default for GatewayConfig {
@@ -72,6 +75,7 @@ impl Default for GatewayConfig {
             disconnect_grace: DEFAULT_DISCONNECT_GRACE,
             disconnect_storm: None,
             ack_log: None,
+            ack_log_times: false,
         }
     }
 }

@@ -8,10 +8,11 @@
 //! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`
 //! (observability), `stats` (counts, connection spans), `faults` (HTTP faults), `ca`
 //! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `openapi` (the
-//! access-token and robot-send endpoints), `conn` (one
-//! WebSocket) with `outbox` (its write side) and `acks` (what an ACK does), `redeliver` (ACK
-//! deadlines), `ack_log` (the soak log), `state` (shared bookkeeping), `push` and `wait` (parts
-//! of the public handle), and this file (the handle).
+//! access-token and robot-send endpoints), `conn` (one WebSocket) with `outbox` (its write
+//! side) and `acks` (what an ACK does), `redeliver` (ACK deadlines), `ack_log` (the soak log),
+//! `state` (shared bookkeeping), `push`, `mix` (the
+//! benchmark's fixed burst and paced runs) and `wait` (parts of the public handle), and this
+//! file (the handle).
 
 mod ack_log;
 mod acks;
@@ -23,6 +24,7 @@ mod faults;
 mod frames;
 mod http;
 mod ids;
+mod mix;
 mod openapi;
 mod outbox;
 mod push;
@@ -53,6 +55,7 @@ pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
 };
+pub use mix::{MIX_EVENT_TYPE, PaceReport, mix_frame};
 pub use openapi::RobotSend;
 
 pub use config::{
@@ -106,7 +109,8 @@ impl FakeGateway {
         let tracker = TaskTracker::new();
         let ack_log = match &config.ack_log {
             Some(path) => {
-                let (log, writer) = ack_log::AckLog::open(path, cancel.clone())?;
+                let (log, writer) =
+                    ack_log::AckLog::open(path, config.ack_log_times, cancel.clone())?;
                 tracker.spawn(writer);
                 Some(log)
             }

@@ -8,6 +8,10 @@
 //! `acked <messageId>` per first successful ACK (format in the library's `ack_log.rs`), and
 //! `/status` prints running counts. `--disconnect-storm` (or `/storm`) tells every new
 //! connection to go away as soon as it opens.
+//!
+//! For benchmarks (`scripts/bench`): `/burst N` pushes N frames of the fixed mix (90 % bot
+//! messages, 10 % events; the library's `mix.rs`) at once, `/pace N RATE` pushes them at RATE
+//! per second, and `--ack-log-times` ends every ACK log line with the wall clock in µs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,6 +77,9 @@ struct Cli {
     /// successful ACK to this file (for soak checks).
     #[arg(long, value_name = "PATH")]
     ack_log: Option<PathBuf>,
+    /// End every --ack-log line with the wall clock in microseconds since the Unix epoch.
+    #[arg(long, requires = "ack_log")]
+    ack_log_times: bool,
     /// Also write a complete daemon config file here.
     #[arg(long)]
     write_config: Option<PathBuf>,
@@ -165,6 +172,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         disconnect_grace: cli.disconnect_grace,
         disconnect_storm: cli.disconnect_storm,
         ack_log: cli.ack_log.clone(),
+        ack_log_times: cli.ack_log_times,
         ..GatewayConfig::default()
     };
     let gw = FakeGateway::start(config)
@@ -348,6 +356,8 @@ const HELP: &str = "\
   <text>              send a bot message with this text
   /event [TYPE]       send an EVENT (default user_add_org)
   /card               send an interactive-card callback
+  /burst N            push N frames of the benchmark mix (90 % bot, 10 % events) at once
+  /pace N RATE        push N frames of the benchmark mix at RATE per second
   /ping               send a SYSTEM ping on every connection
   /disconnect         send `disconnect` to every connection (TCP closes after the grace)
   /drop               reset every connection's TCP (no close frame)
@@ -376,6 +386,18 @@ async fn command(gw: &FakeGateway, cmd: &str, zombie: &mut bool) -> bool {
                 "card callback",
             );
         }
+        "burst" => match arg.map(str::parse::<u64>) {
+            Some(Ok(n)) => {
+                tokio::spawn(burst(gw.clone(), n));
+            }
+            _ => println!("usage: /burst N"),
+        },
+        "pace" => match (arg.map(str::parse), words.next().map(str::parse::<f64>)) {
+            (Some(Ok(n)), Some(Ok(rate))) if rate.is_finite() && rate > 0.0 => {
+                tokio::spawn(pace(gw.clone(), n, rate));
+            }
+            _ => println!("usage: /pace N RATE (RATE per second, > 0)"),
+        },
         "ping" => each(&conns, "ping", |c| gw.send_ping(c).map(|_| ())),
         "disconnect" => each(&conns, "disconnect", |c| gw.send_disconnect(c).map(|_| ())),
         "drop" => each(&conns, "drop", |c| gw.drop_connection(c)),
@@ -429,6 +451,33 @@ async fn command(gw: &FakeGateway, cmd: &str, zombie: &mut bool) -> bool {
         _ => println!("{HELP}"),
     }
     true
+}
+
+/// `/burst N`: prints `burst: N frames queued in X ms` (or why not).
+async fn burst(gw: FakeGateway, n: u64) {
+    let started = std::time::Instant::now();
+    match gw.burst(n, TYPED_WAIT).await {
+        Ok(p) => println!(
+            "burst: {} frames queued in {:.1} ms",
+            p.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => println!("burst failed: {e}"),
+    }
+}
+
+/// `/pace N RATE`: prints `pace: N frames in X s (R/s), max lag Y ms` (or why not).
+async fn pace(gw: FakeGateway, n: u64, rate: f64) {
+    match gw.pace(n, rate, TYPED_WAIT).await {
+        Ok(r) => println!(
+            "pace: {} frames in {:.3} s ({:.0}/s), max lag {:.1} ms",
+            r.pushed,
+            r.elapsed.as_secs_f64(),
+            r.pushed as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            r.max_lag.as_secs_f64() * 1e3
+        ),
+        Err(e) => println!("pace failed: {e}"),
+    }
 }
 
 fn report(result: Result<(), dingtalk_streamd_sim::PushError>, what: &str) {
