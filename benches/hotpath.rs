@@ -5,10 +5,10 @@
 //! compares instructions per message with the committed baseline; run alone it prints how long
 //! it took (a sanity check, not a measurement).
 //!
-//! `cargo bench --bench hotpath -- [MESSAGES]` (default 2000)
+//! `cargo bench --bench hotpath -- [MESSAGES] [--no-group]` (default 2000)
 
 use dingtalk_streamd::relay::Inline;
-use dingtalk_streamd::spool::{Store, StoreOptions};
+use dingtalk_streamd::spool::{StartAt, Store, StoreOptions};
 use std::time::Instant;
 
 /// Messages per commit: fixed, so the work does not depend on timing.
@@ -65,7 +65,12 @@ fn main() {
         .unwrap_or(2000);
     let frames: Vec<String> = (0..n).map(frame).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), StoreOptions::default()).expect("spool");
+    let mut store = Store::open(dir.path(), StoreOptions::default()).expect("spool");
+    // A consumer group, so bodies are stored (without one, only receipts are: `--no-group`
+    // measures that path).
+    if !std::env::args().any(|a| a == "--no-group") {
+        store.ensure_group("bench", StartAt::Newest).expect("group");
+    }
     let mut path = Inline::new(store);
     let started = Instant::now();
     let mut acked = 0;

@@ -108,6 +108,7 @@ fn store_options(c: &Config) -> StoreOptions {
         max_bytes: c.spool.max_bytes.get(),
         max_age: c.spool.max_age.get(),
         dedupe_window: c.spool.dedupe_window.get(),
+        bodies_without_groups: false,
     }
 }
 

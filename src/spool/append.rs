@@ -65,6 +65,11 @@ fn hashed(keys: &[String]) -> Vec<(&str, u64)> {
 /// [`Store::append_batch`](super::Store::append_batch) inside the caller's transaction. The
 /// new messages are added to `index` as they are stored (so a redelivery later in the same
 /// batch is folded); on error the caller takes them out again.
+///
+/// With `bodies` false (no consumer group exists, so nobody could ever read a body back) only
+/// the receipts are written: taps get the message from memory, and dedupe and `inspect` work
+/// from the receipts.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn append_in(
     tx: &Transaction<'_>,
     path: &Path,
@@ -72,13 +77,14 @@ pub(super) fn append_in(
     index: &mut DedupeIndex,
     last_seq: u64,
     batch: &[NewMessage],
+    bodies: bool,
     now: SystemTime,
 ) -> Result<AppendDone, SpoolError> {
     let now_ms = to_ms(now);
     let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(batch.len());
     let mut seq = last_seq;
-    let (mut add_bytes, mut add_msgs) = (0u64, 0u64);
+    let (mut add_bytes, mut add_msgs, mut add_receipts) = (0u64, 0u64, 0u64);
     {
         let mut stored_keys = tx
             .prepare_cached("SELECT keys FROM receipts WHERE seq = ?1")
@@ -132,10 +138,14 @@ pub(super) fn append_in(
                 continue;
             }
             seq += 1;
-            let size = message_cost(&msg.topic, &msg.body);
-            insert
-                .execute((int(seq), now_ms, int(size), &msg.topic, &msg.body))
-                .at(path)?;
+            if bodies {
+                let size = message_cost(&msg.topic, &msg.body);
+                insert
+                    .execute((int(seq), now_ms, int(size), &msg.topic, &msg.body))
+                    .at(path)?;
+                add_msgs += 1;
+                add_bytes += size;
+            }
             let encoded = encode_keys(&msg.dedupe_keys);
             let rsize = receipt_cost(&encoded, &msg.topic);
             receipt
@@ -149,19 +159,19 @@ pub(super) fn append_in(
                     int(rsize),
                 ))
                 .at(path)?;
-            add_msgs += 1;
-            add_bytes += size + rsize;
+            add_receipts += 1;
+            add_bytes += rsize;
             let hashes: Vec<u64> = keys.iter().map(|(_, h)| *h).collect();
             index.insert(seq, &hashes, now_s, MAX_SEQ_GAP);
             out.push(Appended::Stored { seq });
         }
     }
-    if add_msgs > 0 {
+    if add_receipts > 0 {
         tx.prepare_cached(
             "UPDATE meta SET last_seq = ?1, bytes = bytes + ?2, messages = messages + ?3, \
-             receipts = receipts + ?3 WHERE id = 1",
+             receipts = receipts + ?4 WHERE id = 1",
         )
-        .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs))))
+        .and_then(|mut s| s.execute((int(seq), int(add_bytes), int(add_msgs), int(add_receipts))))
         .at(path)?;
     }
     Ok(AppendDone {
@@ -341,6 +351,39 @@ mod tests {
             .append_batch(&[msg("a", &["m:1"])], at(2))
             .expect("again");
         assert_eq!(out, vec![Appended::Duplicate { seq: 1 }]);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn without_a_group_only_receipts_are_written() {
+        let (_dir, mut store) = open_tmp();
+        store.set_options(StoreOptions {
+            bodies_without_groups: false,
+            ..opts()
+        });
+        let out = store
+            .append_batch(&[msg("a", &["m:1"]), msg("b", &["m:2"])], at(0))
+            .expect("append");
+        assert_eq!(
+            out,
+            vec![Appended::Stored { seq: 1 }, Appended::Stored { seq: 2 }]
+        );
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.messages, stats.receipts), (0, 2));
+        assert!(store.read_one(1).expect("read").is_none(), "no body kept");
+        // Dedupe works from the receipts, across a reopen too.
+        let again = store
+            .append_batch(&[msg("a", &["m:1"])], at(1))
+            .expect("again");
+        assert_eq!(again, vec![Appended::Duplicate { seq: 1 }]);
+        assert_accounting(&store);
+        // Once a group exists, bodies are kept for it.
+        store
+            .ensure_group("g", crate::spool::StartAt::Newest)
+            .expect("group");
+        store.append_batch(&[msg("c", &["m:3"])], at(2)).expect("c");
+        assert_eq!(store.read_one(3).expect("read").map(|m| m.seq), Some(3));
+        assert_eq!(store.stats().expect("stats").messages, 1);
         assert_accounting(&store);
     }
 

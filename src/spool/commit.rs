@@ -99,6 +99,14 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        // Bodies are kept for consumer groups (sinks are groups too); with none, nobody could
+        // read one back, and retention would delete it at its next pass.
+        let bodies = batch.is_empty()
+            || self.opts.bodies_without_groups
+            || tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM groups)")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+                .at(path)?;
         let done = match append_in(
             &tx,
             path,
@@ -106,6 +114,7 @@ impl Store {
             &mut self.index,
             last_seq,
             batch,
+            bodies,
             now,
         )
         .and_then(|done| tx.commit().at(path).map(|()| done))

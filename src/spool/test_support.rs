@@ -15,6 +15,8 @@ pub(crate) fn opts() -> StoreOptions {
         max_bytes: 0,
         max_age: Duration::ZERO,
         dedupe_window: Duration::from_secs(3600),
+        // Most tests read bodies back without creating a group first.
+        bodies_without_groups: true,
     }
 }
 

@@ -28,6 +28,11 @@ pub struct StoreOptions {
     pub max_bytes: u64,
     pub max_age: Duration,
     pub dedupe_window: Duration,
+    /// Store message bodies while no consumer group exists. Off by default: with no group,
+    /// nothing can read a body back (taps get messages from memory, and retention deletes
+    /// what every group has acked, which with no group is everything), so only the receipt is
+    /// written. On for tools and tests that read bodies without a group.
+    pub bodies_without_groups: bool,
 }
 
 impl Default for StoreOptions {
@@ -36,6 +41,7 @@ impl Default for StoreOptions {
             max_bytes: DEFAULT_MAX_BYTES,
             max_age: DEFAULT_MAX_AGE,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            bodies_without_groups: false,
         }
     }
 }
