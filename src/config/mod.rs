@@ -4,9 +4,15 @@
 //! cross-field rules.
 
 mod error;
+mod sinks;
 mod units;
 mod validate;
-pub(crate) use validate::is_loopback;
+pub(crate) use validate::{check_url, is_loopback};
+
+pub use sinks::{
+    DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_WEBHOOK_TIMEOUT,
+    NatsSecrets, NatsSink, SinkSecrets, Sinks, WebhookSink, shown_url,
+};
 
 pub use error::ConfigError;
 pub use units::{ByteSize, FileMode, HumanDuration};
@@ -74,6 +80,9 @@ pub struct Config {
     /// Optional Prometheus endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// Optional destinations beyond this host (NATS JetStream, webhooks).
+    #[serde(default, skip_serializing_if = "Sinks::is_empty")]
+    pub sinks: Sinks,
 }
 
 /// `dingtalk:` — who we are to DingTalk and what we subscribe to.
@@ -441,6 +450,8 @@ pub struct Loaded {
     pub secret_source: SecretSource,
     /// The file it was read from.
     pub path: PathBuf,
+    /// The sinks' secret files, read at load.
+    pub sink_secrets: SinkSecrets,
 }
 
 impl Config {
@@ -470,11 +481,13 @@ impl Config {
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let (secret, secret_source) =
             validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
+        let sink_secrets = sinks::resolve_sink_secrets(&config.sinks, path)?;
         Ok(Loaded {
             config,
             secret,
             secret_source,
             path: path.to_owned(),
+            sink_secrets,
         })
     }
 

@@ -178,12 +178,19 @@ impl Config {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if self.groups.len() > l.max_groups as usize {
+        // Each sink reads the spool through a configured group of its own.
+        let sinks = self.sinks.len();
+        if self.groups.len() + sinks > l.max_groups as usize {
             return bad(
                 "groups",
                 format!(
-                    "lists {} groups, more than limits.max_groups ({})",
+                    "lists {} groups{}, more than limits.max_groups ({})",
                     self.groups.len(),
+                    if sinks > 0 {
+                        format!(" and sinks: adds {sinks} (one group each)")
+                    } else {
+                        String::new()
+                    },
                     l.max_groups
                 ),
             );
@@ -205,6 +212,7 @@ impl Config {
         }
         positive(file, "limits.request_timeout", l.request_timeout.get())?;
         positive(file, "limits.commit_stall", l.commit_stall.get())?;
+        self.sinks.validate(file)?;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return bad(
                 "log.level",
