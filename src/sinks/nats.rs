@@ -166,7 +166,11 @@ impl Nats {
                 _ = shutdown.cancelled() => return false,
                 r = connected.wait_for(|c| *c) => if r.is_err() { return false },
             }
-            match self.check_or_create(js).await {
+            let setup = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                r = self.check_or_create(js) => r,
+            };
+            match setup {
                 Ok(created) => {
                     info!(stream = %self.cfg.stream, created, "JetStream stream ready; publishing");
                     backoff.reset();

@@ -101,11 +101,18 @@ impl Publisher {
         loop {
             self.confirm_rejected(feed);
             let ready = self.retry_at.is_none() && *self.connected.borrow_and_update();
-            if ready
-                && let Err(e) = self.send_waiting(js).await
-                && let Some(end) = self.fail(&e)
-            {
-                return end;
+            if ready {
+                // A publish may wait for room in the client while it reconnects: stopping
+                // does not wait for that.
+                let sent = tokio::select! {
+                    _ = shutdown.cancelled() => return End::Stop,
+                    r = self.send_waiting(js) => r,
+                };
+                if let Err(e) = sent
+                    && let Some(end) = self.fail(&e)
+                {
+                    return end;
+                }
             }
             let waiting_ack =
                 self.retry_at.is_none() && self.items.front().is_some_and(|i| i.ack.is_some());

@@ -94,7 +94,11 @@ impl Webhook {
                 continue;
             }
             loop {
-                match self.post(&line).await {
+                let posted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.post(&line) => r,
+                };
+                match posted {
                     Ok(()) => {
                         self.state.published.fetch_add(1, Ordering::Relaxed);
                         self.state.connected.store(true, Ordering::Relaxed);

@@ -253,10 +253,46 @@ fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
     } else {
         ""
     };
+    let down: String = r
+        .sinks
+        .iter()
+        .filter(|(_, s)| !s.connected)
+        .map(|(name, s)| format!(" · sink {name} down (backlog {})", s.backlog))
+        .collect();
     format!(
-        "{head} · {} in · backlog {} · {consumers} consumer{}{spool}",
+        "{head} · {} in · backlog {} · {consumers} consumer{}{spool}{down}",
         r.stream.frames_in,
         r.backlog(),
         if consumers == 1 { "" } else { "s" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_liner_names_a_sink_that_is_down() {
+        let mut r = Report::default();
+        r.sinks.insert(
+            "nats".into(),
+            SinkReport {
+                connected: false,
+                backlog: 5,
+                ..SinkReport::default()
+            },
+        );
+        r.sinks.insert(
+            "webhook:0".into(),
+            SinkReport {
+                connected: true,
+                ..SinkReport::default()
+            },
+        );
+        let line = one_liner(&r, &LinkState::Starting, SystemTime::now());
+        assert_eq!(
+            line,
+            "starting · 0 in · backlog 0 · 0 consumers · sink nats down (backlog 5)"
+        );
+    }
 }

@@ -49,17 +49,29 @@ impl NatsServer {
         NatsServer::start_with(bin, &[]).await
     }
 
+    /// Same, on a given port.
+    pub async fn start_on(bin: &Path, port: u16) -> NatsServer {
+        let mut s = NatsServer::new(bin, &[]);
+        s.port = port;
+        s.up().await;
+        s
+    }
+
     /// Same, with more arguments (`--auth TOKEN`, ...).
     pub async fn start_with(bin: &Path, args: &[&str]) -> NatsServer {
-        let mut s = NatsServer {
+        let mut s = NatsServer::new(bin, args);
+        s.up().await;
+        s
+    }
+
+    fn new(bin: &Path, args: &[&str]) -> NatsServer {
+        NatsServer {
             bin: bin.to_owned(),
             args: args.iter().map(|a| a.to_string()).collect(),
             port: free_port(),
             store: tempfile::tempdir().expect("store dir"),
             proc: None,
-        };
-        s.up().await;
-        s
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
