@@ -45,7 +45,8 @@ fn main() {
         for run in 1..=runs {
             let catch_up = catch_up(&bin, n).await;
             rows.push(format!(
-                "| catch-up from a backlog of {n}, run {run}/{runs} | **{:.0} msg/s** | {:.1} µs |",
+                "| catch-up from a backlog of {n} ({} bytes per message in the stream), run {run}/{runs} | **{:.0} msg/s** | {:.1} µs |",
+                catch_up.bytes_per_message,
                 n as f64 / catch_up.secs,
                 catch_up.cpu_us / n as f64
             ));
@@ -107,6 +108,8 @@ fn cpu_us(pid: u32) -> f64 {
 struct Measured {
     secs: f64,
     cpu_us: f64,
+    /// Stored bytes per message (body, subject, headers), as the stream counts them.
+    bytes_per_message: u64,
 }
 
 /// A daemon (release binary) for `gw`, with `extra` config; waits until it is connected.
@@ -173,7 +176,14 @@ async fn catch_up(bin: &Path, n: usize) -> Measured {
     let secs = first.elapsed().as_secs_f64();
     let cpu = cpu_us(d.child.id()) - cpu0;
     drop(d);
-    Measured { secs, cpu_us: cpu }
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream("DINGTALK").await.expect("the stream");
+    let state = &stream.info().await.expect("stream info").state;
+    Measured {
+        secs,
+        cpu_us: cpu,
+        bytes_per_message: state.bytes / state.messages.max(1),
+    }
 }
 
 /// The burst with the broker up, with or without the sink: time and CPU from the first push
@@ -201,5 +211,9 @@ async fn burst(bin: &Path, n: usize, sink: bool) -> Measured {
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_us(d.child.id()) - cpu0;
     drop(d);
-    Measured { secs, cpu_us: cpu }
+    Measured {
+        secs,
+        cpu_us: cpu,
+        bytes_per_message: 0,
+    }
 }

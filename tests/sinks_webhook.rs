@@ -212,5 +212,15 @@ async fn each_webhook_gets_its_topics_and_keeps_its_own_position() {
     );
     assert_eq!(st["groups"]["sink:webhook:1"]["configured"], true);
     assert_eq!(events.received().len(), 1);
+    let config = d.paths.config.to_str().expect("utf-8 path").to_owned();
+    let human = output(&["--config", &config, "status"], &[]).await;
+    assert!(
+        human.stdout.contains(&format!(
+            "sink webhook:1: ok ({}), backlog 0, published 1",
+            events.url("/events")
+        )),
+        "{}",
+        human.stdout
+    );
     assert!(d.stop().await.0.is_ok());
 }
