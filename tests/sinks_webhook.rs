@@ -1,6 +1,7 @@
 //! Webhook sinks against a local HTTP server: every message arrives (duplicates allowed: at
 //! least once), in seq order, signed, across failing answers (500, 503 with Retry-After) and
-//! a SIGKILL of the daemon in the middle of a request; a webhook's topics choose what it gets.
+//! a SIGKILL of the daemon in the middle of a request; a webhook's topics choose what it gets;
+//! what the spool bound forces out while the receiver is away is counted and logged.
 
 mod common;
 
@@ -222,5 +223,87 @@ async fn each_webhook_gets_its_topics_and_keeps_its_own_position() {
         "{}",
         human.stdout
     );
+    let rm = output(&["--config", &config, "group", "rm", "sink:webhook:0"], &[]).await;
+    assert_eq!(rm.code, Some(1), "{}", rm.stderr);
+    assert!(rm.stderr.contains("is a sink's"), "{}", rm.stderr);
     assert!(d.stop().await.0.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_forced_out_before_delivery_are_counted_per_sink_and_logged() {
+    // Nothing listens on the webhook's port yet: every request fails, the backlog grows.
+    let port = nats::free_port();
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    p.write_config(&config_yaml_with_spool(
+        &gw,
+        &p,
+        "  max_bytes: 1MiB\n",
+        &format!("sinks:\n  webhooks:\n    - {{ url: \"http://127.0.0.1:{port}/late\" }}\n"),
+    ));
+    let mut d = start_run(&p, &[]).await;
+    gw.wait_until(|g| g.open_connections().len() == 1, WAIT)
+        .await
+        .expect("connected");
+    // 2.4 MiB for a 1 MiB spool: more is forced out than the sink holds in its window (those
+    // it has already are still delivered).
+    const N: u64 = 60;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let m = gw
+            .push(
+                dingtalk_streamd_sim::OutFrame::bot_text(&big_text(&format!("m{i}"), 40)),
+                dingtalk_streamd_sim::Route::Random,
+            )
+            .await
+            .expect("push");
+        ids.push(m.message_id);
+    }
+    wait_acked(&gw, &ids).await;
+    let st = status_until(&p.control, "the sink's forced-out count", |s| {
+        s["sinks"]["webhook:0"]["forced_out"].as_u64() > Some(0)
+    })
+    .await;
+    let w = &st["sinks"]["webhook:0"];
+    assert_eq!(w["connected"], false, "{w}");
+    assert!(w["failures"].as_u64() > Some(0), "{w}");
+    assert_eq!(
+        st["groups"]["sink:webhook:0"]["forced_out"], w["forced_out"],
+        "the sink's count is its group's"
+    );
+    d.wait_line(&mut 0, "before this sink published them", WAIT)
+        .await;
+    assert!(
+        d.text()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("forced out of the spool")),
+        "logged as an error: {}",
+        d.text()
+    );
+
+    // The receiver comes up: everything still owed arrives, in order, and nothing else.
+    let hook = WebhookServer::start_on(port, vec![]).await;
+    let st = status_until(&p.control, "the sink caught up", |s| {
+        s["sinks"]["webhook:0"]["backlog"] == 0
+    })
+    .await;
+    let forced = st["sinks"]["webhook:0"]["forced_out"].as_u64().unwrap();
+    let seqs: Vec<u64> = hook
+        .received()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200);
+            body(r)["seq"].as_u64().expect("seq")
+        })
+        .collect();
+    assert_eq!(
+        seqs.len() as u64 + forced,
+        N,
+        "delivered or counted: {seqs:?}, {forced} forced out; {st}"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in seq order: {seqs:?}"
+    );
+    d.stop(WAIT).await;
 }

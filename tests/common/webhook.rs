@@ -56,7 +56,12 @@ pub struct WebhookServer {
 impl WebhookServer {
     /// Listens on 127.0.0.1:0; answers `script` first, then 200.
     pub async fn start(script: Vec<Answer>) -> WebhookServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        WebhookServer::start_on(0, script).await
+    }
+
+    /// The same on a given port (a receiver that comes up late).
+    pub async fn start_on(port: u16, script: Vec<Answer>) -> WebhookServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind webhook receiver");
         let addr = listener.local_addr().expect("addr");

@@ -101,7 +101,7 @@ pub(super) async fn run(
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         g.fill().await;
-        g.log_forced_out();
+        g.count_forced_out();
         g.publish();
         crate::notify::wedge_point("sink", g.book.counts().delivered > 0).await;
         g.handle.progress.beat();
@@ -171,9 +171,11 @@ impl Group {
         };
     }
 
-    /// Says when a spool bound removed messages before the group had them done: an error for
-    /// a sink (those messages never reach its destination), a warning for consumers.
-    fn log_forced_out(&mut self) {
+    /// Counts what a spool bound removed before the group had it (also while no member has
+    /// room, so it shows at once, not when the members catch up), and says so: an error for a
+    /// sink (those messages never reach its destination), a warning for consumers.
+    fn count_forced_out(&mut self) {
+        self.book.skip_to(self.env.spool.forced_below());
         let total = self.book.counts().forced_out;
         if total <= self.forced_logged {
             return;
