@@ -16,6 +16,8 @@
 //!   ([`consumers::groups::book`] holds the rules, pure), members.
 //! - [`compat`]: the local DingTalk-compatible endpoint for unmodified SDK apps (`compat:`).
 //! - [`listeners`]: every listening socket and its accept loop, socket activation.
+//! - [`sinks`]: destinations beyond this host (NATS JetStream, webhooks), each a durable reader
+//!   of the spool through a consumer group of its own.
 //! - [`status`]: the one typed status report; [`control`]: control requests, metrics, the CLI
 //!   clients.
 //! - [`config`], [`cli`], [`secret`], [`notify`], [`logging`]: config, command line, secrets,
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod notify;
 pub mod relay;
 pub mod secret;
+pub mod sinks;
 pub mod spool;
 pub mod status;
 pub mod stream;

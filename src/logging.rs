@@ -31,10 +31,18 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// A directive added to every filter: the NATS client traces its CONNECT command with the
+/// credentials in it, so its connection module never logs below debug, whatever is asked.
+const NATS_CAP: &str = "async_nats::connection=debug";
+
 fn filter(level: &str) -> EnvFilter {
-    match std::env::var("RUST_LOG") {
+    let f = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::builder().parse_lossy(v),
         _ => EnvFilter::builder().parse_lossy(level),
+    };
+    match NATS_CAP.parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
     }
 }
 
@@ -80,5 +88,14 @@ pub fn set_level(level: &str) {
         && let Err(e) = h.reload(filter(level))
     {
         tracing::warn!(error = %e, "cannot change the log level");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_nats_client_never_traces_its_credentials() {
+        let f = super::filter("trace,async_nats=trace").to_string();
+        assert!(f.contains(super::NATS_CAP), "{f}");
     }
 }

@@ -76,7 +76,7 @@ impl ConfigError {
         }
     }
 
-    pub(super) fn invalid(file: &std::path::Path, key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(file: &std::path::Path, key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),

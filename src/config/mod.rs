@@ -5,9 +5,15 @@
 
 mod compat;
 mod error;
+mod sinks;
 mod units;
 mod validate;
-pub(crate) use validate::is_loopback;
+pub(crate) use validate::{check_url, is_loopback};
+
+pub use sinks::{
+    DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_WEBHOOK_TIMEOUT,
+    NatsSecrets, NatsSink, SinkSecrets, Sinks, WebhookSink, shown_url,
+};
 
 pub use compat::{Compat, DEFAULT_COMPAT_GROUP, DEFAULT_COMPAT_LISTEN};
 pub use error::ConfigError;
@@ -79,6 +85,9 @@ pub struct Config {
     /// Optional local DingTalk-compatible endpoint for unmodified SDK apps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compat: Option<Compat>,
+    /// Optional destinations beyond this host (NATS JetStream, webhooks).
+    #[serde(default, skip_serializing_if = "Sinks::is_empty")]
+    pub sinks: Sinks,
 }
 
 /// `dingtalk:` — who we are to DingTalk and what we subscribe to.
@@ -448,6 +457,8 @@ pub struct Loaded {
     pub compat_secret: Option<Secret>,
     /// The file it was read from.
     pub path: PathBuf,
+    /// The sinks' secret files, read at load.
+    pub sink_secrets: SinkSecrets,
 }
 
 impl Config {
@@ -478,12 +489,14 @@ impl Config {
         let (secret, secret_source) =
             validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
         let compat_secret = compat::resolve_compat_secret(&config, path, &secret)?;
+        let sink_secrets = sinks::resolve_sink_secrets(&config.sinks, path)?;
         Ok(Loaded {
             config,
             secret,
             secret_source,
             compat_secret,
             path: path.to_owned(),
+            sink_secrets,
         })
     }
 

@@ -179,13 +179,22 @@ impl Config {
             }
         }
         self.validate_compat(file)?;
+        // The compat endpoint's group counts, and each sink reads the spool through a
+        // configured group of its own.
         let configured = self.configured_groups().len();
-        if configured > l.max_groups as usize {
+        let sinks = self.sinks.len();
+        if configured + sinks > l.max_groups as usize {
             return bad(
                 "groups",
                 format!(
-                    "lists {} groups (the compat group included), more than limits.max_groups ({})",
-                    configured, l.max_groups
+                    "lists {} groups (the compat group included){}, more than limits.max_groups ({})",
+                    configured,
+                    if sinks > 0 {
+                        format!(" and sinks: adds {sinks} (one group each)")
+                    } else {
+                        String::new()
+                    },
+                    l.max_groups
                 ),
             );
         }
@@ -206,6 +215,7 @@ impl Config {
         }
         positive(file, "limits.request_timeout", l.request_timeout.get())?;
         positive(file, "limits.commit_stall", l.commit_stall.get())?;
+        self.sinks.validate(file)?;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return bad(
                 "log.level",

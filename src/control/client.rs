@@ -145,6 +145,31 @@ fn human(r: &Report) -> String {
             }
         );
     }
+    for (name, k) in &r.sinks {
+        let state = match (k.kind.as_str(), k.connected) {
+            ("nats", true) => "connected",
+            ("nats", false) => "NOT CONNECTED",
+            (_, true) => "ok",
+            (_, false) => "FAILING",
+        };
+        out += &format!(
+            "sink {name}: {state} ({}), backlog {}, published {}, duplicates {}, failures {}{}{}\n",
+            k.target,
+            k.backlog,
+            k.published,
+            k.duplicates,
+            k.failures,
+            if k.forced_out > 0 {
+                format!(", FORCED OUT {}", k.forced_out)
+            } else {
+                String::new()
+            },
+            k.last_error
+                .as_ref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     out
 }
 

@@ -1,5 +1,5 @@
 //! The daemon's life in three steps: [`Daemon::start`] assembles it (spool, relay, sockets,
-//! groups, supervisor) and reports READY once it can serve (not waiting for DingTalk);
+//! groups, sinks, supervisor) and reports READY once it can serve (not waiting for DingTalk);
 //! [`Daemon::serve`] runs until shutdown, keeping STATUS= current and applying SIGHUP reloads;
 //! [`Daemon::stop`] closes the DingTalk connection, waits for every task it spawned and for the
 //! spool writer's last commit, and removes the socket files it bound.
@@ -19,6 +19,7 @@ use crate::listeners::{self, RequestLimits, UnixSockets};
 use crate::notify::{self, Part, Progress, Watchdog};
 use crate::relay::budget::Budget;
 use crate::relay::callbacks::Callbacks;
+use crate::sinks;
 use crate::spool::{SpoolError, SpoolHandle, Store, StoreOptions, WriterThread};
 use crate::status::Sources;
 use crate::stream::StreamStats;
@@ -226,6 +227,8 @@ pub struct Daemon {
     reloadable: Reloadable,
     hup: Signal,
     supervisor: Option<SupervisorRun>,
+    /// A sink found the config does not fit its destination: the daemon stops (exit 78).
+    sink_fatal: mpsc::UnboundedReceiver<ConfigError>,
 }
 
 impl Daemon {
@@ -244,9 +247,18 @@ impl Daemon {
             context: "installing the SIGHUP handler".into(),
             source,
         })?;
-        let Some(store) = open_spool(&c, shutdown, &mut hup).await? else {
+        let Some(mut store) = open_spool(&c, shutdown, &mut hup).await? else {
             return Ok(None);
         };
+        // Configured groups and the sinks' groups exist in the spool before the first frame:
+        // bodies are only stored while some group exists to read them.
+        for name in c
+            .configured_groups()
+            .into_iter()
+            .chain(sinks::groups(&c.sinks).into_iter().map(|(g, _)| g))
+        {
+            store.ensure_group(&name, crate::spool::StartAt::Oldest)?;
+        }
         let parts = shutdown.child_token();
         let tasks = TaskTracker::new();
         let newest = store.newest_seq()?;
@@ -279,9 +291,21 @@ impl Daemon {
             parts.clone(),
             tasks.clone(),
         );
+        // Each sink reads the spool through a configured group of its own.
+        groups.set_sinks(&sinks::groups(&c.sinks));
         // Every group the spool knows runs from the start: it shows in status, and an ad-hoc
         // one expires even if no member ever comes back.
         groups.start(&c.configured_groups(), &known_groups);
+        let (fatal_tx, fatal) = mpsc::unbounded_channel();
+        let sinks = sinks::start(
+            &loaded,
+            sinks::Env {
+                groups: groups.clone(),
+                shutdown: parts.clone(),
+                tasks: tasks.clone(),
+                fatal: fatal_tx,
+            },
+        )?;
 
         let stats = Arc::new(StreamStats::default());
         let (link_tx, link_rx) = watch::channel(LinkStatus::default());
@@ -294,6 +318,7 @@ impl Daemon {
             hub: hub.clone(),
             groups: groups.clone(),
             callbacks: callbacks.clone(),
+            sinks,
         };
         let peers = PeerEnv {
             hub: hub.clone(),
@@ -413,6 +438,7 @@ impl Daemon {
             },
             hup,
             supervisor: Some(run),
+            sink_fatal: fatal,
         }))
     }
 
@@ -436,6 +462,12 @@ impl Daemon {
                     break supervisor.await.map_err(Error::from);
                 }
                 r = &mut supervisor => break r.map_err(Error::from),
+                Some(e) = self.sink_fatal.recv() => {
+                    error!(error = %e, "stopping: a sink's destination does not fit the configuration");
+                    notify::stopping("stopping: sink configuration error");
+                    stopping = true;
+                    break Err(Error::Config(e));
+                }
                 _ = self.hup.recv() => {
                     reload_note = match self.reloadable.reload() {
                         Ok(()) => "",

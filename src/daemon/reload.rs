@@ -1,7 +1,9 @@
 //! What a reload changes, decided by a pure function of the old and the new config
 //! ([`Plan::between`]), so every rule is unit-tested: live settings are applied at once, a
 //! change of credentials or endpoint replaces the link (make-before-break), and what only a
-//! restart can change is named in the log.
+//! restart can change is named in the log (the sockets, the spool directory, some limits, the
+//! metrics address, and `sinks:`: the running sinks keep their settings, their groups stay
+//! configured, until a restart).
 
 use crate::config::Config;
 use crate::secret::Secret;
@@ -39,6 +41,8 @@ impl Plan {
                 "metrics",
                 old.metrics.as_ref().map(|m| m.listen) != new.metrics.as_ref().map(|m| m.listen),
             ),
+            // Sinks (and their secret files) are read once at start.
+            ("sinks", old.sinks != new.sinks),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -101,6 +105,36 @@ mod tests {
         assert!(Plan::between(&old, &secret("s"), &proxy, &secret("s")).relink);
         let subs = config("  subscriptions:\n    - { type: EVENT, topic: \"*\" }\n");
         assert!(Plan::between(&old, &secret("s"), &subs, &secret("s")).relink);
+    }
+
+    #[test]
+    fn sinks_need_a_restart() {
+        let old = config("");
+        let nats = config("sinks:\n  nats:\n    url: nats://127.0.0.1:4222\n");
+        let plan = Plan::between(&old, &secret("s"), &nats, &secret("s"));
+        assert_eq!(
+            plan,
+            Plan {
+                relink: false,
+                needs_restart: vec!["sinks"]
+            }
+        );
+        let other = config("sinks:\n  nats:\n    url: nats://127.0.0.1:4222\n    stream: OTHER\n");
+        assert_eq!(
+            Plan::between(&nats, &secret("s"), &other, &secret("s")).needs_restart,
+            vec!["sinks"]
+        );
+        let hook = config("sinks:\n  webhooks:\n    - { url: http://127.0.0.1:8080/x }\n");
+        assert_eq!(
+            Plan::between(&hook, &secret("s"), &old, &secret("s")).needs_restart,
+            vec!["sinks"],
+            "removing them too"
+        );
+        assert!(
+            Plan::between(&nats, &secret("s"), &nats, &secret("s"))
+                .needs_restart
+                .is_empty()
+        );
     }
 
     #[test]

@@ -6,13 +6,15 @@
 pub mod report;
 
 pub use report::{
-    ConsumersReport, GroupReport, LinkReport, Report, SpoolReport, StreamReport, short_duration,
+    ConsumersReport, GroupReport, LinkReport, Report, SinkReport, SpoolReport, StreamReport,
+    short_duration,
 };
 
 use crate::consumers::groups::GroupRegistry;
 use crate::consumers::hub::Hub;
 use crate::relay::Relay;
 use crate::relay::callbacks::Callbacks;
+use crate::sinks::SinkSet;
 use crate::spool::SpoolHandle;
 use crate::stream::StreamStats;
 use crate::supervisor::{LinkState, LinkStatus};
@@ -40,6 +42,8 @@ pub struct Sources {
     pub groups: GroupRegistry,
     /// Held callback ACKs.
     pub callbacks: Callbacks,
+    /// Sinks.
+    pub sinks: SinkSet,
 }
 
 /// This process's id, asked once (it is a system call each time).
@@ -86,10 +90,12 @@ impl Sources {
                     acked: g.acked,
                     parked: g.parked,
                     parked_seqs,
+                    forced_out: g.forced_out,
                 };
                 (name, report)
             })
             .collect();
+        let sinks = self.sink_reports(&groups);
         let w = &self.spool.state;
         let s = &figures.stats;
         let st = &self.stream;
@@ -139,10 +145,43 @@ impl Sources {
                 bad_lines: self.hub.stats.bad_lines.load(Relaxed),
             },
             groups,
+            sinks,
             callbacks_held: self.callbacks.held() as u64,
         };
         report.summary = one_liner(&report, &link.state, now);
         report
+    }
+}
+
+impl Sources {
+    /// Each sink, with its group's position.
+    fn sink_reports(
+        &self,
+        groups: &std::collections::BTreeMap<String, GroupReport>,
+    ) -> std::collections::BTreeMap<String, SinkReport> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                let group = s.group();
+                let g = groups.get(&group).cloned().unwrap_or_default();
+                let st = &s.state;
+                let report = SinkReport {
+                    kind: s.kind.into(),
+                    target: s.target.clone(),
+                    group,
+                    connected: st.connected.load(Relaxed),
+                    backlog: g.backlog,
+                    cursor: g.cursor,
+                    published: st.published.load(Relaxed),
+                    duplicates: st.duplicates.load(Relaxed),
+                    rejected: st.rejected.load(Relaxed),
+                    failures: st.failures.load(Relaxed),
+                    forced_out: g.forced_out,
+                    last_error: st.last_error(),
+                };
+                (s.name.clone(), report)
+            })
+            .collect()
     }
 }
 
@@ -230,8 +269,14 @@ fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
     } else {
         ""
     };
+    let down: String = r
+        .sinks
+        .iter()
+        .filter(|(_, s)| !s.connected)
+        .map(|(name, s)| format!(" · sink {name} down (backlog {})", s.backlog))
+        .collect();
     format!(
-        "{head} · {} in · backlog {} · {consumers} consumer{}{spool}",
+        "{head} · {} in · backlog {} · {consumers} consumer{}{spool}{down}",
         r.stream.frames_in,
         r.backlog(),
         if consumers == 1 { "" } else { "s" }
@@ -251,5 +296,30 @@ mod tests {
         assert_eq!(at(119), "1m");
         assert_eq!(at(3599), "59m");
         assert_eq!(at(3600 + 13 * 60 + 5), "1h13m");
+    }
+
+    #[test]
+    fn the_one_liner_names_a_sink_that_is_down() {
+        let mut r = Report::default();
+        r.sinks.insert(
+            "nats".into(),
+            SinkReport {
+                connected: false,
+                backlog: 5,
+                ..SinkReport::default()
+            },
+        );
+        r.sinks.insert(
+            "webhook:0".into(),
+            SinkReport {
+                connected: true,
+                ..SinkReport::default()
+            },
+        );
+        let line = one_liner(&r, &LinkState::Starting, SystemTime::now());
+        assert_eq!(
+            line,
+            "starting · 0 in · backlog 0 · 0 consumers · sink nats down (backlog 5)"
+        );
     }
 }

@@ -32,8 +32,11 @@ pub struct Report {
     pub spool: SpoolReport,
     /// Consumer connections.
     pub consumers: ConsumersReport,
-    /// Consumer groups by name.
+    /// Consumer groups by name (a sink's group too: `sink:<name>`).
     pub groups: BTreeMap<String, GroupReport>,
+    /// Sinks (destinations beyond this host) by name: `nats`, `webhook:0`, ...
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkReport>,
     /// Callback ACKs waiting for a consumer's response.
     pub callbacks_held: u64,
 }
@@ -180,6 +183,40 @@ pub struct GroupReport {
     pub parked: u64,
     /// The parked messages still in the spool.
     pub parked_seqs: Vec<u64>,
+    /// Messages a spool bound forced out before the group had them done, since start.
+    #[serde(default)]
+    pub forced_out: u64,
+}
+
+/// One sink. Nothing here can hold a secret: the target has no credentials nor query, and
+/// errors come from the destination's answers, never from the config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SinkReport {
+    /// `nats` or `webhook`.
+    pub kind: String,
+    /// Where it delivers: the NATS servers or the webhook URL.
+    pub target: String,
+    /// The group it reads the spool through.
+    pub group: String,
+    /// Connected to NATS now; for a webhook, its last request succeeded (or none failed yet).
+    pub connected: bool,
+    /// Messages stored and not yet delivered: newest seq minus the group's cursor.
+    pub backlog: u64,
+    /// Every seq up to this is delivered.
+    pub cursor: u64,
+    /// Messages the destination confirmed since start (duplicates included).
+    pub published: u64,
+    /// Of those, reported by JetStream as duplicates (published before, by another host or
+    /// by this one before a restart).
+    pub duplicates: u64,
+    /// Messages the destination can never take (above its size limit), skipped.
+    pub rejected: u64,
+    /// Failed attempts since start, each retried.
+    pub failures: u64,
+    /// Messages a spool bound forced out before the sink delivered them, since start.
+    pub forced_out: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
 }
 
 impl Report {

@@ -12,6 +12,9 @@
 //! - `status`: the control socket's status, once or until a predicate holds;
 //! - `systemd`: a fake `NOTIFY_SOCKET` around the real binary (`Service`);
 //! - `proxy`: a recording HTTP CONNECT proxy;
+//! - `nats`: a real `nats-server` with JetStream (skipped where missing, unless
+//!   `DTS_REQUIRE_NATS=1`), and reading a stream back;
+//! - `webhook`: a recording HTTP server that fails on request;
 //! - `privileged`: root-only machinery (mount namespaces) and the skip rule.
 //!
 //! Everything waits on events or polls a condition within a deadline; nothing sleeps to
@@ -22,12 +25,14 @@ pub mod compat;
 pub mod consumer;
 pub mod daemon;
 pub mod gateway;
+pub mod nats;
 pub mod privileged;
 pub mod process;
 pub mod proxy;
 pub mod status;
 pub mod systemd;
 pub mod wait;
+pub mod webhook;
 
 pub use compat::*;
 pub use consumer::*;

@@ -17,6 +17,11 @@ pub enum GroupError {
         "group {0:?} is configured: remove it from groups: in the config and reload the daemon first"
     )]
     Configured(String),
+    /// `group rm` of a sink's group while the sink is configured.
+    #[error(
+        "group {0:?} is a sink's: remove the sink from sinks: in the config and restart the daemon first"
+    )]
+    Sink(String),
     /// `group rm` of a group with connected members.
     #[error(
         "group {group:?} has {members} connected member(s): stop them first (group rm does not disconnect members, and a member that reconnects would create the group again)"
@@ -43,7 +48,7 @@ impl GroupError {
     pub fn code(&self) -> &'static str {
         match self {
             GroupError::Unknown(_) => "unknown_group",
-            GroupError::Configured(_) => "configured_group",
+            GroupError::Configured(_) | GroupError::Sink(_) => "configured_group",
             GroupError::HasMembers { .. } => "has_members",
             GroupError::Spool { .. } => "spool_error",
         }
@@ -73,6 +78,9 @@ impl GroupRegistry {
     /// this returns the group is gone from the spool and from status. Refused for configured
     /// groups and groups with connected members.
     pub async fn remove(&self, group: &str) -> Result<Released, GroupError> {
+        if self.env.sink_window(group).is_some() {
+            return Err(GroupError::Sink(group.to_owned()));
+        }
         if self.env.is_configured(group) {
             return Err(GroupError::Configured(group.to_owned()));
         }

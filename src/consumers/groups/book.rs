@@ -91,6 +91,9 @@ pub struct Counts {
     pub acked: u64,
     /// Messages parked.
     pub parked: u64,
+    /// Messages a spool bound (`spool.max_bytes`, `spool.max_age`) removed before the group
+    /// had them done: skipped, never given.
+    pub forced_out: u64,
 }
 
 /// A consumer group's state.
@@ -247,6 +250,7 @@ impl Book {
             if seq < forced_below {
                 self.waiting.insert(seq);
                 self.finish(seq);
+                self.counts.forced_out += 1;
                 continue;
             }
             let line = self.records.get(&seq)?.line.clone();
@@ -266,9 +270,13 @@ impl Book {
         self.next_fresh
     }
 
-    /// Skips fresh messages below `seq` (a spool bound removed them).
+    /// Skips fresh messages below `seq` (a spool bound removed them); those not done nor in
+    /// flight count as forced out.
     pub fn skip_to(&mut self, seq: u64) {
         if seq > self.next_fresh {
+            let range = self.next_fresh..seq;
+            let had = self.done.range(range.clone()).count() + self.records.range(range).count();
+            self.counts.forced_out += (seq - self.next_fresh).saturating_sub(had as u64);
             self.next_fresh = seq;
             self.prune();
         }

@@ -166,8 +166,26 @@ fn forced_out_messages_are_dropped_not_redelivered() {
     let d = b.redeliver(1, t0 + WAIT, 3).expect("seq 3 survives");
     assert_eq!(d.seq, 3);
     assert_eq!(b.cursor(), 2);
+    assert_eq!(b.counts().forced_out, 2, "seqs 1 and 2");
     b.skip_to(10);
     assert_eq!(b.next_fresh(), 10);
+    assert_eq!(b.counts().forced_out, 8, "and 4 to 9");
+}
+
+#[test]
+fn skipping_counts_only_messages_the_group_did_not_have() {
+    let t0 = Instant::now();
+    // 5 and 6 were acked out of order before a restart.
+    let mut b = Book::new(settings(10, 10), 2, [5, 6]);
+    b.join(1);
+    b.skip_to(8);
+    assert_eq!(b.counts().forced_out, 3, "3, 4 and 7");
+    give(&mut b, 8..=9, t0);
+    b.skip_to(9);
+    assert_eq!(b.counts().forced_out, 3, "nothing skipped below next_fresh");
+    b.replay_from(8);
+    b.skip_to(10);
+    assert_eq!(b.counts().forced_out, 3, "8 and 9 are in flight");
 }
 
 #[test]

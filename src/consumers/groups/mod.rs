@@ -10,6 +10,12 @@
 //! `consumers.adhoc_ttl` is removed, releasing its backlog; `group rm` and `group replay`
 //! reach a group through [`GroupRegistry::remove`] and [`GroupRegistry::replay`].
 //!
+//! Sinks (`sinks:`) read the spool as the one member of a group of their own, named
+//! `sink:<name>` (a name no hello can give: the protocol allows no `:`). A sink group is
+//! configured (it keeps messages from the start and never expires) and has its own settings
+//! ([`GroupSettings::for_sink`]): the sink's window as `in_flight`, and no `ack_wait` expiry,
+//! since the sink retries on its own, in order.
+//!
 //! Layout: [`book`] holds a group's rules (pure, unit-tested), [`admission`] the rule for
 //! hellos (pure), [`task`] is one group's task around its book (it also performs removals and
 //! replays), `admin.rs` the registry's side of `group rm` and `group replay`, and this file
@@ -33,13 +39,32 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The name of a sink's group is this and the sink's name (`sink:nats`, `sink:webhook:0`).
+pub const SINK_GROUP_PREFIX: &str = "sink:";
+
 /// How often a hello tries again when the group it reached was removed meanwhile.
 const JOIN_ATTEMPTS: usize = 3;
+/// A sink group's `ack_wait`: never, in practice (a sink retries by itself, in order; a
+/// redelivery would only duplicate and reorder).
+const SINK_ACK_WAIT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+impl GroupSettings {
+    /// The settings of a sink's group: its window as `in_flight`, no `ack_wait` expiry and so
+    /// no parking; the limits on groups stay.
+    pub fn for_sink(self, window: usize) -> GroupSettings {
+        GroupSettings {
+            in_flight: window.max(1),
+            ack_wait: SINK_ACK_WAIT,
+            max_deliveries: u32::MAX,
+            ..self
+        }
+    }
+}
 
 /// What a group task sends to a member's connection.
 pub(crate) enum Out {
@@ -101,6 +126,8 @@ pub struct GroupSnapshot {
     pub acked: u64,
     /// Parked since start.
     pub parked: u64,
+    /// Forced out by a spool bound before it was done, since start.
+    pub forced_out: u64,
 }
 
 /// A running group task as the registry knows it.
@@ -135,6 +162,8 @@ struct GroupEnv {
     callbacks: Callbacks,
     settings: watch::Receiver<GroupSettings>,
     configured: Mutex<Vec<String>>,
+    /// Sink groups (configured too) and their windows, set once before the start.
+    sinks: Mutex<HashMap<String, usize>>,
     /// The running groups by name. A task removes its own entry when it goes away.
     groups: Mutex<HashMap<String, GroupHandle>>,
     next_task: AtomicU64,
@@ -148,11 +177,39 @@ impl GroupEnv {
     }
 
     fn is_configured(&self, name: &str) -> bool {
-        self.configured
+        self.sink_window(name).is_some()
+            || self
+                .configured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|g| g == name)
+    }
+
+    /// The window of a sink's group; `None` for other groups.
+    fn sink_window(&self, name: &str) -> Option<usize> {
+        self.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|g| g == name)
+            .get(name)
+            .copied()
+    }
+
+    /// The settings a group runs with from `base` (the `consumers:` settings).
+    fn settings_for(&self, name: &str, base: GroupSettings) -> GroupSettings {
+        match self.sink_window(name) {
+            Some(window) => base.for_sink(window),
+            None => base,
+        }
+    }
+
+    fn sink_names(&self) -> Vec<String> {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Starts a task for `name` and registers it in `map` (the caller holds the lock). Until
@@ -217,6 +274,7 @@ impl GroupRegistry {
                 callbacks,
                 settings,
                 configured: Mutex::new(Vec::new()),
+                sinks: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 next_task: AtomicU64::new(1),
                 shutdown,
@@ -229,6 +287,7 @@ impl GroupRegistry {
     /// Sets the `groups:` list on reload: starts the configured groups so they
     /// keep messages before any member connects, and tells every running group whether it is
     /// configured now (a group no longer listed becomes ad-hoc and may expire).
+    /// Sink groups stay configured whatever the list says.
     pub fn start_configured(&self, names: &[String]) {
         *self
             .env
@@ -238,7 +297,7 @@ impl GroupRegistry {
         let mut map = self.env.groups();
         for (name, h) in map.iter().filter(|(_, h)| h.live()) {
             let _ =
-                h.tx.send(GroupMsg::Configured(names.iter().any(|n| n == name)));
+                h.tx.send(GroupMsg::Configured(self.env.is_configured(name)));
         }
         for n in names {
             if !map.get(n).is_some_and(GroupHandle::live) {
@@ -258,11 +317,13 @@ impl GroupRegistry {
             .unwrap_or_else(|p| p.into_inner()) = configured.to_vec();
         let mut map = self.env.groups();
         for g in known {
-            let is_configured = configured.contains(&g.name);
+            let is_configured = self.env.is_configured(&g.name);
             self.env
                 .spawn(&mut map, &g.name, is_configured, Some(g.cursor));
         }
-        for n in configured {
+        let mut sinks = self.env.sink_names();
+        sinks.sort();
+        for n in configured.iter().chain(&sinks) {
             if !map.contains_key(n) {
                 self.env.spawn(&mut map, n, true, None);
             }
@@ -275,6 +336,12 @@ impl GroupRegistry {
                 "more groups than limits.max_groups: no new group is admitted until some are removed"
             );
         }
+    }
+
+    /// Declares the sinks' groups (name, window) before [`GroupRegistry::start`]: they are
+    /// configured from then on and run with [`GroupSettings::for_sink`].
+    pub fn set_sinks(&self, sinks: &[(String, usize)]) {
+        *self.env.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sinks.iter().cloned().collect();
     }
 
     /// The running task for `group`, started if admission allows.

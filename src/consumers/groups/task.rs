@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How many backlog messages are read from the spool at once.
 const READ_BATCH: usize = 512;
@@ -39,6 +39,8 @@ struct Group {
     spool_only_below: u64,
     /// No expiry attempt before this (the last one failed in the spool).
     expiry_not_before: Instant,
+    /// Forced-out messages already logged.
+    forced_logged: u64,
 }
 
 /// Whether the task goes on after a request.
@@ -75,7 +77,7 @@ pub(super) async fn run(
         env.spool.set_idle(&name, Some(started));
     }
     let mut settings_rx = env.settings.clone();
-    let settings: GroupSettings = *settings_rx.borrow_and_update();
+    let settings: GroupSettings = env.settings_for(&name, *settings_rx.borrow_and_update());
     let mut g = Group {
         book: Book::new(
             settings,
@@ -90,6 +92,7 @@ pub(super) async fn run(
         ahead: VecDeque::new(),
         spool_only_below: 0,
         expiry_not_before: Instant::now(),
+        forced_logged: 0,
     };
     let mut newest = env.hub.newest();
     // Status lists the group from here on, with real figures.
@@ -98,6 +101,7 @@ pub(super) async fn run(
     let mut beat = tokio::time::interval(crate::notify::heartbeat());
     loop {
         g.fill().await;
+        g.count_forced_out();
         g.publish();
         crate::notify::wedge_point("sink", g.book.counts().delivered > 0).await;
         g.handle.progress.beat();
@@ -114,7 +118,8 @@ pub(super) async fn run(
             },
             _ = newest.changed() => Next::Continue,
             _ = settings_rx.changed() => {
-                g.book.set_settings(*settings_rx.borrow_and_update());
+                let base = *settings_rx.borrow_and_update();
+                g.book.set_settings(g.env.settings_for(&g.name, base));
                 Next::Continue
             }
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
@@ -162,7 +167,26 @@ impl Group {
             redelivered: c.redelivered,
             acked: c.acked,
             parked: c.parked,
+            forced_out: c.forced_out,
         };
+    }
+
+    /// Counts what a spool bound removed before the group had it (also while no member has
+    /// room, so it shows at once, not when the members catch up), and says so: an error for a
+    /// sink (those messages never reach its destination), a warning for consumers.
+    fn count_forced_out(&mut self) {
+        self.book.skip_to(self.env.spool.forced_below());
+        let total = self.book.counts().forced_out;
+        if total <= self.forced_logged {
+            return;
+        }
+        let new = total - self.forced_logged;
+        self.forced_logged = total;
+        if self.name.starts_with(super::SINK_GROUP_PREFIX) {
+            error!(group = %self.name, forced_out = new, total, "messages forced out of the spool (spool.max_bytes or spool.max_age) before this sink published them: its destination never gets them");
+        } else {
+            warn!(group = %self.name, forced_out = new, total, "messages forced out of the spool (spool.max_bytes or spool.max_age) before this group acked them");
+        }
     }
 
     async fn on_msg(&mut self, m: GroupMsg) -> Next {
