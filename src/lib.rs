@@ -16,8 +16,9 @@
 //!   ([`consumers::groups::book`] holds the rules, pure), members.
 //! - [`compat`]: the local DingTalk-compatible endpoint for unmodified SDK apps (`compat:`).
 //! - [`listeners`]: every listening socket and its accept loop, socket activation.
-//! - [`status`]: the one typed status report; [`control`]: control requests, metrics, the CLI
-//!   clients.
+//! - [`status`]: the one typed status report; [`observe`]: the link's measurements (reconnects
+//!   by cause, last inbound, latency histograms) that status and metrics both read;
+//!   [`control`]: control requests, metrics, the CLI clients.
 //! - [`config`], [`cli`], [`secret`], [`notify`], [`logging`]: config, command line, secrets,
 //!   systemd and journald glue.
 //!
@@ -34,6 +35,7 @@ pub mod gateway;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod observe;
 pub mod relay;
 pub mod secret;
 pub mod spool;
