@@ -434,3 +434,51 @@ fn the_exposition_parser_refuses_what_is_malformed() {
         );
     }
 }
+
+/// The Grafana dashboard and the alerting rules (and their tests) name only metrics the daemon
+/// exposes (the sink families come with the sinks).
+#[test]
+fn the_dashboard_and_the_rules_use_only_exposed_metric_names() {
+    use dingtalk_streamd::control::metrics::render;
+    use dingtalk_streamd::observe::Observations;
+    use dingtalk_streamd::status::Report;
+    let text = render(&Report::default(), &Observations::default(), Vec::new());
+    let exp = Exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (family, f) in &exp.families {
+        names.insert(family.clone());
+        if f.kind == Kind::Histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{family}{suffix}"));
+            }
+        }
+    }
+    for sink in [
+        "dingtalk_streamd_sink_backlog",
+        "dingtalk_streamd_sink_published_total",
+        "dingtalk_streamd_sink_duplicates_total",
+    ] {
+        names.insert(sink.to_owned());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    for file in [
+        "grafana/dingtalk-streamd.json",
+        "prometheus/dingtalk-streamd.rules.yml",
+        "prometheus/dingtalk-streamd.rules.test.yml",
+    ] {
+        let body = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in body.match_indices("dingtalk_streamd_") {
+            let name: String = body[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                names.contains(&name),
+                "{file} uses {name}, which is not exposed"
+            );
+            used += 1;
+        }
+        assert!(used > 0, "{file} names no metric");
+    }
+}

@@ -211,7 +211,7 @@ impl Exposition {
                 return Err(at("a comment other than HELP or TYPE".into()));
             }
             let name_end = line
-                .find(|c: char| c == '{' || c == ' ')
+                .find(['{', ' '])
                 .ok_or_else(|| at("a sample without a value".into()))?;
             let name = &line[..name_end];
             if !valid_name(name) {
@@ -240,7 +240,7 @@ impl Exposition {
                 .to_owned();
             switch_to(&family, &mut current).map_err(at)?;
             let f = exp.families.get_mut(&family).expect("declared");
-            if f.kind == Kind::Counter && !(value >= 0.0) {
+            if f.kind == Kind::Counter && (value.is_nan() || value < 0.0) {
                 return Err(at(format!("counter {name} is {value}")));
             }
             if name.ends_with("_bucket") && f.kind == Kind::Histogram {
@@ -337,10 +337,10 @@ fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
     for (labels, (buckets, sum, count)) in series {
         let at = format!("histogram {name} {labels:?}");
         for w in buckets.windows(2) {
-            if !(w[0].0 < w[1].0) {
+            if w[0].0.partial_cmp(&w[1].0) != Some(std::cmp::Ordering::Less) {
                 return Err(format!("{at}: bucket bounds not increasing: {w:?}"));
             }
-            if !(w[0].1 <= w[1].1) {
+            if w[0].1.is_nan() || w[1].1.is_nan() || w[0].1 > w[1].1 {
                 return Err(format!("{at}: cumulative counts decrease: {w:?}"));
             }
         }
