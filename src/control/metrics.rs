@@ -519,6 +519,27 @@ mod tests {
     }
 
     #[test]
+    fn every_way_a_serving_connection_ends_is_exposed_from_the_start() {
+        use crate::stream::connection::End;
+        for end in [
+            End::PongTimeout,
+            End::WriteTimeout,
+            End::ServerClosed {
+                code: 1000,
+                reason: String::new(),
+            },
+            End::Eof,
+            End::Io(String::new()),
+            End::FrameTooLarge,
+            End::Protocol(String::new()),
+            End::Stall,
+        ] {
+            assert!(RECONNECT_CAUSES.contains(&end.cause()), "{end:?}");
+        }
+        assert!(RECONNECT_CAUSES.contains(&crate::supervisor::machine::SERVER_DISCONNECT));
+    }
+
+    #[test]
     fn last_inbound_defaults_to_the_start_time() {
         let text = render(&sample(), &Observations::default(), Vec::new());
         let start = "dingtalk_streamd_start_time_seconds ";
