@@ -18,8 +18,9 @@
 //! - [`listeners`]: every listening socket and its accept loop, socket activation.
 //! - [`sinks`]: destinations beyond this host (NATS JetStream, webhooks), each a durable reader
 //!   of the spool through a consumer group of its own.
-//! - [`status`]: the one typed status report; [`control`]: control requests, metrics, the CLI
-//!   clients.
+//! - [`status`]: the one typed status report; [`observe`]: the link's measurements (reconnects
+//!   by cause, last inbound, latency histograms) that status and metrics both read;
+//!   [`control`]: control requests, metrics, the CLI clients.
 //! - [`config`], [`cli`], [`secret`], [`notify`], [`logging`]: config, command line, secrets,
 //!   systemd and journald glue.
 //!
@@ -36,6 +37,7 @@ pub mod gateway;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod observe;
 pub mod relay;
 pub mod secret;
 pub mod sinks;

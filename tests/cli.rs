@@ -1,7 +1,7 @@
 //! The command line through the real binary: config errors with file:line (exit 78),
 //! `check-config` with the secret redacted for each secret source, credentials rejected before
 //! the first connection (exit 78 with what to check), SIGTERM/SIGINT (Close frame, socket files
-//! removed, exit 0), the stale-socket rule, and `status` exit codes 0/1/3.
+//! removed, exit 0), the stale-socket rule, and `status` exit codes 0/1/3/4.
 
 mod common;
 
@@ -425,6 +425,13 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     let o = output(&["--config", &cfg, "status"], &[]).await;
     assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("link:      connected"), "{}", o.stdout);
+    for line in [
+        "reconnects: none",
+        "last inbound: none since start",
+        "messages:  0 received",
+    ] {
+        assert!(o.stdout.contains(line), "no {line:?} in:\n{}", o.stdout);
+    }
     let o = output(&["--config", &cfg, "status", "--json"], &[]).await;
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let v: serde_json::Value =
@@ -458,4 +465,27 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit(WAIT).await.code(), Some(0), "{}", p.stderr());
+}
+
+/// A control socket that accepts but never answers (a wedged daemon): `status` gives up after
+/// 5 s with exit 4, "not answering", naming the socket; distinct from "not running" (exit 3).
+#[tokio::test]
+async fn status_exits_4_when_the_control_socket_accepts_but_does_not_answer() {
+    let paths = Paths::new();
+    // Bound and listening, never accepting: the kernel completes connections into the backlog.
+    let _listener = std::os::unix::net::UnixListener::bind(&paths.control).unwrap();
+    let started = std::time::Instant::now();
+    let o = output(&["status", "--control", path_str(&paths.control)], &[]).await;
+    assert_eq!(o.code, Some(4), "{}", o.stderr);
+    assert!(o.stderr.contains("not answering"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&paths.control.display().to_string()),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "gave up after {:?}",
+        started.elapsed()
+    );
 }

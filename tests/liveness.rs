@@ -99,6 +99,7 @@ async fn any_inbound_frame_counts_as_life_and_silence_is_a_pong_timeout() {
         events,
         cancel: tokio_util::sync::CancellationToken::new(),
         stats: Arc::new(StreamStats::default()),
+        observed: Arc::default(),
         progress: dingtalk_streamd::notify::Progress::new(),
     };
     let mut conn = tokio::spawn(connection::run(client, ctx));

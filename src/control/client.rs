@@ -3,8 +3,10 @@
 //! `tail --peek` are in [`super::group_client`].
 
 use crate::status::{Report, short_duration};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -12,60 +14,77 @@ use tokio::net::UnixStream;
 pub const STATUS_CONNECTED: u8 = 0;
 /// Running but not connected.
 pub const STATUS_NOT_CONNECTED: u8 = 1;
-/// Not running.
+/// Not running: nothing listens on the control socket (missing, or connection refused).
 pub const STATUS_NOT_RUNNING: u8 = 3;
+/// LSB "unknown": the control socket accepted, but no answer came in time (the daemon is
+/// alive but not answering).
+pub const STATUS_NOT_ANSWERING: u8 = 4;
 
-/// How long the CLI waits for the daemon's answer.
-const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `status` waits for the daemon's answer.
+pub const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// How long the other commands wait (a replay or a removal commits first).
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Sends one request line to the control socket at `control` and returns the answer line.
-/// When there is none, prints why (naming the socket) and returns [`STATUS_NOT_RUNNING`].
+/// When there is none, prints why (naming the socket) and returns the exit code:
+/// [`STATUS_NOT_RUNNING`] when nothing listens, [`STATUS_NOT_ANSWERING`] when the socket
+/// accepted but no answer came.
 pub async fn ask(control: &Path, request: &str) -> Result<String, u8> {
+    ask_within(control, request, ANSWER_WAIT).await
+}
+
+/// [`ask`], waiting at most `wait` for the answer.
+pub async fn ask_within(control: &Path, request: &str, wait: Duration) -> Result<String, u8> {
+    let at = control.display();
+    let mut s = match UnixStream::connect(control).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dingtalk-streamd is not running: nothing listens on {at}: {e}");
+            return Err(STATUS_NOT_RUNNING);
+        }
+    };
     let reply = async {
-        let mut s = UnixStream::connect(control).await?;
         s.write_all(format!("{request}\n").as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).await?;
         Ok::<_, std::io::Error>(line)
     };
-    match tokio::time::timeout(ANSWER_WAIT, reply).await {
+    match tokio::time::timeout(wait, reply).await {
         Ok(Ok(l)) if !l.trim().is_empty() => Ok(l.trim().to_owned()),
         Ok(Ok(_)) => {
             eprintln!(
-                "dingtalk-streamd is not running: {} closed without an answer",
-                control.display()
+                "dingtalk-streamd is not answering: {at} accepted the connection and closed it without an answer"
             );
-            Err(STATUS_NOT_RUNNING)
+            Err(STATUS_NOT_ANSWERING)
         }
         Ok(Err(e)) => {
-            eprintln!(
-                "dingtalk-streamd is not running: no answer on {}: {e}",
-                control.display()
-            );
-            Err(STATUS_NOT_RUNNING)
+            eprintln!("dingtalk-streamd is not answering: {at} accepted the connection, then: {e}");
+            Err(STATUS_NOT_ANSWERING)
         }
         Err(_) => {
             eprintln!(
-                "dingtalk-streamd is not running: {} did not answer within {}s",
-                control.display(),
-                ANSWER_WAIT.as_secs()
+                "dingtalk-streamd is not answering: {at} accepted the connection but gave no answer within {}s",
+                wait.as_secs()
             );
-            Err(STATUS_NOT_RUNNING)
+            Err(STATUS_NOT_ANSWERING)
         }
     }
 }
 
 /// Asks the daemon for its status and prints it; returns the exit code.
 pub async fn status(control: &Path, json: bool) -> u8 {
-    let line = match ask(control, "{\"cmd\":\"status\"}").await {
+    let line = match ask_within(control, "{\"cmd\":\"status\"}", STATUS_WAIT).await {
         Ok(l) => l,
         Err(code) => return code,
     };
     let report: Report = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("unreadable answer from {}: {e}", control.display());
-            return STATUS_NOT_RUNNING;
+            eprintln!(
+                "dingtalk-streamd is not answering: unreadable answer from {}: {e}",
+                control.display()
+            );
+            return STATUS_NOT_ANSWERING;
         }
     };
     if json {
@@ -80,6 +99,22 @@ pub async fn status(control: &Path, json: bool) -> u8 {
     }
 }
 
+/// `12s ago`, `3m05s ago`.
+fn ago_ms(ms: u64) -> String {
+    format!("{} ago", short_duration(Duration::from_millis(ms)))
+}
+
+/// `pong_timeout 2, eof 1`, or `none`.
+fn by_cause(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn human(r: &Report) -> String {
     let l = &r.link;
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
@@ -87,7 +122,7 @@ fn human(r: &Report) -> String {
         "dingtalk-streamd {}  pid {}  up {}\n",
         r.version,
         r.pid,
-        short_duration(std::time::Duration::from_secs(r.uptime_s))
+        short_duration(Duration::from_secs(r.uptime_s))
     );
     out += &format!("summary:   {}\n", r.summary);
     let mut link = format!("link:      {}", r.state);
@@ -98,27 +133,61 @@ fn human(r: &Report) -> String {
             dash(&l.connection),
             dash(&l.peer)
         );
+    } else if let Some(since) = &l.state_since {
+        link += &format!(" (not connected since {since})");
     }
     if let Some(c) = l.cause.as_ref().or(l.last_cause.as_ref()) {
         link += &format!("; last cause: {c}");
     }
+    if let Some(ms) = l.retry_in_ms {
+        link += &format!(
+            "; next attempt in {}",
+            short_duration(Duration::from_millis(ms))
+        );
+    }
     out += &format!(
-        "{link}\n           {} connections opened, {} disconnect handovers\n",
-        l.connections_opened, l.handovers
+        "{link}\n           {} connections opened, {} disconnect handovers, last ping round trip {}\n",
+        l.connections_opened,
+        l.handovers,
+        l.ping_rtt_ms
+            .map_or_else(|| "-".into(), |ms| format!("{ms:.1}ms"))
+    );
+    out += &format!("reconnects: {}\n", by_cause(&r.reconnects));
+    if !r.connect_failures.is_empty() {
+        out += &format!("failed attempts: {}\n", by_cause(&r.connect_failures));
+    }
+    out += &format!(
+        "last inbound: {}\n",
+        match (&r.last_inbound, r.last_inbound_age_ms) {
+            (Some(at), Some(age)) => format!("{at} ({})", ago_ms(age)),
+            _ => "none since start".into(),
+        }
+    );
+    let m = &r.messages;
+    out += &format!(
+        "messages:  {} received, {} stored, {} ACKed, {} duplicates, {} delivered, {} parked\n",
+        m.received, m.stored, m.acked, m.duplicates, m.delivered, m.parked
     );
     let st = &r.stream;
     out += &format!(
-        "stream:    {} frames in, {} ACKs sent, {} pings answered, {} malformed\n",
-        st.frames_in, st.acks_sent, st.pings_answered, st.malformed_frames
+        "stream:    {} frames in, {} pings answered, {} malformed; reader paused {} times, {}ms in all\n",
+        st.frames_in, st.pings_answered, st.malformed_frames, st.reader_pauses, st.reader_paused_ms
     );
     let sp = &r.spool;
     out += &format!(
-        "spool:     {} messages, {} bytes, newest seq {}, {} pending ACKs, {} duplicates, {}\n",
+        "spool:     {} messages, {} bytes, newest seq {}, oldest {}, {} pending ACKs, {}\n",
         sp.messages,
         sp.bytes,
         sp.newest_seq,
+        match (&sp.oldest_stored, sp.oldest_age_s) {
+            (Some(at), Some(age)) => format!(
+                "seq {} stored {at} ({} ago)",
+                sp.oldest_seq,
+                short_duration(Duration::from_secs(age))
+            ),
+            _ => "-".into(),
+        },
         sp.pending_acks,
-        sp.duplicates,
         if sp.degraded {
             format!("DEGRADED: {}", dash(&sp.last_error))
         } else {
@@ -133,7 +202,8 @@ fn human(r: &Report) -> String {
     for (name, g) in &r.groups {
         let parked: Vec<String> = g.parked_seqs.iter().map(u64::to_string).collect();
         out += &format!(
-            "group {name}: {} member(s), backlog {}, in flight {}, parked {}{}\n",
+            "group {name} ({}): {} member(s), backlog {}, in flight {}, parked {}{}\n",
+            if g.configured { "configured" } else { "ad-hoc" },
             g.members,
             g.backlog,
             g.in_flight,
@@ -169,6 +239,9 @@ fn human(r: &Report) -> String {
                 .map(|e| format!("; last error: {e}"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(m) = &r.metrics {
+        out += &format!("metrics:   http://{m}/metrics\n");
     }
     out
 }

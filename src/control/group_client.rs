@@ -1,6 +1,7 @@
 //! The client side of `group list`, `group rm`, `group replay` and `tail --group G --peek`:
 //! one request on the control socket each. Exit codes: 0 done, 1 refused or failed (the
-//! daemon's message on stderr), 3 the daemon does not answer.
+//! daemon's message on stderr), 3 the daemon is not running, 4 it accepted the
+//! connection but did not answer.
 
 use super::client::{ask, describe};
 use super::groups::{GroupList, Peeked, Removed, Replayed};

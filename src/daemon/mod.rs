@@ -17,6 +17,7 @@ use crate::gateway::tls::{self, TlsError};
 use crate::listeners::activation::ListenError;
 use crate::listeners::{self, RequestLimits, UnixSockets};
 use crate::notify::{self, Part, Progress, Watchdog};
+use crate::observe::Observations;
 use crate::relay::budget::Budget;
 use crate::relay::callbacks::Callbacks;
 use crate::sinks;
@@ -273,12 +274,14 @@ impl Daemon {
             c.limits.max_pending_acks as usize,
             usize::try_from(c.limits.max_pending_bytes.get()).unwrap_or(usize::MAX),
         );
+        let observed = Arc::new(Observations::default());
         let (relay, spool, writer) = crate::relay::start(
             store,
             callbacks.clone(),
             hub.clone(),
             budget,
             writer_progress.clone(),
+            observed.clone(),
         )?;
         let sockets = UnixSockets::open(&c)?;
 
@@ -309,10 +312,22 @@ impl Daemon {
 
         let stats = Arc::new(StreamStats::default());
         let (link_tx, link_rx) = watch::channel(LinkStatus::default());
+        let metrics = match &c.metrics {
+            Some(m) => match tokio::net::TcpListener::bind(m.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!(address = %m.listen, error = %e, "metrics endpoint not available");
+                    None
+                }
+            },
+            None => None,
+        };
         let sources = Sources {
             started,
             link: link_rx.clone(),
             stream: stats.clone(),
+            observed: observed.clone(),
+            metrics: metrics.as_ref().and_then(|l| l.local_addr().ok()),
             spool: spool.clone(),
             relay: relay.clone(),
             hub: hub.clone(),
@@ -344,19 +359,17 @@ impl Daemon {
             tasks.clone(),
         ));
         tasks.spawn(callbacks.clone().run_expiry(parts.clone()));
-        if let Some(m) = &c.metrics {
-            match tokio::net::TcpListener::bind(m.listen).await {
-                Ok(l) => {
-                    tasks.spawn(listeners::serve_metrics(
-                        l,
-                        sources.clone(),
-                        request_limits,
-                        parts.clone(),
-                        tasks.clone(),
-                    ));
-                }
-                Err(e) => warn!(address = %m.listen, error = %e, "metrics endpoint not available"),
+        if let Some(l) = metrics {
+            if let Some(address) = sources.metrics {
+                info!(%address, "serving Prometheus metrics at /metrics");
             }
+            tasks.spawn(listeners::serve_metrics(
+                l,
+                sources.clone(),
+                request_limits,
+                parts.clone(),
+                tasks.clone(),
+            ));
         }
 
         let (upstream, upstream_rx) = watch::channel(Arc::new(upstream));
@@ -402,6 +415,7 @@ impl Daemon {
             connect: params,
             relay,
             stats,
+            observed,
             link: link_tx,
             liveness: liveness_rx,
             settings: reconnect_settings(&c),

@@ -286,9 +286,9 @@ pub async fn serve_metrics(
                     async move {
                         let resp = if req.uri().path() == "/metrics" {
                             hyper::Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(crate::control::metrics::render(
-                                    &sources.report(),
+                                .header("content-type", crate::control::metrics::CONTENT_TYPE)
+                                .body(Full::new(Bytes::from(crate::control::metrics::scrape(
+                                    &sources,
                                 ))))
                         } else {
                             hyper::Response::builder()

@@ -4,22 +4,37 @@
 //! releases it at once with `{"response":null}`. A redelivery that arrives while the original
 //! is held waits for the same answer.
 
+use super::{AckSender, Outgoing};
 use crate::config::CallbackRoute;
 use crate::wire::Ack;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Where an ACK goes once it is answered: the connection's queue, and when the frame it
+/// answers was read (for the ACK latency).
+pub type Reply = (AckSender, std::time::Instant);
+
 struct Pending {
     group: String,
     message_id: String,
-    replies: Vec<mpsc::UnboundedSender<Ack>>,
+    replies: Vec<Reply>,
     deadline: Instant,
+}
+
+/// Sends `ack` to every reply.
+fn send_all(replies: Vec<Reply>, ack: &Ack) {
+    for (to, read_at) in replies {
+        let _ = to.send(Outgoing {
+            ack: ack.clone(),
+            read_at,
+        });
+    }
 }
 
 #[derive(Default)]
@@ -67,7 +82,7 @@ impl Callbacks {
         seq: u64,
         group: String,
         message_id: String,
-        reply: mpsc::UnboundedSender<Ack>,
+        reply: Reply,
         timeout: Duration,
     ) {
         self.lock().pending.insert(
@@ -83,7 +98,7 @@ impl Callbacks {
     }
 
     /// A redelivery of a held callback: it gets the same answer. False when not held.
-    pub fn add_reply(&self, seq: u64, reply: mpsc::UnboundedSender<Ack>) -> bool {
+    pub fn add_reply(&self, seq: u64, reply: Reply) -> bool {
         match self.lock().pending.get_mut(&seq) {
             Some(p) => {
                 p.replies.push(reply);
@@ -110,9 +125,10 @@ impl Callbacks {
         } else {
             info!(seq, message_id = %p.message_id, group = %p.group, "callback acked without a response; ACKing with a null response");
         }
-        for r in p.replies {
-            let _ = r.send(Ack::callback(&p.message_id, response.as_deref()));
-        }
+        send_all(
+            p.replies,
+            &Ack::callback(&p.message_id, response.as_deref()),
+        );
         true
     }
 
@@ -137,9 +153,7 @@ impl Callbacks {
         };
         for (seq, p) in expired {
             warn!(seq, message_id = %p.message_id, group = %p.group, "no consumer answered the callback in time; ACKing with a null response");
-            for r in p.replies {
-                let _ = r.send(Ack::callback(&p.message_id, None));
-            }
+            send_all(p.replies, &Ack::callback(&p.message_id, None));
         }
         self.lock().pending.values().map(|p| p.deadline).min()
     }

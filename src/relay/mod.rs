@@ -16,6 +16,7 @@ pub mod callbacks;
 use crate::consumers::hub::{Hub, Message};
 use crate::consumers::line;
 use crate::notify::Progress;
+use crate::observe::Observations;
 use crate::spool::{
     Appended, Committed, Entry, NewMessage, SpoolError, SpoolHandle, Store, Submitter, WriterThread,
 };
@@ -24,12 +25,42 @@ use crate::wire::{Ack, Frame, FrameKind};
 use budget::Budget;
 use callbacks::Callbacks;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+/// An ACK on its way to the connection that read the frame, with when that frame was read
+/// (the connection measures the ACK latency when it has written it).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The ACK frame.
+    pub ack: Ack,
+    /// When the frame it answers was read.
+    pub read_at: Instant,
+}
+
 /// Where a connection's ACK frames go: its own queue, written by its own task.
-pub type AckSender = mpsc::UnboundedSender<Ack>;
+pub type AckSender = mpsc::UnboundedSender<Outgoing>;
+
+/// When a frame was read, taken once: the monotonic instant (ACK latency, the stall clock)
+/// and the wall clock (delivery lag, the last inbound message).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Monotonic.
+    pub at: Instant,
+    /// Wall clock.
+    pub wall: SystemTime,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Arrival {
+        Arrival {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
 
 /// What rides along with a message through the spool: how to ACK it once it is durable.
 pub struct Ride {
@@ -43,6 +74,8 @@ pub struct Ride {
     message_id: String,
     /// That connection's ACK queue.
     acks: AckSender,
+    /// When the frame was read.
+    read_at: Instant,
 }
 
 /// The spool writer has stopped (the daemon is stopping): the frame was not queued.
@@ -55,6 +88,8 @@ pub struct Relay {
     spool: Submitter<Ride>,
     /// Frames submitted and not yet durable; readers pause when it is full.
     pub budget: Arc<Budget>,
+    /// Where the delivery lag is recorded.
+    observed: Arc<Observations>,
 }
 
 /// Starts the spool writer with the relay's after-commit steps. Returns the relay (for the
@@ -65,6 +100,7 @@ pub fn start(
     hub: Arc<Hub>,
     budget: Budget,
     progress: Arc<Progress>,
+    observed: Arc<Observations>,
 ) -> Result<(Relay, SpoolHandle, WriterThread), SpoolError> {
     let budget = Arc::new(budget);
     let fanout = Fanout {
@@ -74,12 +110,20 @@ pub fn start(
     };
     let (spool, handle, thread) =
         crate::spool::start(store, Box::new(move |b| fanout.committed(b)), progress)?;
-    Ok((Relay { spool, budget }, handle, thread))
+    Ok((
+        Relay {
+            spool,
+            budget,
+            observed,
+        },
+        handle,
+        thread,
+    ))
 }
 
 impl Relay {
     /// Step 1: queues an EVENT or CALLBACK frame from connection `conn` (`bytes` long on the
-    /// wire) for the next commit. The caller reads the next frame only while
+    /// wire, read at `arrival`) for the next commit. The caller reads the next frame only while
     /// [`Budget::has_room`].
     pub fn submit(
         &self,
@@ -87,14 +131,14 @@ impl Relay {
         bytes: usize,
         conn: ConnId,
         acks: &AckSender,
+        arrival: Arrival,
     ) -> Result<(), Closed> {
-        let entry = entry(frame, bytes, conn, acks);
-        let now = Instant::now();
-        self.budget.take(bytes, now);
+        let entry = entry(frame, bytes, conn, acks, arrival, &self.observed);
+        self.budget.take(bytes, arrival.at);
         if self.spool.submit(entry) {
             Ok(())
         } else {
-            self.budget.give_back(1, bytes, false, now);
+            self.budget.give_back(1, bytes, false, arrival.at);
             Err(Closed)
         }
     }
@@ -105,6 +149,7 @@ impl Relay {
         Relay {
             spool: Submitter::detached(),
             budget: Arc::new(Budget::new(usize::MAX, usize::MAX)),
+            observed: Arc::default(),
         }
     }
 
@@ -115,15 +160,26 @@ impl Relay {
 }
 
 /// What step 1 queues for a frame: the message to store (dedupe keys, line body, topic) and
-/// what rides along to ACK it.
-fn entry(frame: &Frame<'_>, bytes: usize, conn: ConnId, acks: &AckSender) -> Entry<Ride> {
+/// what rides along to ACK it. Records the frame's delivery lag.
+fn entry(
+    frame: &Frame<'_>,
+    bytes: usize,
+    conn: ConnId,
+    acks: &AckSender,
+    arrival: Arrival,
+    observed: &Observations,
+) -> Entry<Ride> {
     let info = frame.data_info();
+    let lag_ms = frame.lag_ms(arrival.wall);
+    if let Some(lag) = lag_ms {
+        observed.delivery_lag_ms(lag);
+    }
     let msg = NewMessage {
         dedupe_keys: frame.dedupe_keys(&info),
         body: line::body(frame, &info, conn),
         topic: frame.topic().to_owned(),
         origin: conn.0,
-        lag_ms: frame.lag_ms(std::time::SystemTime::now()),
+        lag_ms,
     };
     let ride = Ride {
         bytes,
@@ -131,6 +187,7 @@ fn entry(frame: &Frame<'_>, bytes: usize, conn: ConnId, acks: &AckSender) -> Ent
         kind: frame.kind.clone(),
         message_id: frame.message_id().to_owned(),
         acks: acks.clone(),
+        read_at: arrival.at,
     };
     Entry { msg, ride }
 }
@@ -163,13 +220,19 @@ impl Fanout {
                         .flatten();
                     match route {
                         Some((group, timeout)) => {
-                            self.callbacks
-                                .hold(seq, group, ride.message_id, ride.acks, timeout);
+                            self.callbacks.hold(
+                                seq,
+                                group,
+                                ride.message_id,
+                                (ride.acks, ride.read_at),
+                                timeout,
+                            );
                         }
                         None => {
-                            let _ = ride
-                                .acks
-                                .send(Ack::for_stored(&ride.kind, &ride.message_id));
+                            let _ = ride.acks.send(Outgoing {
+                                ack: Ack::for_stored(&ride.kind, &ride.message_id),
+                                read_at: ride.read_at,
+                            });
                         }
                     }
                     stored.push(Message::new(seq, &msg.body));
@@ -177,10 +240,14 @@ impl Fanout {
                 Appended::Duplicate { seq } => {
                     debug!(connection = %ride.conn, message_id = %ride.message_id, seq, "redelivery recognised: ACKing again, not storing");
                     // A redelivery of a held callback waits for the same answer.
-                    if !self.callbacks.add_reply(seq, ride.acks.clone()) {
-                        let _ = ride
-                            .acks
-                            .send(Ack::for_stored(&ride.kind, &ride.message_id));
+                    if !self
+                        .callbacks
+                        .add_reply(seq, (ride.acks.clone(), ride.read_at))
+                    {
+                        let _ = ride.acks.send(Outgoing {
+                            ack: Ack::for_stored(&ride.kind, &ride.message_id),
+                            read_at: ride.read_at,
+                        });
                     }
                 }
             }
@@ -199,7 +266,8 @@ pub struct Inline {
     store: Store,
     fanout: Fanout,
     acks_tx: AckSender,
-    acks: mpsc::UnboundedReceiver<Ack>,
+    acks: mpsc::UnboundedReceiver<Outgoing>,
+    observed: Observations,
 }
 
 impl Inline {
@@ -216,6 +284,7 @@ impl Inline {
             },
             acks_tx,
             acks,
+            observed: Observations::default(),
         }
     }
 
@@ -226,7 +295,14 @@ impl Inline {
             .iter()
             .filter_map(|text| {
                 let frame = Frame::parse(text).ok()?;
-                Some(entry(&frame, text.len(), ConnId(1), &self.acks_tx))
+                Some(entry(
+                    &frame,
+                    text.len(),
+                    ConnId(1),
+                    &self.acks_tx,
+                    Arrival::now(),
+                    &self.observed,
+                ))
             })
             .collect();
         let (msgs, rides): (Vec<NewMessage>, Vec<Ride>) =
@@ -235,7 +311,7 @@ impl Inline {
             &msgs,
             &std::collections::BTreeMap::new(),
             &[],
-            std::time::SystemTime::now(),
+            SystemTime::now(),
         )?;
         let committed = msgs
             .into_iter()
@@ -249,8 +325,9 @@ impl Inline {
             .collect();
         self.fanout.committed(committed);
         let mut written = 0;
-        while let Ok(ack) = self.acks.try_recv() {
-            written += ack.to_json().len();
+        while let Ok(out) = self.acks.try_recv() {
+            written += out.ack.to_json().len();
+            self.observed.ack_latency.observe(out.read_at.elapsed());
         }
         Ok(written)
     }

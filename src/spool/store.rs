@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension};
 
 use super::checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 use super::dedupe::{DedupeIndex, key_hash};
@@ -150,10 +150,14 @@ impl Store {
     pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
         let path = self.path.as_path();
         let (bytes, messages, receipts) = self.totals()?;
-        let oldest: Option<u64> = self
+        let (oldest, oldest_stored_ms): (Option<u64>, Option<u64>) = self
             .conn
-            .prepare_cached("SELECT MIN(seq) FROM messages")
-            .and_then(|mut s| s.query_row([], |r| get_opt_u64(r, 0)))
+            .prepare_cached("SELECT seq, stored_at FROM messages ORDER BY seq LIMIT 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| Ok((get_opt_u64(r, 0)?, get_opt_u64(r, 1)?)))
+                    .optional()
+            })
+            .map(Option::unwrap_or_default)
             .at(path)?;
         let parked: u64 = self
             .conn
@@ -169,6 +173,7 @@ impl Store {
             dedupe_keys: self.index.len() as u64,
             receipts,
             oldest_seq: oldest.unwrap_or(0),
+            oldest_stored_ms: oldest_stored_ms.unwrap_or(0),
             newest_seq: self.last_seq,
             parked,
             file_bytes,

@@ -206,6 +206,8 @@ pub struct SpoolStats {
     pub receipts: u64,
     /// 0 when the spool holds no message.
     pub oldest_seq: u64,
+    /// When the oldest message was stored, epoch milliseconds; 0 when the spool holds none.
+    pub oldest_stored_ms: u64,
     /// 0 before the first message; never goes backwards.
     pub newest_seq: u64,
     /// Parked (group, message) pairs.

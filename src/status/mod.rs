@@ -6,18 +6,22 @@
 pub mod report;
 
 pub use report::{
-    ConsumersReport, GroupReport, LinkReport, Report, SinkReport, SpoolReport, StreamReport,
+    ConsumersReport, GroupReport, LinkReport, MessagesReport, Report, SinkReport, SpoolReport,
+    StreamReport,
     short_duration,
 };
 
 use crate::consumers::groups::GroupRegistry;
 use crate::consumers::hub::Hub;
+use crate::observe::Observations;
 use crate::relay::Relay;
 use crate::relay::callbacks::Callbacks;
 use crate::sinks::SinkSet;
 use crate::spool::SpoolHandle;
 use crate::stream::StreamStats;
 use crate::supervisor::{LinkState, LinkStatus};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +36,10 @@ pub struct Sources {
     pub link: watch::Receiver<LinkStatus>,
     /// Frame counters.
     pub stream: Arc<StreamStats>,
+    /// Reconnects by cause, last inbound, ping round trip, latency histograms.
+    pub observed: Arc<Observations>,
+    /// Where `/metrics` is served, when it is.
+    pub metrics: Option<SocketAddr>,
     /// The spool.
     pub spool: SpoolHandle,
     /// Frames waiting to become durable.
@@ -61,6 +69,14 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+fn rfc3339_ms(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn ms_since(t: SystemTime, now: SystemTime) -> u64 {
+    u64::try_from(now.duration_since(t).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Sources {
     /// The report now.
     pub fn report(&self) -> Report {
@@ -68,7 +84,7 @@ impl Sources {
         let now = SystemTime::now();
         let figures = self.spool.state.figures();
         let newest = self.hub.newest_seq();
-        let groups = self
+        let groups: BTreeMap<String, GroupReport> = self
             .groups
             .snapshots()
             .into_iter()
@@ -99,6 +115,35 @@ impl Sources {
         let w = &self.spool.state;
         let s = &figures.stats;
         let st = &self.stream;
+        let ob = &self.observed;
+        let last_inbound = ob.last_inbound();
+        let oldest_stored = (s.oldest_stored_ms > 0)
+            .then(|| UNIX_EPOCH + Duration::from_millis(s.oldest_stored_ms));
+        let consumers = ConsumersReport {
+            connected: self.hub.stats.consumers.load(Relaxed),
+            taps: self.hub.tap_count() as u64,
+            tap_lines: self.hub.stats.tap_lines.load(Relaxed),
+            taps_dropped_slow: self.hub.stats.taps_dropped_slow.load(Relaxed),
+            refused: self.hub.stats.refused.load(Relaxed),
+            bad_lines: self.hub.stats.bad_lines.load(Relaxed),
+        };
+        let messages = MessagesReport {
+            received: st.frames_in(),
+            stored: w.stored.load(Relaxed),
+            acked: StreamStats::get(&st.acks_sent),
+            duplicates: w.duplicates.load(Relaxed),
+            delivered: groups.values().map(|g| g.delivered).sum::<u64>() + consumers.tap_lines,
+            parked: groups.values().map(|g| g.parked).sum(),
+        };
+        let frames_by_type = [
+            ("CALLBACK", &st.callbacks),
+            ("EVENT", &st.events),
+            ("SYSTEM", &st.system),
+            ("unknown", &st.unknown_type),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), StreamStats::get(v)))
+        .collect();
         let mut report = Report {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: pid(),
@@ -108,10 +153,18 @@ impl Sources {
                 .unwrap_or_default()
                 .as_secs(),
             state: link.state.name().into(),
-            link: link_report(&link, now),
+            link: link_report(&link, ob, now),
             summary: String::new(),
+            last_inbound: last_inbound.map(rfc3339_ms),
+            last_inbound_age_ms: last_inbound.map(|t| ms_since(t, now)),
+            reconnects: ob.reconnects.snapshot(),
+            connect_failures: ob.connect_failures.snapshot(),
+            ticket_requests: ob.ticket_requests.snapshot(),
+            messages,
+            metrics: self.metrics.map(|a| a.to_string()),
             stream: StreamReport {
-                frames_in: StreamStats::get(&st.frames_in),
+                frames_in: st.frames_in(),
+                frames_by_type,
                 acks_sent: StreamStats::get(&st.acks_sent),
                 pings_answered: StreamStats::get(&st.pings),
                 malformed_frames: StreamStats::get(&st.malformed),
@@ -131,19 +184,14 @@ impl Sources {
                 bytes: w.bytes.load(Relaxed),
                 dedupe_keys: w.dedupe_keys.load(Relaxed),
                 oldest_seq: s.oldest_seq,
+                oldest_stored: oldest_stored.map(rfc3339),
+                oldest_age_s: oldest_stored.map(|t| ms_since(t, now) / 1000),
                 newest_seq: w.newest_seq.load(Relaxed).max(newest),
                 parked: s.parked,
                 file_bytes: s.file_bytes,
                 stats_error: figures.error,
             },
-            consumers: ConsumersReport {
-                connected: self.hub.stats.consumers.load(Relaxed),
-                taps: self.hub.tap_count() as u64,
-                tap_lines: self.hub.stats.tap_lines.load(Relaxed),
-                taps_dropped_slow: self.hub.stats.taps_dropped_slow.load(Relaxed),
-                refused: self.hub.stats.refused.load(Relaxed),
-                bad_lines: self.hub.stats.bad_lines.load(Relaxed),
-            },
+            consumers,
             groups,
             sinks,
             callbacks_held: self.callbacks.held() as u64,
@@ -185,10 +233,12 @@ impl Sources {
     }
 }
 
-fn link_report(link: &LinkStatus, now: SystemTime) -> LinkReport {
+fn link_report(link: &LinkStatus, ob: &Observations, now: SystemTime) -> LinkReport {
     let mut r = LinkReport {
         state: link.state.name().into(),
         last_cause: link.last_cause.clone(),
+        state_since: Some(rfc3339(link.state_since)),
+        ping_rtt_ms: ob.last_ping_rtt().map(|d| d.as_secs_f64() * 1000.0),
         connections_opened: link.connections_opened,
         handovers: link.handovers,
         ..LinkReport::default()

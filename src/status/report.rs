@@ -26,6 +26,29 @@ pub struct Report {
     pub link: LinkReport,
     /// The `STATUS=` one-liner.
     pub summary: String,
+    /// When the last EVENT or CALLBACK frame was read (RFC 3339, milliseconds), `null` before
+    /// the first since start.
+    #[serde(default)]
+    pub last_inbound: Option<String>,
+    /// Its age in milliseconds.
+    #[serde(default)]
+    pub last_inbound_age_ms: Option<u64>,
+    /// Serving connections replaced since start, by cause (`pong_timeout`,
+    /// `server_disconnect`, `eof`, ...).
+    #[serde(default)]
+    pub reconnects: BTreeMap<String, u64>,
+    /// Connection attempts that failed since start, by cause (`ticket_503`, `tcp_timeout`, ...).
+    #[serde(default)]
+    pub connect_failures: BTreeMap<String, u64>,
+    /// Ticket requests since start, by outcome (`ok`, `503`, `401`, `timeout`, ...).
+    #[serde(default)]
+    pub ticket_requests: BTreeMap<String, u64>,
+    /// What became of the messages since start.
+    #[serde(default)]
+    pub messages: MessagesReport,
+    /// The address `/metrics` is served on, when `metrics.listen` is set and bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Frame counters.
     pub stream: StreamReport,
     /// The spool.
@@ -48,6 +71,12 @@ pub struct LinkReport {
     pub state: String,
     /// Why the last connection or attempt ended.
     pub last_cause: Option<String>,
+    /// When the link entered its current state (RFC 3339): connected, or not connected since.
+    #[serde(default)]
+    pub state_since: Option<String>,
+    /// The last round trip of our WebSocket ping, milliseconds; `null` before the first pong.
+    #[serde(default)]
+    pub ping_rtt_ms: Option<f64>,
     /// Connections opened since start.
     pub connections_opened: u64,
     /// Server `disconnect` handovers since start.
@@ -81,11 +110,31 @@ pub struct LinkReport {
     pub cause: Option<String>,
 }
 
+/// Messages since start, from DingTalk to the consumers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessagesReport {
+    /// EVENT and CALLBACK frames received.
+    pub received: u64,
+    /// Stored in the spool (the first time each was received).
+    pub stored: u64,
+    /// ACK frames written to DingTalk (a redelivery is ACKed again).
+    pub acked: u64,
+    /// Redeliveries recognised: ACKed, not stored or delivered again.
+    pub duplicates: u64,
+    /// Lines handed to consumers: group deliveries (redeliveries included) and tap lines.
+    pub delivered: u64,
+    /// Parked by groups after `consumers.max_deliveries`.
+    pub parked: u64,
+}
+
 /// Frame counters since start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamReport {
     /// EVENT and CALLBACK frames received.
     pub frames_in: u64,
+    /// Frames received by type (`EVENT`, `CALLBACK`, `SYSTEM`, `unknown`).
+    #[serde(default)]
+    pub frames_by_type: BTreeMap<String, u64>,
     /// ACK frames written.
     pub acks_sent: u64,
     /// SYSTEM pings answered.
@@ -125,6 +174,12 @@ pub struct SpoolReport {
     pub dedupe_keys: u64,
     /// The oldest seq stored (0: none).
     pub oldest_seq: u64,
+    /// When the oldest message was stored (RFC 3339), `null` when the spool holds none.
+    #[serde(default)]
+    pub oldest_stored: Option<String>,
+    /// Its age in seconds.
+    #[serde(default)]
+    pub oldest_age_s: Option<u64>,
     /// The newest seq ever assigned.
     pub newest_seq: u64,
     /// Parked (group, message) pairs.

@@ -4,7 +4,8 @@
 
 use super::{ConnEvent, ConnId};
 use crate::config::Config;
-use crate::relay::{Closed, Relay};
+use crate::observe::Observations;
+use crate::relay::{Arrival, Closed, Outgoing, Relay};
 use crate::wire::{Ack, Frame, FrameKind};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -108,6 +109,8 @@ pub struct ConnCtx {
     pub cancel: CancellationToken,
     /// Traffic counters.
     pub stats: Arc<super::StreamStats>,
+    /// Where the last inbound message, ping round trips and ACK latencies are recorded.
+    pub observed: Arc<Observations>,
     /// Beaten on every loop iteration, and on the heartbeat when quiet, for the watchdog.
     pub progress: Arc<crate::notify::Progress>,
 }
@@ -120,7 +123,11 @@ pub async fn run<S>(mut ws: WebSocketStream<S>, mut ctx: ConnCtx) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Outgoing>();
+    // When each frame of an ACK batch was read: reused, so a batch allocates nothing.
+    let mut read_at = Vec::with_capacity(ACK_BATCH);
+    // Our last ping: its payload and when it went, for the round trip.
+    let mut ping_sent: Option<(u64, Instant)> = None;
     let mut live = ctx.liveness.borrow_and_update().clone();
     let mut next_ping = Instant::now() + live.ping_interval;
     let mut pong_deadline: Option<Instant> = None;
@@ -132,8 +139,7 @@ where
     let mut pause = Pause::default();
 
     loop {
-        crate::notify::wedge_point("reader", super::StreamStats::get(&ctx.stats.frames_in) > 0)
-            .await;
+        crate::notify::wedge_point("reader", ctx.stats.frames_in() > 0).await;
         ctx.progress.beat();
         // Backpressure: while the spool has too much to commit, stop reading (TCP pushes back
         // on DingTalk); pings, ACKs and cancellation go on.
@@ -151,7 +157,7 @@ where
                 return End::Cancelled;
             }
             Some(ack) = ack_rx.recv() => {
-                if let Err(end) = send_acks(&mut ws, ack, &mut ack_rx, &ctx, live.pong_timeout).await {
+                if let Err(end) = send_acks(&mut ws, ack, &mut ack_rx, &ctx, live.pong_timeout, &mut read_at).await {
                     return end;
                 }
             }
@@ -177,7 +183,15 @@ where
                     Message::Binary(b) => {
                         warn!(connection = %id, bytes = b.len(), "skipping binary frame: DingTalk sends JSON text frames only");
                     }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Pong(payload) => {
+                        if let Some((seq, at)) = ping_sent
+                            && payload.as_ref() == seq.to_be_bytes()
+                        {
+                            ping_sent = None;
+                            ctx.observed.ping_round_trip(at.elapsed());
+                        }
+                    }
+                    Message::Ping(_) | Message::Frame(_) => {}
                     Message::Close(frame) => {
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -193,9 +207,11 @@ where
                 }
                 next_ping = Instant::now() + live.ping_interval;
                 ping_seq += 1;
+                let sent_at = Instant::now();
                 if let Err(end) = send(&mut ws, Message::Ping(ping_seq.to_be_bytes().to_vec().into()), live.pong_timeout).await {
                     return end;
                 }
+                ping_sent = Some((ping_seq, sent_at));
                 if pong_deadline.is_none() {
                     pong_deadline = Some(Instant::now() + live.pong_timeout);
                 }
@@ -205,7 +221,7 @@ where
             }
             _ = sleep_until(stall_check.unwrap_or_else(far_future)), if stall_check.is_some() => {
                 if ctx.relay.budget.stalled_for(std::time::Instant::now()).is_some_and(|d| d >= live.commit_stall) {
-                    return stall(&mut ws, &mut ack_rx, &ctx, live.pong_timeout).await;
+                    return stall(&mut ws, &mut ack_rx, &ctx, live.pong_timeout, &mut read_at).await;
                 }
             }
             _ = beat.tick() => {}
@@ -256,32 +272,41 @@ impl Pause {
 }
 
 /// Writes `first` and every ACK already queued behind it (up to [`ACK_BATCH`]), then flushes
-/// once: ACKs that are ready together leave in one write.
+/// once: ACKs that are ready together leave in one write. Once written, each ACK's latency
+/// since its frame was read is recorded (`read_at` is scratch space, reused).
 async fn send_acks<S>(
     ws: &mut WebSocketStream<S>,
-    first: Ack,
-    more: &mut mpsc::UnboundedReceiver<Ack>,
+    first: Outgoing,
+    more: &mut mpsc::UnboundedReceiver<Outgoing>,
     ctx: &ConnCtx,
     bound: Duration,
+    read_at: &mut Vec<std::time::Instant>,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut n = 1u64;
+    read_at.clear();
     let write = async {
-        ws.feed(Message::text(first.to_json())).await?;
-        while n < ACK_BATCH as u64 {
-            let Ok(ack) = more.try_recv() else { break };
-            ws.feed(Message::text(ack.to_json())).await?;
-            n += 1;
+        read_at.push(first.read_at);
+        ws.feed(Message::text(first.ack.to_json())).await?;
+        while read_at.len() < ACK_BATCH {
+            let Ok(out) = more.try_recv() else { break };
+            read_at.push(out.read_at);
+            ws.feed(Message::text(out.ack.to_json())).await?;
         }
         ws.flush().await
     };
     match tokio::time::timeout(bound, write).await {
         Ok(Ok(())) => {
+            let written = std::time::Instant::now();
+            for at in read_at.iter() {
+                ctx.observed
+                    .ack_latency
+                    .observe(written.saturating_duration_since(*at));
+            }
             ctx.stats
                 .acks_sent
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(read_at.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }
         Ok(Err(e)) => Err(classify(e)),
@@ -293,9 +318,10 @@ where
 /// ACKs of what is already durable go out, then a proper close, so DingTalk routes elsewhere.
 async fn stall<S>(
     ws: &mut WebSocketStream<S>,
-    acks: &mut mpsc::UnboundedReceiver<Ack>,
+    acks: &mut mpsc::UnboundedReceiver<Outgoing>,
     ctx: &ConnCtx,
     bound: Duration,
+    read_at: &mut Vec<std::time::Instant>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -305,7 +331,7 @@ where
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     warn!(connection = %ctx.id, cause = "stall", pending = ctx.relay.pending(), "frames wait and no spool commit succeeded for limits.commit_stall: closing this connection (what is durable is ACKed first) so DingTalk routes elsewhere");
     while let Ok(ack) = acks.try_recv() {
-        if let Err(end) = send_acks(ws, ack, acks, ctx, bound).await {
+        if let Err(end) = send_acks(ws, ack, acks, ctx, bound, read_at).await {
             return end;
         }
     }
@@ -374,7 +400,7 @@ fn classify(e: tokio_tungstenite::tungstenite::Error) -> End {
 async fn on_text<S>(
     ws: &mut WebSocketStream<S>,
     ctx: &ConnCtx,
-    ack_tx: &mpsc::UnboundedSender<Ack>,
+    ack_tx: &mpsc::UnboundedSender<Outgoing>,
     text: &str,
     write_bound: Duration,
     drain_deadline: &mut Option<Instant>,
@@ -383,6 +409,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use std::sync::atomic::Ordering::Relaxed;
+    let arrival = Arrival::now();
     let id = ctx.id;
     let frame = match Frame::parse(text) {
         Ok(f) => f,
@@ -393,57 +420,84 @@ where
         }
     };
     match frame.kind {
-        FrameKind::System => match frame.topic() {
-            "ping" => {
-                debug!(connection = %id, message_id = frame.message_id(), "SYSTEM ping");
-                ctx.stats.pings.fetch_add(1, Relaxed);
-                send(ws, Message::text(Ack::pong(&frame).to_json()), write_bound)
-                    .await
-                    .err()
-            }
-            "disconnect" => {
-                let reason = serde_json::from_str::<serde_json::Value>(&frame.data)
-                    .ok()
-                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-                    .unwrap_or_default();
-                info!(connection = %id, reason = %reason, "server sent disconnect: opening a replacement, draining this one");
-                if let Err(end) = send(
-                    ws,
-                    Message::text(Ack::disconnect(&frame).to_json()),
-                    write_bound,
-                )
-                .await
-                {
-                    return Some(end);
-                }
-                if drain_deadline.is_none() {
-                    *drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
-                    let _ = ctx.events.send(ConnEvent::Disconnect { id, reason });
-                }
-                None
-            }
-            other => {
-                info!(connection = %id, topic = other, "unknown SYSTEM topic; answering 404 as the official SDKs do");
-                send(
-                    ws,
-                    Message::text(Ack::unknown_topic(&frame).to_json()),
-                    write_bound,
-                )
-                .await
-                .err()
-            }
-        },
+        FrameKind::System => {
+            ctx.stats.system.fetch_add(1, Relaxed);
+            on_system(ws, ctx, &frame, write_bound, drain_deadline).await
+        }
         FrameKind::Event | FrameKind::Callback => {
             debug!(connection = %id, kind = frame.kind.as_str(), topic = frame.topic(), message_id = frame.message_id(), "frame");
-            ctx.stats.frames_in.fetch_add(1, Relaxed);
-            match ctx.relay.submit(&frame, text.len(), id, ack_tx) {
+            let counter = if frame.kind == FrameKind::Event {
+                &ctx.stats.events
+            } else {
+                &ctx.stats.callbacks
+            };
+            counter.fetch_add(1, Relaxed);
+            ctx.observed.inbound(arrival.wall);
+            match ctx.relay.submit(&frame, text.len(), id, ack_tx, arrival) {
                 Ok(()) => None,
                 Err(Closed) => Some(End::Cancelled),
             }
         }
         FrameKind::Other(ref t) => {
+            ctx.stats.unknown_type.fetch_add(1, Relaxed);
             warn!(connection = %id, kind = %t, topic = frame.topic(), message_id = frame.message_id(), "skipping frame of unknown type");
             None
+        }
+    }
+}
+
+/// Answers a SYSTEM frame (ping, `disconnect`, or a topic we do not know); `Some(end)` ends
+/// the connection.
+async fn on_system<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &ConnCtx,
+    frame: &Frame<'_>,
+    write_bound: Duration,
+    drain_deadline: &mut Option<Instant>,
+) -> Option<End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering::Relaxed;
+    let id = ctx.id;
+    match frame.topic() {
+        "ping" => {
+            debug!(connection = %id, message_id = frame.message_id(), "SYSTEM ping");
+            ctx.stats.pings.fetch_add(1, Relaxed);
+            send(ws, Message::text(Ack::pong(frame).to_json()), write_bound)
+                .await
+                .err()
+        }
+        "disconnect" => {
+            let reason = serde_json::from_str::<serde_json::Value>(&frame.data)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            info!(connection = %id, reason = %reason, "server sent disconnect: opening a replacement, draining this one");
+            if let Err(end) = send(
+                ws,
+                Message::text(Ack::disconnect(frame).to_json()),
+                write_bound,
+            )
+            .await
+            {
+                return Some(end);
+            }
+            if drain_deadline.is_none() {
+                *drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                let _ = ctx.events.send(ConnEvent::Disconnect { id, reason });
+            }
+            None
+        }
+        other => {
+            info!(connection = %id, topic = other, "unknown SYSTEM topic; answering 404 as the official SDKs do");
+            send(
+                ws,
+                Message::text(Ack::unknown_topic(frame).to_json()),
+                write_bound,
+            )
+            .await
+            .err()
         }
     }
 }

@@ -34,8 +34,14 @@ pub enum ConnEvent {
 /// Counters shared by all connections (for status, metrics and the watchdog).
 #[derive(Debug, Default)]
 pub struct StreamStats {
-    /// EVENT/CALLBACK frames received.
-    pub frames_in: AtomicU64,
+    /// EVENT frames received.
+    pub events: AtomicU64,
+    /// CALLBACK frames received.
+    pub callbacks: AtomicU64,
+    /// SYSTEM frames received (DingTalk's pings, `disconnect`, ...).
+    pub system: AtomicU64,
+    /// Frames of a type the daemon does not know (skipped).
+    pub unknown_type: AtomicU64,
     /// ACK frames written.
     pub acks_sent: AtomicU64,
     /// SYSTEM pings answered.
@@ -54,5 +60,10 @@ impl StreamStats {
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// EVENT and CALLBACK frames received: the messages.
+    pub fn frames_in(&self) -> u64 {
+        Self::get(&self.events) + Self::get(&self.callbacks)
     }
 }

@@ -76,6 +76,20 @@ pub struct LinkStatus {
     pub connections_opened: u64,
     /// Server `disconnect` handovers since start.
     pub handovers: u64,
+    /// Since when the link has been connected, or not connected (since start, or since the
+    /// last connection was lost): a handover stays connected, and attempts and backoff waits
+    /// stay not connected.
+    pub state_since: SystemTime,
+}
+
+impl LinkStatus {
+    /// Moves to `state`, noting when the link became connected or stopped being connected.
+    pub fn enter(&mut self, state: LinkState) {
+        if state.is_open() != self.state.is_open() {
+            self.state_since = SystemTime::now();
+        }
+        self.state = state;
+    }
 }
 
 impl Default for LinkStatus {
@@ -86,6 +100,7 @@ impl Default for LinkStatus {
             socket: None,
             connections_opened: 0,
             handovers: 0,
+            state_since: SystemTime::now(),
         }
     }
 }

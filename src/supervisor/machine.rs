@@ -221,6 +221,11 @@ impl Machine {
             .collect()
     }
 
+    /// The serving connection, if one serves.
+    pub fn current(&self) -> Option<ConnId> {
+        self.current.as_ref().map(|c| c.id)
+    }
+
     /// Whether `conn` is the serving connection (not a retired, draining one).
     pub fn is_current(&self, conn: ConnId) -> bool {
         self.current.as_ref().is_some_and(|c| c.id == conn)

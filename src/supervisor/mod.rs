@@ -12,6 +12,7 @@ pub use link::{LinkState, LinkStatus};
 
 use crate::gateway::ticket::{TicketClient, TicketError};
 use crate::notify::{Progress, Watchdog};
+use crate::observe::Observations;
 use crate::relay::Relay;
 use crate::stream::connect::{self, ConnectError, ConnectParams, Established};
 use crate::stream::connection::{self, ConnCtx, End, Liveness};
@@ -83,6 +84,8 @@ pub struct Supervisor {
     pub relay: Relay,
     /// Traffic counters.
     pub stats: Arc<StreamStats>,
+    /// Reconnects, ticket outcomes, failed attempts; handed on to each connection.
+    pub observed: Arc<Observations>,
     /// The published link state.
     pub link: watch::Sender<LinkStatus>,
     /// Live ping settings.
@@ -120,9 +123,14 @@ impl Supervisor {
     fn attempt(&self) -> AttemptFuture {
         let ticket = self.ticket.clone();
         let params = self.connect.clone();
+        let observed = self.observed.clone();
         Box::pin(async move {
-            let t = ticket.fetch().await?;
-            Ok(connect::establish(&t, &params).await?)
+            let fetched = ticket.fetch().await;
+            match &fetched {
+                Ok(_) => observed.ticket_request(Ok(())),
+                Err(e) => observed.ticket_request(Err(&e.cause())),
+            }
+            Ok(connect::establish(&fetched?, &params).await?)
         })
     }
 
@@ -173,6 +181,9 @@ impl Supervisor {
                     self.connect = r.connect;
                     if r.relink {
                         info!(cause = "reload", "credentials or endpoint changed: opening a replacement before closing the current connection");
+                        if machine.current().is_some() {
+                            self.observed.reconnects.add("reload");
+                        }
                     }
                     Some((Event::Reload { reconnect: r.reconnect, relink: r.relink }, None))
                 }
@@ -190,6 +201,7 @@ impl Supervisor {
                                 AttemptError::Ticket(t) => (t.is_credentials(), t.retry_after()),
                                 AttemptError::Connect(_) => (false, None),
                             };
+                            self.observed.connect_failures.add(&cause);
                             let note = Note::AttemptFailed { cause: cause.clone(), error: e.to_string() };
                             sh.last_error = Some(e);
                             (Event::AttemptFailed { cause, credentials, retry_after }, Some(note))
@@ -202,6 +214,9 @@ impl Supervisor {
                 }
                 Some(ConnEvent::Disconnect { id, reason }) = events_rx.recv() => {
                     info!(connection = %id, cause = "server_disconnect", reason = %reason, "opening the replacement connection now (make-before-break)");
+                    if machine.is_current(id) {
+                        self.observed.reconnects.add(machine::SERVER_DISCONNECT);
+                    }
                     Some((Event::Disconnect { conn: id }, None))
                 }
                 Some(joined) = sh.conns.join_next_with_id(), if !sh.conns.is_empty() => {
@@ -220,6 +235,9 @@ impl Supervisor {
                         let note = if !machine.is_current(conn) {
                             Note::Retired { conn, cause }
                         } else {
+                            if cause != SHUTDOWN {
+                                self.observed.reconnects.add(cause);
+                            }
                             Note::Lost {
                                 conn,
                                 cause,
@@ -261,7 +279,7 @@ impl Supervisor {
         })
         .await;
         sh.conns.abort_all();
-        self.link.send_modify(|s| s.state = LinkState::Stopped);
+        self.link.send_modify(|s| s.enter(LinkState::Stopped));
         result
     }
 
@@ -297,6 +315,7 @@ impl Supervisor {
                         events: events.clone(),
                         cancel: cancel.clone(),
                         stats: self.stats.clone(),
+                        observed: self.observed.clone(),
                         progress: self.reader_progress.clone(),
                     };
                     info!(connection = %id, attempt, peer = %est.peer, handover = machine.open_connections().len() > 1, "connected to DingTalk");
@@ -317,7 +336,7 @@ impl Supervisor {
                         _ => None,
                     };
                     self.link.send_modify(|s| {
-                        s.state = LinkState::from_phase(&view.phase);
+                        s.enter(LinkState::from_phase(&view.phase));
                         s.last_cause = view.last_cause.clone();
                         s.connections_opened = view.connections_opened;
                         s.handovers = view.handovers;

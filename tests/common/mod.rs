@@ -10,6 +10,7 @@
 //! - `compat`: the local SDK endpoint: its config, HTTP requests, a raw SDK-like client;
 //! - `consumer`: taps and group members on the consumer socket;
 //! - `status`: the control socket's status, once or until a predicate holds;
+//! - `exposition`: a strict reader of the Prometheus text format, and scraping `/metrics`;
 //! - `systemd`: a fake `NOTIFY_SOCKET` around the real binary (`Service`);
 //! - `proxy`: a recording HTTP CONNECT proxy;
 //! - `nats`: a real `nats-server` with JetStream (skipped where missing, unless
@@ -24,6 +25,7 @@
 pub mod compat;
 pub mod consumer;
 pub mod daemon;
+pub mod exposition;
 pub mod gateway;
 pub mod nats;
 pub mod privileged;
