@@ -2,9 +2,11 @@
 //!
 //! In one transaction: receipts older than both the dedupe window and `max_age` go; messages
 //! every known group has acked go (a parked message stays); then `max_age` and `max_bytes`
-//! force out the oldest messages, counting per group those it had not acked or parked, and
-//! warn. Receipts are evicted early only when receipts alone exceed `max_bytes`. The in-memory
-//! dedupe window follows once the transaction committed.
+//! force out the oldest messages, counting per group those it had not acked or parked, marking
+//! their receipts, and warn. Receipts are evicted early only when receipts alone exceed
+//! `max_bytes`. The ack and park history (`acked_log`, `parked_log`) lives exactly as long as
+//! the receipts it belongs to. The in-memory dedupe window follows once the transaction
+//! committed.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -147,7 +149,7 @@ impl<'a, 'c> Pass<'a, 'c> {
         if !opts.max_age.is_zero() {
             let cutoff = now_ms.saturating_sub(duration_ms(opts.max_age));
             if let Some(through) = age_cutoff(self.tx, cutoff)? {
-                self.force_out(through)?;
+                self.force_out(through, now_ms)?;
             }
         }
         let over = |freed: &Delta| {
@@ -157,7 +159,7 @@ impl<'a, 'c> Pass<'a, 'c> {
         if let Some(excess) = over(&self.freed)
             && let Some(through) = bytes_cutoff(self.tx, excess)?
         {
-            self.force_out(through)?;
+            self.force_out(through, now_ms)?;
         }
         let mut evicted_through = None;
         if let Some(excess) = over(&self.freed)
@@ -188,12 +190,15 @@ impl<'a, 'c> Pass<'a, 'c> {
                 int(self.freed.receipts),
             ),
         )?;
-        self.tx
-            .prepare_cached(
-                "DELETE FROM acked_log WHERE last_seq < \
-                 (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
-            )?
-            .execute([int(self.last_seq)])?;
+        // History older than every receipt has nothing left to describe (with no receipts at
+        // all, everything up to the newest seq goes).
+        let keep_from = int(self.last_seq.saturating_add(1));
+        for sql in [
+            "DELETE FROM acked_log WHERE last_seq < (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
+            "DELETE FROM parked_log WHERE seq < (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
+        ] {
+            self.tx.prepare_cached(sql)?.execute([keep_from])?;
+        }
         self.report.bytes_after =
             self.tx
                 .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
@@ -201,8 +206,9 @@ impl<'a, 'c> Pass<'a, 'c> {
         Ok((self.report, evicted_through))
     }
 
-    /// Deletes every message with `seq <= through`, counting per group the ones it still owed.
-    fn force_out(&mut self, through: u64) -> rusqlite::Result<()> {
+    /// Deletes every message with `seq <= through`, counting per group the ones it still owed,
+    /// and marks their receipts forced out at `now_ms` (what `inspect` tells).
+    fn force_out(&mut self, through: u64, now_ms: i64) -> rusqlite::Result<()> {
         for (name, cursor) in &self.groups {
             let owed: u64 = self
                 .tx
@@ -216,6 +222,12 @@ impl<'a, 'c> Pass<'a, 'c> {
             .tx
             .prepare_cached(OWED_BY_ANY)?
             .query_row([int(through)], |r| get_u64(r, 0))?;
+        self.tx
+            .prepare_cached(
+                "UPDATE receipts SET forced_out_at = ?2 \
+                 WHERE seq IN (SELECT seq FROM messages WHERE seq <= ?1)",
+            )?
+            .execute((int(through), now_ms))?;
         let (n, bytes) = delete_messages(
             self.tx,
             "DELETE FROM messages WHERE seq <= ?1 RETURNING size",
