@@ -59,7 +59,7 @@ fn a_message_is_found_by_seq_and_by_each_of_its_ids() {
     assert_eq!((r.seq, r.origin, r.lag_ms), (1, 3, Some(120)));
     assert_eq!(
         r.received_at,
-        crate::spool::types::from_ms(crate::spool::types::to_ms(now)).expect("ms")
+        from_ms(crate::spool::types::to_ms(now)).expect("ms")
     );
     assert_eq!(r.topic, "/v1.0/im/bot/messages/get");
     assert_eq!(r.body_size, Some(msg("1", &[]).body.len() as u64));

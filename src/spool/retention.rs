@@ -461,6 +461,58 @@ mod tests {
     }
 
     #[test]
+    fn ack_and_park_history_lives_as_long_as_its_receipts() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        let t0 = std::time::SystemTime::now();
+        store
+            .append_batch(&[msg("a", &["m:a"]), msg("b", &["m:b"])], t0)
+            .expect("append");
+        assert!(store.park("g", 1, 5).expect("park"));
+        store.ack("g", &[2]).expect("ack");
+        let rows = |store: &crate::spool::Store| -> (i64, i64) {
+            let count = |t: &str| {
+                store
+                    .conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                    .expect("count")
+            };
+            (count("acked_log"), count("parked_log"))
+        };
+        let report = store.enforce_retention(t0).expect("retention");
+        assert_eq!(report.deleted_acked, 1);
+        assert_eq!(
+            rows(&store),
+            (1, 1),
+            "bodies go, history stays with the receipts"
+        );
+        // max_age forces out the parked body: its receipt is marked, history kept.
+        store.set_options(StoreOptions {
+            max_age: Duration::from_secs(10),
+            ..opts()
+        });
+        store
+            .enforce_retention(t0 + Duration::from_secs(11))
+            .expect("retention");
+        let marked: Vec<Option<i64>> = store
+            .conn
+            .prepare("SELECT forced_out_at FROM receipts ORDER BY seq")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("marks");
+        assert!(marked[0].is_some(), "forced out by max_age");
+        assert_eq!(marked[1], None, "released after every group acked it");
+        assert_eq!(rows(&store), (1, 1));
+        // Receipts past the window and max_age go, and all their history with them (also the
+        // run that ends at the newest seq).
+        let report = store
+            .enforce_retention(t0 + Duration::from_secs(3601))
+            .expect("retention");
+        assert_eq!(report.expired_receipts, 2);
+        assert_eq!(rows(&store), (0, 0));
+        assert_accounting(&store);
+    }
+
+    #[test]
     fn receipts_alone_over_max_bytes_are_evicted_oldest_first() {
         let (_dir, mut store) = open_tmp();
         for i in 0..10u64 {
