@@ -474,11 +474,24 @@ fn not_found_text(r: &InspectReport, now: SystemTime) -> String {
                 ago(at, now),
                 s.newest_seq
             );
-            if let Query::Id(_) = r.query {
-                out += &format!(
-                    "so no message with this id was stored (and ACKed) here since {at}; \
-                     receipts older than that are gone (spool.max_age, spool.dedupe_window)\n"
-                );
+            match (&r.query, *seq) {
+                (Query::Id(_), 1) => {
+                    out += "so a message with this id was never stored (and ACKed) here: the \
+                            receipts go back to this spool's first message\n";
+                }
+                (Query::Id(_), _) => {
+                    out += &format!(
+                        "so no message with this id was stored (and ACKed) here since {at}; \
+                         receipts older than that are gone (spool.max_age, spool.dedupe_window)\n"
+                    );
+                }
+                (Query::Seq(q), oldest) if *q < oldest => {
+                    out += &format!(
+                        "seq {q} is older than the oldest receipt: gone with spool.max_age and \
+                         spool.dedupe_window\n"
+                    );
+                }
+                (Query::Seq(_), _) => {}
             }
         }
         _ => {
@@ -531,6 +544,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("since 2026-11-23T12:00:00.000Z"), "{t}");
+        let mut from_the_start = report(vec![], Query::Id("msgX".into()));
+        from_the_start.searched.oldest_seq = Some(1);
+        let t = human(&from_the_start, now);
+        assert!(t.contains("never stored"), "{t}");
+        assert!(t.contains("first message"), "{t}");
+        let t = human(&report(vec![], Query::Seq(5)), now);
+        assert!(t.contains("seq 5 is older than the oldest receipt"), "{t}");
         let t = human(&report(vec![], Query::Seq(99)), now);
         assert!(t.contains("never assigned (the newest seq is 41)"), "{t}");
         let mut empty = report(vec![], Query::Seq(3));
