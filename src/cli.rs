@@ -1,5 +1,6 @@
 //! The command line, with clap derive.
 
+use crate::config::Instance;
 use clap::{ArgGroup, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -8,9 +9,15 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "dingtalk-streamd", version, about)]
 pub struct Cli {
-    /// The config file.
-    #[arg(long, global = true, default_value = crate::config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    /// The config file [default: /etc/dingtalk-streamd/config.yml, or NAME.yml there with
+    /// --instance NAME].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// One of several apps on this host: its config /etc/dingtalk-streamd/NAME.yml, sockets in
+    /// /run/dingtalk-streamd/NAME/, spool /var/lib/dingtalk-streamd/NAME/ (the units
+    /// dingtalk-streamd@NAME.service and .socket).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub instance: Option<Instance>,
     /// What to do (default: run).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -62,6 +69,28 @@ pub enum Command {
         #[arg(long, requires = "peek")]
         control: Option<PathBuf>,
     },
+    /// Proof of receipt: when a message arrived, on which connection, its ids, and what each
+    /// group did with it, from the spool (exit 0 found, 1 not found, 3 nothing readable).
+    /// Asks the running daemon; when none answers, reads the spool file read-only.
+    Inspect {
+        /// A seq number, or a DingTalk messageId, eventId or bot msgId (a prefixed key such as
+        /// `mid:...` also works). All digits is a seq unless --id is given.
+        #[arg(value_name = "SEQ|ID")]
+        what: String,
+        /// Take WHAT as an id even when it is all digits.
+        #[arg(long)]
+        id: bool,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: from the config, else /run/dingtalk-streamd/control.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// The spool directory read when the daemon does not answer (default: from the config,
+        /// else /var/lib/dingtalk-streamd).
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+    },
     /// Consumer groups: list, remove an ad-hoc group, replay messages to a group (exit 0 done,
     /// 1 refused, 3 not running, 4 not answering).
     Group {
@@ -102,4 +131,15 @@ pub enum GroupCommand {
         #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
         from: Option<u64>,
     },
+}
+
+impl Cli {
+    /// The config file: `--config`, else the instance's, else the default.
+    pub fn config_path(&self) -> PathBuf {
+        match (&self.config, &self.instance) {
+            (Some(p), _) => p.clone(),
+            (None, Some(i)) => i.config_path(),
+            (None, None) => crate::config::DEFAULT_CONFIG_PATH.into(),
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use dingtalk_streamd::cli::{Cli, Command, GroupCommand};
-use dingtalk_streamd::config::{self, Config, ConfigError};
+use dingtalk_streamd::config::{self, Config, ConfigError, Instance};
 use dingtalk_streamd::{control, logging, notify};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,11 +24,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config = cli.config_path();
+    let instance = cli.instance.clone();
+    let local = || LocalPaths::of(&config, instance.as_ref());
     let code = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => runtime.block_on(run(&cli.config)),
-        Command::CheckConfig { quiet } => check_config(&cli.config, quiet),
+        Command::Run => runtime.block_on(run(&config, instance.as_ref())),
+        Command::CheckConfig { quiet } => check_config(&config, instance.as_ref(), quiet),
         Command::Status { json, control } => {
-            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            let path = control.unwrap_or_else(|| local().control);
             runtime.block_on(control::client::status(&path, json))
         }
         Command::Tail {
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
             control,
             ..
         } => {
-            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            let path = control.unwrap_or_else(|| local().control);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             runtime.block_on(control::group_client::peek(&path, &group, limit, json))
         }
@@ -49,11 +52,27 @@ fn main() -> ExitCode {
             socket,
             ..
         } => {
-            let path = socket.unwrap_or_else(|| socket_paths(&cli.config).0);
+            let path = socket.unwrap_or_else(|| local().socket);
             runtime.block_on(control::client::tail(&path, group.as_deref(), json))
         }
+        Command::Inspect {
+            what,
+            id,
+            json,
+            control,
+            spool,
+        } => {
+            let paths = local();
+            let query = match what.parse::<u64>() {
+                Ok(seq) if !id => control::inspect::Query::Seq(seq),
+                _ => control::inspect::Query::Id(what),
+            };
+            let control = control.unwrap_or(paths.control);
+            let spool = spool.unwrap_or(paths.spool);
+            runtime.block_on(control::inspect::inspect(&control, &spool, query, json))
+        }
         Command::Group { command, control } => {
-            let path = control.unwrap_or_else(|| socket_paths(&cli.config).1);
+            let path = control.unwrap_or_else(|| local().control);
             runtime.block_on(async {
                 match command {
                     GroupCommand::List { json } => control::group_client::list(&path, json).await,
@@ -70,23 +89,42 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The stream and control socket paths from the config when it is readable, else the defaults
-/// (an operator outside the daemon's group cannot read the config).
-fn socket_paths(config: &Path) -> (PathBuf, PathBuf) {
-    std::fs::read_to_string(config)
-        .ok()
-        .and_then(|t| Config::parse(&t, config).ok())
-        .map(|c| (c.socket.path, c.control.path))
-        .unwrap_or_else(|| {
-            (
-                config::DEFAULT_SOCKET_PATH.into(),
-                config::DEFAULT_CONTROL_PATH.into(),
-            )
-        })
+/// The paths the client commands use when not given.
+struct LocalPaths {
+    socket: PathBuf,
+    control: PathBuf,
+    spool: PathBuf,
 }
 
-fn check_config(path: &Path, quiet: bool) -> u8 {
-    match Config::load(path) {
+impl LocalPaths {
+    /// From the config when it is readable (an operator outside the daemon's group cannot read
+    /// it), else the instance's paths, else the defaults.
+    fn of(config: &Path, instance: Option<&Instance>) -> LocalPaths {
+        std::fs::read_to_string(config)
+            .ok()
+            .and_then(|t| Config::parse_as(&t, config, instance).ok())
+            .map(|c| LocalPaths {
+                socket: c.socket.path,
+                control: c.control.path,
+                spool: c.spool.dir,
+            })
+            .unwrap_or_else(|| match instance {
+                Some(i) => LocalPaths {
+                    socket: i.socket_path(),
+                    control: i.control_path(),
+                    spool: i.spool_dir(),
+                },
+                None => LocalPaths {
+                    socket: config::DEFAULT_SOCKET_PATH.into(),
+                    control: config::DEFAULT_CONTROL_PATH.into(),
+                    spool: config::DEFAULT_SPOOL_DIR.into(),
+                },
+            })
+    }
+}
+
+fn check_config(path: &Path, instance: Option<&Instance>, quiet: bool) -> u8 {
+    match Config::load_as(path, instance) {
         Ok(l) => {
             if quiet {
                 return 0;
@@ -109,8 +147,8 @@ fn check_config(path: &Path, quiet: bool) -> u8 {
     }
 }
 
-async fn run(path: &Path) -> u8 {
-    let loaded = match Config::load(path) {
+async fn run(path: &Path, instance: Option<&Instance>) -> u8 {
+    let loaded = match Config::load_as(path, instance) {
         Ok(l) => l,
         Err(e) => {
             logging::init("info");

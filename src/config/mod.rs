@@ -6,6 +6,7 @@
 mod compat;
 mod error;
 mod sinks;
+mod instance;
 mod units;
 mod validate;
 pub(crate) use validate::{check_url, is_loopback};
@@ -17,6 +18,7 @@ pub use sinks::{
 
 pub use compat::{Compat, DEFAULT_COMPAT_GROUP, DEFAULT_COMPAT_LISTEN};
 pub use error::ConfigError;
+pub use instance::Instance;
 pub use units::{ByteSize, FileMode, HumanDuration};
 
 use crate::secret::Secret;
@@ -459,11 +461,23 @@ pub struct Loaded {
     pub path: PathBuf,
     /// The sinks' secret files, read at load.
     pub sink_secrets: SinkSecrets,
+    /// The instance it runs as (`--instance`): a reload reads the file as that instance again.
+    pub instance: Option<Instance>,
 }
 
 impl Config {
     /// Parses YAML text; `file` is used in error messages only.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Config::parse_as(text, file, None)
+    }
+
+    /// [`Config::parse`] for an instance: paths left at the single-app defaults become the
+    /// instance's ([`Instance::apply`]) before validation.
+    pub fn parse_as(
+        text: &str,
+        file: &Path,
+        instance: Option<&Instance>,
+    ) -> Result<Config, ConfigError> {
         if text.lines().all(|l| {
             let t = l.trim();
             t.is_empty() || t.starts_with('#') || t == "---"
@@ -472,19 +486,27 @@ impl Config {
                 file: file.to_owned(),
             });
         }
-        let config: Config =
+        let mut config: Config =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(file, text, e))?;
+        if let Some(i) = instance {
+            i.apply(&mut config);
+        }
         config.validate(file)?;
         Ok(config)
     }
 
     /// Reads, parses, validates and resolves the secret (inline, file, or systemd credential).
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        Config::load_as(path, None)
+    }
+
+    /// [`Config::load`] for an instance (see [`Config::parse_as`]).
+    pub fn load_as(path: &Path, instance: Option<&Instance>) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.to_owned(),
             source,
         })?;
-        let config = Config::parse(&text, path)?;
+        let config = Config::parse_as(&text, path, instance)?;
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let (secret, secret_source) =
             validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
@@ -497,6 +519,7 @@ impl Config {
             compat_secret,
             path: path.to_owned(),
             sink_secrets,
+            instance: instance.cloned(),
         })
     }
 

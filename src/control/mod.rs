@@ -1,11 +1,13 @@
 //! The control socket's requests (one JSON request line, one JSON response line:
 //! `{"cmd":"status"}` answers with the [`Report`](crate::status::Report); the group commands
-//! are in [`groups`]), the `/metrics` text, and the client side of the CLI (`status`, `tail`,
-//! `group ...`). The accept loops are in [`crate::listeners`].
+//! are in [`groups`], `inspect` in [`inspect`]), the `/metrics` text, and the client side of
+//! the CLI (`status`, `tail`, `group ...`, `inspect`). The accept loops are in
+//! [`crate::listeners`].
 
 pub mod client;
 pub mod group_client;
 pub mod groups;
+pub mod inspect;
 pub mod metrics;
 
 use crate::status::Sources;
@@ -39,10 +41,17 @@ enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// `{"cmd":"inspect","seq":N}` or `{"cmd":"inspect","id":"..."}`
+    Inspect {
+        #[serde(default)]
+        seq: Option<u64>,
+        #[serde(default)]
+        id: Option<String>,
+    },
 }
 
 /// The commands, for error messages.
-const SUPPORTED: &str = "supported: {\"cmd\":\"status\"}, {\"cmd\":\"group_list\"}, {\"cmd\":\"group_rm\",\"group\":G}, {\"cmd\":\"group_replay\",\"group\":G,\"parked\":true|\"from\":SEQ}, {\"cmd\":\"group_peek\",\"group\":G,\"limit\":N}";
+const SUPPORTED: &str = "supported: {\"cmd\":\"status\"}, {\"cmd\":\"group_list\"}, {\"cmd\":\"group_rm\",\"group\":G}, {\"cmd\":\"group_replay\",\"group\":G,\"parked\":true|\"from\":SEQ}, {\"cmd\":\"group_peek\",\"group\":G,\"limit\":N}, {\"cmd\":\"inspect\",\"seq\":N|\"id\":ID}";
 
 /// An error response line.
 pub(crate) fn error_line(code: &str, message: impl std::fmt::Display) -> String {
@@ -69,5 +78,6 @@ pub async fn answer(request: &str, sources: &Sources) -> String {
             from,
         } => groups::replay(sources, &group, parked, from).await,
         Request::GroupPeek { group, limit } => groups::peek(sources, &group, limit).await,
+        Request::Inspect { seq, id } => inspect::answer(sources, seq, id).await,
     }
 }

@@ -531,7 +531,8 @@ impl Reloadable {
     fn reload(&mut self) -> Result<(), ()> {
         notify::reloading();
         let path = self.loaded.path.clone();
-        let (new, (ticket, connect, upstream)) = match Config::load(&path)
+        let instance = self.loaded.instance.clone();
+        let (new, (ticket, connect, upstream)) = match Config::load_as(&path, instance.as_ref())
             .map_err(Error::from)
             .and_then(|l| clients(&l).map(|c| (l, c)))
         {

@@ -14,7 +14,7 @@ use rusqlite::{OptionalExtension, Transaction};
 
 use super::dedupe::{DedupeIndex, key_hash};
 use super::error::{SpoolError, SqlContext};
-use super::types::{Appended, NewMessage, int, message_cost, receipt_cost, to_ms};
+use super::types::{Appended, NewMessage, int, len_u64, message_cost, receipt_cost, to_ms};
 
 /// A jump in seqs larger than this starts the in-memory window over (never happens in use:
 /// seqs are dense).
@@ -97,8 +97,8 @@ pub(super) fn append_in(
             .at(path)?;
         let mut receipt = tx
             .prepare_cached(
-                "INSERT INTO receipts (seq, received_at, keys, topic, origin, lag_ms, size) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO receipts (seq, received_at, keys, topic, origin, lag_ms, size, \
+                 body_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .at(path)?;
         for msg in batch {
@@ -157,6 +157,7 @@ pub(super) fn append_in(
                     int(msg.origin),
                     msg.lag_ms,
                     int(rsize),
+                    int(len_u64(&msg.body)),
                 ))
                 .at(path)?;
             add_receipts += 1;

@@ -263,11 +263,18 @@ pub(super) fn park_in(
     if seq <= cursor || acked || !present {
         return Ok(false);
     }
+    let now_ms = to_ms(SystemTime::now());
     tx.execute(
         "INSERT INTO parked (grp, seq, deliveries, parked_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (grp, seq) DO UPDATE SET deliveries = excluded.deliveries",
-        (group, int(seq), deliveries, to_ms(SystemTime::now())),
+        (group, int(seq), deliveries, now_ms),
     )
+    .at(path)?;
+    // The history `inspect` shows: kept after an ack, a replay or the body's removal.
+    tx.prepare_cached(
+        "INSERT INTO parked_log (grp, seq, deliveries, parked_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute((group, int(seq), deliveries, now_ms)))
     .at(path)?;
     advance_cursor(tx, group, cursor, last_seq).at(path)?;
     Ok(true)

@@ -1,12 +1,14 @@
 //! The rest of the daemon's view of the spool: [`SpoolHandle`] sends group acks, parks and
 //! queries to the single writer thread ([`Cmd`]) and reads backlog on a second, read-only
-//! connection, so a group catching up never stalls the writer. [`WriterState`] is what the
-//! writer reports while it runs (counters, the degraded flag), read without asking it.
+//! connection, so a group catching up never stalls the writer; `inspect` lookups get a
+//! read-only connection of their own, one at a time. [`WriterState`] is what the writer
+//! reports while it runs (counters, the degraded flag), read without asking it.
 
 use super::{
-    Backlog, GroupState, Reader, Released, Replay, Replayed, SpoolError, SpoolStats, StartAt,
-    StoreOptions, StoredMessage,
+    Backlog, Found, GroupState, Inspector, Lookup, Reader, Released, Replay, Replayed, SpoolError,
+    SpoolStats, StartAt, StoreOptions, StoredMessage,
 };
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -129,21 +131,84 @@ impl WriterState {
 
 type SendCmd = Arc<dyn Fn(Cmd) -> bool + Send + Sync>;
 
+/// Where `inspect` lookups open their connection, and the permit that lets one run at a time
+/// (a lookup by id reads every receipt: a second one waits instead of competing for the disk).
+struct InspectGate {
+    dir: PathBuf,
+    one_at_a_time: tokio::sync::Semaphore,
+}
+
 /// A cheap handle for the rest of the daemon.
 #[derive(Clone)]
 pub struct SpoolHandle {
     send: SendCmd,
     reader: Arc<Mutex<Reader>>,
+    inspect: Arc<InspectGate>,
     /// What the writer reports.
     pub state: Arc<WriterState>,
 }
 
 impl SpoolHandle {
-    pub(super) fn new(send: SendCmd, reader: Arc<Mutex<Reader>>, state: Arc<WriterState>) -> Self {
+    pub(super) fn new(
+        send: SendCmd,
+        reader: Arc<Mutex<Reader>>,
+        state: Arc<WriterState>,
+        dir: &Path,
+    ) -> Self {
         SpoolHandle {
             send,
             reader,
+            inspect: Arc::new(InspectGate {
+                dir: dir.to_owned(),
+                one_at_a_time: tokio::sync::Semaphore::new(1),
+            }),
             state,
+        }
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.inspect.dir
+    }
+
+    /// Everything the spool knows about the message(s) `lookup` names ([`Inspector::find`]),
+    /// on a read-only connection of its own (the writer and backlog reads never wait for it).
+    /// A lookup still running after `within` (waiting for the one before it included) is
+    /// interrupted and fails.
+    pub async fn inspect(
+        &self,
+        lookup: Lookup,
+        within: std::time::Duration,
+    ) -> Result<Found, SpoolError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let gate = self.inspect.clone();
+        let timeout = || SpoolError::Unusable {
+            path: gate.dir.clone(),
+            detail: format!(
+                "the lookup did not finish within {}s (another one may be running)",
+                within.as_secs()
+            ),
+        };
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, gate.one_at_a_time.acquire()).await
+        else {
+            return Err(timeout());
+        };
+        let inspector = {
+            let dir = gate.dir.clone();
+            tokio::task::spawn_blocking(move || Inspector::open(&dir))
+                .await
+                .map_err(|_| SpoolError::Closed)??
+        };
+        let interrupt = inspector.interrupt_handle();
+        let mut task = tokio::task::spawn_blocking(move || inspector.find(&lookup));
+        match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(joined) => joined.map_err(|_| SpoolError::Closed)?,
+            Err(_) => {
+                interrupt.interrupt();
+                // The permit is held until the interrupted lookup has really stopped.
+                let _ = task.await;
+                Err(timeout())
+            }
         }
     }
 

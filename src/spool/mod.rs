@@ -20,6 +20,7 @@
 //! - `lifecycle.rs`: a group's idle clock, its removal (releasing its backlog), replays
 //! - `retention.rs`: deleting what all groups acked, forcing out by the bounds
 //! - `reader.rs`: message reads, and [`Reader`], a read-only second connection
+//! - `inspect.rs`: proof of receipt: what is known about one message ([`Inspector`])
 //! - `schema.rs`: tables, migrations (`PRAGMA user_version`), connection pragmas
 //! - `types.rs`: the plain data in and out; `error.rs`: [`SpoolError`]
 //! - `writer.rs`: the writer thread: batches, retries, retention, the after-commit hook
@@ -33,6 +34,7 @@ mod dedupe;
 mod error;
 mod groups;
 mod handle;
+mod inspect;
 mod lifecycle;
 mod lock;
 mod reader;
@@ -47,6 +49,7 @@ mod writer;
 pub use commit::CommitOutcome;
 pub use error::SpoolError;
 pub use handle::{SpoolFigures, SpoolHandle, WriterState};
+pub use inspect::{Fate, Found, GroupFate, Inspector, Lookup, MAX_MATCHES, Receipt, Searched};
 pub use lock::LOCK_FILE;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;

@@ -2,9 +2,11 @@
 //!
 //! In one transaction: receipts older than both the dedupe window and `max_age` go; messages
 //! every known group has acked go (a parked message stays); then `max_age` and `max_bytes`
-//! force out the oldest messages, counting per group those it had not acked or parked, and
-//! warn. Receipts are evicted early only when receipts alone exceed `max_bytes`. The in-memory
-//! dedupe window follows once the transaction committed.
+//! force out the oldest messages, counting per group those it had not acked or parked, marking
+//! their receipts, and warn. Receipts are evicted early only when receipts alone exceed
+//! `max_bytes`. The ack and park history (`acked_log`, `parked_log`) lives exactly as long as
+//! the receipts it belongs to. The in-memory dedupe window follows once the transaction
+//! committed.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -147,7 +149,7 @@ impl<'a, 'c> Pass<'a, 'c> {
         if !opts.max_age.is_zero() {
             let cutoff = now_ms.saturating_sub(duration_ms(opts.max_age));
             if let Some(through) = age_cutoff(self.tx, cutoff)? {
-                self.force_out(through)?;
+                self.force_out(through, now_ms)?;
             }
         }
         let over = |freed: &Delta| {
@@ -157,7 +159,7 @@ impl<'a, 'c> Pass<'a, 'c> {
         if let Some(excess) = over(&self.freed)
             && let Some(through) = bytes_cutoff(self.tx, excess)?
         {
-            self.force_out(through)?;
+            self.force_out(through, now_ms)?;
         }
         let mut evicted_through = None;
         if let Some(excess) = over(&self.freed)
@@ -188,12 +190,15 @@ impl<'a, 'c> Pass<'a, 'c> {
                 int(self.freed.receipts),
             ),
         )?;
-        self.tx
-            .prepare_cached(
-                "DELETE FROM acked_log WHERE last_seq < \
-                 (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
-            )?
-            .execute([int(self.last_seq)])?;
+        // History older than every receipt has nothing left to describe (with no receipts at
+        // all, everything up to the newest seq goes).
+        let keep_from = int(self.last_seq.saturating_add(1));
+        for sql in [
+            "DELETE FROM acked_log WHERE last_seq < (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
+            "DELETE FROM parked_log WHERE seq < (SELECT COALESCE(MIN(seq), ?1) FROM receipts)",
+        ] {
+            self.tx.prepare_cached(sql)?.execute([keep_from])?;
+        }
         self.report.bytes_after =
             self.tx
                 .query_row("SELECT bytes FROM meta WHERE id = 1", [], |r| get_u64(r, 0))?;
@@ -201,8 +206,9 @@ impl<'a, 'c> Pass<'a, 'c> {
         Ok((self.report, evicted_through))
     }
 
-    /// Deletes every message with `seq <= through`, counting per group the ones it still owed.
-    fn force_out(&mut self, through: u64) -> rusqlite::Result<()> {
+    /// Deletes every message with `seq <= through`, counting per group the ones it still owed,
+    /// and marks their receipts forced out at `now_ms` (what `inspect` tells).
+    fn force_out(&mut self, through: u64, now_ms: i64) -> rusqlite::Result<()> {
         for (name, cursor) in &self.groups {
             let owed: u64 = self
                 .tx
@@ -216,6 +222,12 @@ impl<'a, 'c> Pass<'a, 'c> {
             .tx
             .prepare_cached(OWED_BY_ANY)?
             .query_row([int(through)], |r| get_u64(r, 0))?;
+        self.tx
+            .prepare_cached(
+                "UPDATE receipts SET forced_out_at = ?2 \
+                 WHERE seq IN (SELECT seq FROM messages WHERE seq <= ?1)",
+            )?
+            .execute((int(through), now_ms))?;
         let (n, bytes) = delete_messages(
             self.tx,
             "DELETE FROM messages WHERE seq <= ?1 RETURNING size",
@@ -445,6 +457,58 @@ mod tests {
         assert_eq!(report.forced_out_other, 1, "the parked seq 1");
         assert!(store.parked("g").expect("parked").is_empty());
         assert_eq!(store.stats().expect("stats").parked, 0);
+        assert_accounting(&store);
+    }
+
+    #[test]
+    fn ack_and_park_history_lives_as_long_as_its_receipts() {
+        let (_dir, mut store) = open_tmp();
+        store.ensure_group("g", StartAt::Oldest).expect("g");
+        let t0 = std::time::SystemTime::now();
+        store
+            .append_batch(&[msg("a", &["m:a"]), msg("b", &["m:b"])], t0)
+            .expect("append");
+        assert!(store.park("g", 1, 5).expect("park"));
+        store.ack("g", &[2]).expect("ack");
+        let rows = |store: &crate::spool::Store| -> (i64, i64) {
+            let count = |t: &str| {
+                store
+                    .conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                    .expect("count")
+            };
+            (count("acked_log"), count("parked_log"))
+        };
+        let report = store.enforce_retention(t0).expect("retention");
+        assert_eq!(report.deleted_acked, 1);
+        assert_eq!(
+            rows(&store),
+            (1, 1),
+            "bodies go, history stays with the receipts"
+        );
+        // max_age forces out the parked body: its receipt is marked, history kept.
+        store.set_options(StoreOptions {
+            max_age: Duration::from_secs(10),
+            ..opts()
+        });
+        store
+            .enforce_retention(t0 + Duration::from_secs(11))
+            .expect("retention");
+        let marked: Vec<Option<i64>> = store
+            .conn
+            .prepare("SELECT forced_out_at FROM receipts ORDER BY seq")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("marks");
+        assert!(marked[0].is_some(), "forced out by max_age");
+        assert_eq!(marked[1], None, "released after every group acked it");
+        assert_eq!(rows(&store), (1, 1));
+        // Receipts past the window and max_age go, and all their history with them (also the
+        // run that ends at the newest seq).
+        let report = store
+            .enforce_retention(t0 + Duration::from_secs(3601))
+            .expect("retention");
+        assert_eq!(report.expired_receipts, 2);
+        assert_eq!(rows(&store), (0, 0));
         assert_accounting(&store);
     }
 

@@ -100,11 +100,35 @@ CREATE TABLE acked_log (
 CREATE INDEX acked_log_last ON acked_log (last_seq);
 ";
 
+/// Version 4: what `dingtalk-streamd inspect` needs once a body is gone. `receipts.body_size`
+/// (the stored body's bytes; filled in for the bodies still stored), `receipts.forced_out_at`
+/// (when `max_age` / `max_bytes` removed the body, NULL otherwise), and `parked_log`, one row
+/// per park, kept like `acked_log` as long as the receipts (the `parked` table only holds what
+/// is parked now). `acked_log` gets an index covering the seq range, so finding the acks of one
+/// seq reads the index only.
+const V4: &str = "
+ALTER TABLE receipts ADD COLUMN body_size INTEGER;
+ALTER TABLE receipts ADD COLUMN forced_out_at INTEGER;
+UPDATE receipts SET body_size =
+    (SELECT length(CAST(m.body AS BLOB)) FROM messages m WHERE m.seq = receipts.seq);
+CREATE TABLE parked_log (
+    grp        TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL,
+    parked_at  INTEGER NOT NULL
+);
+CREATE INDEX parked_log_seq ON parked_log (seq);
+INSERT INTO parked_log (grp, seq, deliveries, parked_at)
+    SELECT grp, seq, deliveries, parked_at FROM parked;
+DROP INDEX acked_log_last;
+CREATE INDEX acked_log_span ON acked_log (last_seq, first_seq);
+";
+
 /// Migration `i` takes the database from `user_version` `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a statement waits for another connection's lock (the reader's checkpoint, a
 /// second daemon instance) before failing with `SQLITE_BUSY`.
@@ -202,6 +226,19 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolErr
     Ok(())
 }
 
+/// Creates the schema of `version` exactly in an empty database (WAL, as the writer sets it):
+/// a spool as an older daemon left it, for tests of migrations and of readers.
+#[cfg(test)]
+pub(crate) fn create_at_version(conn: &Connection, version: usize) {
+    let path = Path::new("test.db");
+    configure_writer(conn, path).expect("configure");
+    for sql in &MIGRATIONS[..version] {
+        conn.execute_batch(sql).expect("older schema");
+    }
+    conn.pragma_update(None, "user_version", i64::try_from(version).expect("small"))
+        .expect("user_version");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +290,49 @@ mod tests {
             g.idle_since, None,
             "unknown: the clock starts at the daemon's start"
         );
+    }
+
+    #[test]
+    fn a_version_3_spool_gains_body_sizes_and_its_parks_as_history() {
+        let (dir, conn, _path) = fresh();
+        create_at_version(&conn, 3);
+        conn.execute_batch(
+            "INSERT INTO messages (seq, stored_at, size, topic, body) VALUES (1, 5, 50, '/t', 'abcd'); \
+             INSERT INTO receipts (seq, received_at, keys, topic, origin, lag_ms, size) \
+                 VALUES (1, 5, '5:mid:a', '/t', 2, 7, 60), (2, 6, '5:mid:b', '/t', 2, NULL, 60); \
+             INSERT INTO groups (name, cursor, configured, created_at) VALUES ('g', 1, 1, 1); \
+             INSERT INTO parked (grp, seq, deliveries, parked_at) VALUES ('g', 1, 10, 9); \
+             INSERT INTO acked_log (grp, first_seq, last_seq, acked_at) VALUES ('g', 2, 2, 8); \
+             UPDATE meta SET last_seq = 2, messages = 1, receipts = 2, bytes = 170;",
+        )
+        .expect("a v3 spool");
+        drop(conn);
+        let store = crate::spool::Store::open(dir.path(), crate::spool::test_support::opts())
+            .expect("open migrates");
+        let sizes: Vec<Option<i64>> = store
+            .conn
+            .prepare("SELECT body_size FROM receipts ORDER BY seq")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("sizes");
+        assert_eq!(sizes, vec![Some(4), None], "known while the body is stored");
+        let history: (String, i64, i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT grp, seq, deliveries, parked_at FROM parked_log",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("the park became history");
+        assert_eq!(history, ("g".into(), 1, 10, 9));
+        let plan: String = store
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT grp FROM acked_log WHERE last_seq >= 2 AND first_seq <= 2",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("acked_log_span"), "{plan}");
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub fn start<T: Send + 'static>(
         },
         Arc::new(Mutex::new(reader)),
         state.clone(),
+        store.dir(),
     );
     state
         .newest_seq
