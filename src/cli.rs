@@ -1,13 +1,20 @@
-//! The command line, with clap derive.
+//! The command line, with clap derive. `help` is ours rather than clap's generated one, so that
+//! `dingtalk-streamd help --help` answers like every other subcommand.
 
 use crate::config::Instance;
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// DingTalk Stream Mode bridge: one supervised connection per host, messages to local programs
 /// over a Unix socket.
 #[derive(Debug, Parser)]
-#[command(name = "dingtalk-streamd", version, about)]
+#[command(
+    name = "dingtalk-streamd",
+    version,
+    about,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// The config file [default: /etc/dingtalk-streamd/config.yml, or NAME.yml there with
     /// --instance NAME].
@@ -101,10 +108,17 @@ pub enum Command {
         #[arg(long, global = true)]
         control: Option<PathBuf>,
     },
+    /// Print this message or the help of the given subcommand(s).
+    Help {
+        /// The subcommand, and its subcommand (`help group replay`).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 /// `group` subcommands.
 #[derive(Debug, Subcommand)]
+#[command(disable_help_subcommand = true)]
 pub enum GroupCommand {
     /// Every group, configured or ad-hoc: members, backlog, in flight, parked, expiry.
     List {
@@ -131,6 +145,28 @@ pub enum GroupCommand {
         #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
         from: Option<u64>,
     },
+    /// Print this message or the help of the given subcommand(s).
+    Help {
+        /// The `group` subcommand.
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+/// What `COMMAND... --help` prints for the subcommand at `path` (`["group", "replay"]`;
+/// empty: the program); an unknown name is clap's usage error (exit 2).
+pub fn help(path: &[String]) -> Result<String, clap::Error> {
+    let args = std::iter::once("dingtalk-streamd")
+        .chain(path.iter().map(String::as_str))
+        .chain(["--help"]);
+    match Cli::command().try_get_matches_from(args) {
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => Ok(e.render().to_string()),
+        Err(e) => Err(e),
+        Ok(_) => Err(Cli::command().error(
+            ErrorKind::InvalidSubcommand,
+            format!("no help for {:?}", path.join(" ")),
+        )),
+    }
 }
 
 impl Cli {

@@ -2,7 +2,7 @@
 //! and map the outcome to an exit code (0 clean stop, 78 config/credentials/spool, 1 other).
 
 use clap::Parser;
-use dingtalk_streamd::cli::{Cli, Command, GroupCommand};
+use dingtalk_streamd::cli::{self, Cli, Command, GroupCommand};
 use dingtalk_streamd::config::{self, Config, ConfigError, Instance};
 use dingtalk_streamd::{control, logging, notify};
 use std::path::{Path, PathBuf};
@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             let spool = spool.unwrap_or(paths.spool);
             runtime.block_on(control::inspect::inspect(&control, &spool, query, json))
         }
+        Command::Help { command } => print_help(&command),
         Command::Group { command, control } => {
             let path = control.unwrap_or_else(|| local().control);
             runtime.block_on(async {
@@ -82,11 +83,31 @@ fn main() -> ExitCode {
                         parked,
                         from,
                     } => control::group_client::replay(&path, &group, parked, from).await,
+                    GroupCommand::Help { command } => {
+                        let path: Vec<String> =
+                            std::iter::once("group".to_owned()).chain(command).collect();
+                        print_help(&path)
+                    }
                 }
             })
         }
     };
     ExitCode::from(code)
+}
+
+/// `help [COMMAND...]`: what `--help` prints for that command (exit 0), or clap's usage error
+/// (exit 2).
+fn print_help(path: &[String]) -> u8 {
+    match cli::help(path) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            let _ = e.print();
+            2
+        }
+    }
 }
 
 /// The paths the client commands use when not given.

@@ -489,3 +489,44 @@ async fn status_exits_4_when_the_control_socket_accepts_but_does_not_answer() {
         started.elapsed()
     );
 }
+
+/// `help` is a subcommand like the others: `help --help` explains it, `help COMMAND...`
+/// prints what `COMMAND... --help` prints (also under `group`), an unknown name is a usage
+/// error (exit 2).
+#[tokio::test]
+async fn the_help_subcommand_answers_help_too() {
+    let o = output(&["help", "--help"], &[]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("Usage: dingtalk-streamd help [OPTIONS] [COMMAND]..."),
+        "{}",
+        o.stdout
+    );
+    for path in [&["status"][..], &["group", "replay"], &["tail"]] {
+        let mut help_args = vec!["help"];
+        help_args.extend_from_slice(path);
+        let via_help = output(&help_args, &[]).await;
+        let mut flag_args = path.to_vec();
+        flag_args.push("--help");
+        let via_flag = output(&flag_args, &[]).await;
+        assert_eq!(via_help.code, Some(0), "{path:?}: {}", via_help.stderr);
+        assert_eq!(via_help.stdout, via_flag.stdout, "{path:?}");
+    }
+    let o = output(&["group", "help", "rm"], &[]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("Usage: dingtalk-streamd group rm"),
+        "{}",
+        o.stdout
+    );
+    let o = output(&["group", "help", "--help"], &[]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let o = output(&["help", "nope"], &[]).await;
+    assert_eq!(o.code, Some(2));
+    assert!(
+        o.stderr.contains("unrecognized subcommand 'nope'"),
+        "{}",
+        o.stderr
+    );
+}

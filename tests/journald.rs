@@ -1,7 +1,8 @@
 //! Logging to journald through the native protocol, captured by a fake journald
 //! (tests/support/fake_journald.py) in a private mount namespace with a tmpfs on /run/systemd,
 //! because tracing-journald hard-codes /run/systemd/journal/socket. Needs root and `unshare`
-//! (CI runs as root); skipped with a message otherwise.
+//! (CI runs as root); skipped with a message otherwise. The same fields in the stderr text
+//! (no privileges needed).
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::privileged::{
     REQUIRE_PRIVILEGED, in_mount_namespace, mount_namespace_with_tmpfs, skip_or_fail,
 };
 use common::*;
-use dingtalk_streamd_sim::GatewayEvent;
+use dingtalk_streamd_sim::{GatewayEvent, TicketFault};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,10 @@ fn read_journal(path: &Path) -> Vec<serde_json::Map<String, Value>> {
 /// The native journal protocol on a fake journald (private mount namespace, tmpfs on
 /// /run/systemd, JOURNAL_STREAM naming the daemon's stderr): fields carry no `F_` prefix, so
 /// `journalctl CAUSE=pong_timeout` finds the dead-connection verdict; CONNECTION, ATTEMPT,
-/// TOPIC, MESSAGE_ID and GROUP are there; SYSLOG_IDENTIFIER is the daemon's; nothing is
-/// logged as text on stderr at the same time; no secret or ticket appears anywhere.
+/// TOPIC, MESSAGE_ID, GROUP and a member's PID are there; every such field is also in MESSAGE
+/// as `key=value` (`group member joined group=bot pid=...`), and a failure's MESSAGE says
+/// why (`error="ticket endpoint answered HTTP 503"`); SYSLOG_IDENTIFIER is the daemon's;
+/// nothing is logged as text on stderr at the same time; no secret or ticket appears anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journald_native_fields() {
     if let Err(why) = mount_namespace_with_tmpfs() {
@@ -64,6 +67,8 @@ async fn journald_native_fields() {
     let m = gw.push_bot_text("journal me").await.expect("push");
     member.next().await;
     let mut cur = gw.subscribe();
+    // The first attempt after the dead connection fails (its error must reach MESSAGE).
+    gw.set_ticket_fault(Some(TicketFault::status(503).times(1)));
     gw.set_zombie(conn, true).expect("zombie");
     // The pong deadline declares the connection dead; wait for that entry.
     until(WAIT, "CAUSE=pong_timeout journal entry", async || {
@@ -134,7 +139,44 @@ async fn journald_native_fields() {
         "{frame:?}"
     );
     assert_eq!(find("consumer group created", "GROUP")["GROUP"], "bot");
-    assert_eq!(find("group member joined", "GROUP")["GROUP"], "bot");
+    let joined = find("group member joined", "GROUP");
+    assert_eq!(joined["GROUP"], "bot");
+    let pid = std::process::id().to_string();
+    assert_eq!(joined["PID"], pid.as_str(), "the member's pid: {joined:?}");
+    let text = |e: &serde_json::Map<String, Value>| e["MESSAGE"].as_str().unwrap_or("").to_owned();
+    assert!(
+        text(joined).starts_with(&format!("group member joined group=bot pid={pid} uid=")),
+        "{joined:?}"
+    );
+    assert!(
+        text(lost).contains(" connection=c1 ") && text(lost).contains(" cause=pong_timeout"),
+        "{lost:?}"
+    );
+    let failed = find("connection attempt failed", "ERROR");
+    assert_eq!(failed["CAUSE"], "ticket_503", "{failed:?}");
+    assert_eq!(
+        failed["ERROR"], "ticket endpoint answered HTTP 503",
+        "{failed:?}"
+    );
+    assert!(
+        text(failed).contains(r#" error="ticket endpoint answered HTTP 503""#)
+            && text(failed).contains(" cause=ticket_503"),
+        "the failure's text says why: {failed:?}"
+    );
+    // Every field of every entry is in its MESSAGE too, as key=value.
+    for e in entries {
+        let message = text(e);
+        for (key, value) in e.iter().filter(|(k, _)| is_event_field(k)) {
+            let value = value.as_str().unwrap_or_default();
+            let key = key.to_lowercase();
+            let plain = format!("{key}={value}");
+            let quoted = format!("{key}={value:?}");
+            assert!(
+                message.contains(&plain) || message.contains(&quoted),
+                "{key} missing from MESSAGE: {e:?}"
+            );
+        }
+    }
 
     let text = std::fs::read_to_string(&out).unwrap_or_default()
         + &std::fs::read_to_string(&stderr).unwrap_or_default();
@@ -156,6 +198,46 @@ async fn journald_native_fields() {
     assert!(
         !Path::new("/run/systemd/journal/socket").exists() || journal_is_real(),
         "the fake leaked into the host's /run/systemd"
+    );
+}
+
+/// A field the event itself carried (not one tracing-journald adds to every entry).
+fn is_event_field(key: &str) -> bool {
+    !matches!(
+        key,
+        "MESSAGE" | "PRIORITY" | "TARGET" | "CODE_FILE" | "CODE_LINE" | "SYSLOG_IDENTIFIER"
+    ) && !key.starts_with("SPAN_")
+        && !key.starts_with('_')
+}
+
+/// Without journald the same text goes to stderr: the message, then the fields as
+/// `key=value`, and a failure's cause.
+#[tokio::test]
+async fn text_log_carries_the_fields() {
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    p.configure(&gw, "groups: [bot]\n");
+    let d = start_run(&p, &[]).await;
+    let conn = gw.wait_connected(1, WAIT).await.expect("connected")[0];
+    let _member = Consumer::member(&p.socket, "bot").await;
+    let joined = d.wait_for("group member joined", WAIT).await.text;
+    let pid = std::process::id();
+    assert!(
+        joined.contains(&format!("group member joined group=bot pid={pid} uid=")),
+        "{joined}"
+    );
+    gw.set_ticket_fault(Some(TicketFault::status(503).times(1)));
+    gw.drop_connection(conn).expect("drop");
+    let failed = d.wait_for("connection attempt failed", WAIT).await.text;
+    assert!(
+        failed.contains(r#"error="ticket endpoint answered HTTP 503""#)
+            && failed.contains("cause=ticket_503"),
+        "{failed}"
+    );
+    let lost = d.wait_for("connection lost", WAIT).await.text;
+    assert!(
+        lost.contains("connection=c1") && lost.contains("cause="),
+        "{lost}"
     );
 }
 

@@ -135,6 +135,15 @@ pub enum GatewayEvent {
     TokenRefused,
     /// A robot message was sent through `POST /v1.0/robot/oToMessages/batchSend`.
     RobotSent(Box<super::openapi::RobotSend>),
+    /// A reply to a bot message arrived on its `sessionWebhook`.
+    WebhookReplied(Box<super::webhook::WebhookReply>),
+    /// A POST to a `sessionWebhook` was refused (unknown or expired session, not a message).
+    WebhookRefused {
+        /// The robot API's `errcode` answered.
+        errcode: i64,
+        /// Why.
+        reason: String,
+    },
     /// A WebSocket handshake was refused before upgrading.
     HandshakeRejected {
         /// HTTP status.

@@ -1,7 +1,8 @@
 //! The HTTP side: accept loop, optional TLS, routing, and the WebSocket handshake at `/connect`.
 //!
 //! One port serves `POST /v1.0/gateway/connections/open` (see `ticket.rs`),
-//! `GET /connect?ticket=...`, and two OpenAPI endpoints (see `openapi.rs`). Tickets are checked and handshake faults applied *before*
+//! `GET /connect?ticket=...`, two OpenAPI endpoints (see `openapi.rs`) and bot messages'
+//! reply URL (see `webhook.rs`). Tickets are checked and handshake faults applied *before*
 //! upgrading, as DingTalk does; bad input is answered and logged, never a panic.
 
 use std::convert::Infallible;
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::events::GatewayEvent;
 use super::faults;
 use super::state::GatewayCore;
-use super::{conn, openapi, ticket};
+use super::{conn, openapi, ticket, webhook};
 
 /// Path of the ticket endpoint.
 pub(crate) const OPEN_PATH: &str = "/v1.0/gateway/connections/open";
@@ -109,6 +110,9 @@ async fn route(
         (_, CONNECT_PATH) => handshake(&shared, req, sock),
         (&Method::POST, openapi::TOKEN_PATH) => openapi::access_token(&shared, req).await,
         (&Method::POST, openapi::BATCH_SEND_PATH) => openapi::batch_send(&shared, req).await,
+        (&Method::POST, webhook::SEND_BY_SESSION_PATH) => {
+            webhook::send_by_session(&shared, req).await
+        }
         _ => json_response(StatusCode::NOT_FOUND, &faults::error_body(404)),
     }
 }
@@ -219,7 +223,7 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 }
 
 /// One query parameter, `+` and `%XX` decoded (PY URL-encodes the ticket).
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == name).then(|| percent_decode(v))

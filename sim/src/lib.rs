@@ -8,11 +8,11 @@
 //! Layout: `config` (settings, API types), `frames`/`ids` (wire shapes), `events`
 //! (observability), `stats` (counts, connection spans), `faults` (HTTP faults), `ca`
 //! (throwaway TLS), `http`/`ticket` (accept loop, handshake, ticket endpoint), `openapi` (the
-//! access-token and robot-send endpoints), `conn` (one WebSocket) with `outbox` (its write
-//! side) and `acks` (what an ACK does), `redeliver` (ACK deadlines), `ack_log` (the soak log),
-//! `state` (shared bookkeeping), `push`, `mix` (the
-//! benchmark's fixed burst and paced runs) and `wait` (parts of the public handle), and this
-//! file (the handle).
+//! access-token and robot-send endpoints), `webhook` (bot messages' `sessionWebhook`, served
+//! here and recorded), `conn` (one WebSocket) with `outbox` (its write side) and `acks` (what an
+//! ACK does), `redeliver` (ACK deadlines), `ack_log` (the soak log), `state` (shared
+//! bookkeeping), `push`, `mix` (the benchmark's fixed burst and paced runs) and `wait` (parts of
+//! the public handle), and this file (the handle).
 
 mod ack_log;
 mod acks;
@@ -33,6 +33,7 @@ mod state;
 mod stats;
 mod ticket;
 mod wait;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,6 +58,7 @@ pub use frames::{
 };
 pub use mix::{MIX_EVENT_TYPE, PaceReport, mix_frame};
 pub use openapi::RobotSend;
+pub use webhook::WebhookReply;
 
 pub use config::{
     AckRecord, Counts, DEFAULT_DISCONNECT_GRACE, DEFAULT_REDELIVER_AFTER, DEFAULT_TICKET_TTL,
@@ -120,8 +122,10 @@ impl FakeGateway {
             storm: config.disconnect_storm.map(|s| (s, Instant::now())),
             ..State::default()
         };
+        let endpoint = format!("{scheme}://{host_port}/connect");
         let shared = Arc::new(GatewayCore {
-            endpoint: format!("{scheme}://{host_port}/connect"),
+            webhooks: webhook::Webhooks::new(&endpoint),
+            endpoint,
             config,
             events: EventLog::new(),
             state: std::sync::Mutex::new(state),
@@ -243,6 +247,34 @@ impl FakeGateway {
     /// Every robot message sent through `POST /v1.0/robot/oToMessages/batchSend`, oldest first.
     pub fn robot_sends(&self) -> Vec<RobotSend> {
         self.shared.state().robot_sends.clone()
+    }
+
+    /// Every reply POSTed to a bot message's `sessionWebhook` (bounded), oldest first.
+    pub fn webhook_replies(&self) -> Vec<WebhookReply> {
+        self.shared.webhooks.replies()
+    }
+
+    /// Waits for a reply to the bot message whose `msgId` is `msg_id` (one that already came
+    /// counts); returns the first.
+    pub async fn wait_webhook_reply(
+        &self,
+        msg_id: &str,
+        timeout: Duration,
+    ) -> Result<WebhookReply, Timeout> {
+        let mut found = None;
+        let waited = self
+            .wait_until(
+                |g| {
+                    found = g.shared.webhooks.reply_to(msg_id);
+                    found.is_some()
+                },
+                timeout,
+            )
+            .await;
+        found.ok_or_else(|| Timeout {
+            what: format!("a sessionWebhook reply to {msg_id}"),
+            waited: waited.err().map_or(timeout, |e| e.waited),
+        })
     }
 
     /// Every parsed ticket request, oldest first.

@@ -31,7 +31,7 @@ const TYPED_WAIT: Duration = Duration::from_secs(30);
 
 /// A local DingTalk Stream Mode gateway simulator (ticket endpoint + WebSocket on one port).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "dingtalk-streamd-sim", version, about, long_about = None)]
 struct Cli {
     /// Address to listen on (HTTPS and WSS share it).
     #[arg(long, default_value = "127.0.0.1:18443")]

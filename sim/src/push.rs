@@ -3,7 +3,8 @@
 //! Frames are stamped once (a retry keeps its `messageId`) and rendered outside the state
 //! lock, a chunk at a time; each chunk is then queued under one short lock. Queueing is
 //! O(log n) in the frames awaiting an ACK, so pushing tens of thousands of frames takes a
-//! fraction of a second and connection tasks keep recording ACKs meanwhile.
+//! fraction of a second and connection tasks keep recording ACKs meanwhile. A bot message's
+//! `sessionWebhook` is pointed at the gateway as it is prepared (`webhook.rs`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use rand::RngExt;
 use super::events::ConnId;
 use super::frames;
 use super::state::State;
+use super::webhook::Webhooks;
 use super::{Envelope, FakeGateway, OutFrame, PushError, Pushed, Route};
 
 /// Frames rendered and queued per lock.
@@ -58,7 +60,10 @@ impl FakeGateway {
         };
         let want_msg_id = self.shared.ack_log.is_some();
         let app_id = self.shared.config.app_id.clone();
-        let mut frames = frames.into_iter().map(|f| prepare(f, &app_id, want_msg_id));
+        let hooks = &self.shared.webhooks;
+        let mut frames = frames
+            .into_iter()
+            .map(|f| prepare(f, &app_id, want_msg_id, hooks));
         let mut out = Vec::new();
         let mut chunk: VecDeque<Prepared> = VecDeque::with_capacity(CHUNK);
         loop {
@@ -174,10 +179,11 @@ impl FakeGateway {
     }
 }
 
-fn prepare(frame: OutFrame, app_id: &str, want_msg_id: bool) -> Prepared {
+fn prepare(frame: OutFrame, app_id: &str, want_msg_id: bool, hooks: &Webhooks) -> Prepared {
     match frame {
         OutFrame::Envelope(mut env) => {
             frames::stamp(&mut env, app_id);
+            hooks.adopt(&mut env);
             let msg_id = if want_msg_id {
                 frames::msg_id_of(&env)
             } else {

@@ -126,6 +126,8 @@ pub(crate) struct GatewayCore {
     pub(crate) next_conn: AtomicU64,
     pub(crate) redeliver_wake: Notify,
     pub(crate) ack_log: Option<AckLog>,
+    /// Bot messages' reply sessions and the replies received.
+    pub(crate) webhooks: super::webhook::Webhooks,
 }
 
 impl GatewayCore {

@@ -640,3 +640,56 @@ async fn binary_prints_config_sends_at_rate_and_stops_on_sigterm() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// A bot message's `sessionWebhook` points at the gateway, over its TLS; a text reply POSTed
+/// there is recorded against the message's `msgId`; an unknown session and a body that is not
+/// a message get the robot API's non-zero `errcode`.
+#[tokio::test]
+async fn session_webhook_is_served_over_tls_and_replies_are_recorded() {
+    let gw = start(true, |_| {}).await;
+    let (mut ws, _conn) = connect(&gw).await;
+    gw.push_bot_text("hello").await.expect("pushed");
+    let frame = next_json(&mut ws).await;
+    let data: Value = serde_json::from_str(frame["data"].as_str().expect("str")).expect("json");
+    let msg_id = data["msgId"].as_str().expect("msgId");
+    let hook = data["sessionWebhook"].as_str().expect("sessionWebhook");
+    let origin = gw.open_url().replace("/v1.0/gateway/connections/open", "");
+    assert!(
+        hook.starts_with(&format!("{origin}/robot/sendBySession?session=")),
+        "{hook} points at {origin}"
+    );
+    let client = http(&gw);
+    let post = |url: String, body: Value| {
+        let client = client.clone();
+        async move {
+            let resp = client.post(url).json(&body).send().await.expect("answered");
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.expect("JSON answer")
+        }
+    };
+    let reply = json!({"msgtype": "text", "text": {"content": "hi back"}});
+    let answer = post(hook.to_owned(), reply.clone()).await;
+    assert_eq!(answer, json!({"errcode": 0, "errmsg": "ok"}));
+    let got = gw
+        .wait_webhook_reply(msg_id, T)
+        .await
+        .expect("reply recorded");
+    assert_eq!(got.text(), Some("hi back"));
+    assert_eq!(got.body, reply);
+    assert_eq!(got.content_type.as_deref(), Some("application/json"));
+
+    let unknown = format!("{origin}/robot/sendBySession?session=nope");
+    assert_eq!(post(unknown, reply.clone()).await["errcode"], 300001);
+    let bad = post(hook.to_owned(), json!({"msgtype": "text"})).await;
+    assert_eq!(bad["errcode"], 40035, "{bad}");
+    assert_eq!(
+        gw.webhook_replies().len(),
+        1,
+        "refused POSTs are not replies"
+    );
+    assert!(
+        gw.wait_webhook_reply("msg-never-sent", Duration::from_millis(50))
+            .await
+            .is_err()
+    );
+}

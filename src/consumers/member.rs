@@ -5,6 +5,7 @@
 
 use super::groups::{GroupMsg, GroupRegistry, JoinError, Out};
 use super::io::{COALESCE_BYTES, Lines, push_line, write_bounded, write_line};
+use super::peer::Peer;
 use super::protocol::{self, LineError, Request};
 use futures_util::StreamExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -24,7 +25,7 @@ pub struct MemberIo {
     /// Its outgoing half.
     pub writer: OwnedWriteHalf,
     /// For logs.
-    pub peer: String,
+    pub peer: Peer,
 }
 
 /// Runs a member's connection in `group` until it leaves.
@@ -47,7 +48,13 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
                     format!("group {group:?} cannot be opened in the spool (see the daemon's log)"),
                 ),
             };
-            warn!(peer = %peer, group, code = e.code, "hello refused; closing");
+            warn!(
+                group,
+                pid = peer.pid,
+                uid = peer.uid,
+                code = e.code,
+                "hello refused; closing"
+            );
             groups.count_bad_line();
             let _ = write_line(&mut writer, &e.to_line()).await;
             return;
@@ -60,7 +67,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
         let _ = gtx.send(GroupMsg::Leave { id });
         return;
     }
-    info!(peer = %peer, group, "group member joined");
+    info!(group, pid = peer.pid, uid = peer.uid, "group member joined");
     let (err_tx, err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
     let done = groups.shutdown().child_token();
     let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone()));
@@ -86,7 +93,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
                 if let Some(e) = reply {
                     groups.count_bad_line();
                     if err_tx.try_send(e).is_err() {
-                        warn!(peer = %peer, group, "group member sends bad lines without reading the replies; disconnecting it");
+                        warn!(group, pid = peer.pid, uid = peer.uid, "group member sends bad lines without reading the replies; disconnecting it");
                         break;
                     }
                 }
@@ -96,7 +103,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     done.cancel();
     out_task.abort();
     let _ = out_task.await;
-    info!(peer = %peer, group, "group member left");
+    info!(group, pid = peer.pid, uid = peer.uid, "group member left");
     let _ = gtx.send(GroupMsg::Leave { id });
 }
 

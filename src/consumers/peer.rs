@@ -20,6 +20,29 @@ use tracing::{debug, warn};
 /// How long a new peer has to say hello before it is treated as a tap.
 pub const HELLO_WAIT: Duration = Duration::from_millis(200);
 
+/// Who is at the other end of a consumer connection (`SO_PEERCRED`), logged as the `pid` and
+/// `uid` fields (`journalctl PID=4242`); a field is left out when the kernel did not say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's process id when it connected.
+    pub pid: Option<i32>,
+    /// The peer's user id.
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// The credentials of the process that connected `stream`.
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
+            Ok(c) => Peer {
+                pid: c.pid(),
+                uid: Some(c.uid()),
+            },
+            Err(_) => Peer::default(),
+        }
+    }
+}
+
 /// What every peer task needs.
 #[derive(Clone)]
 pub struct PeerEnv {
@@ -34,7 +57,7 @@ pub struct PeerEnv {
 }
 
 /// Serves one accepted consumer until it leaves.
-pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
+pub async fn serve(stream: UnixStream, env: PeerEnv, peer: Peer) {
     let (tap_id, feed) = env.hub.add_tap();
     let (rd, mut wr) = stream.into_split();
     let mut lines = Lines::new(rd, env.max_line);
@@ -48,21 +71,31 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer_desc: String) {
                     let io = MemberIo {
                         lines,
                         writer: wr,
-                        peer: peer_desc.clone(),
+                        peer,
                     };
                     member::serve(&env.groups, &group, io).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
                     env.hub.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
-                    warn!(peer = %peer_desc, code = e.code, "bad hello; closing");
+                    warn!(
+                        pid = peer.pid,
+                        uid = peer.uid,
+                        code = e.code,
+                        "bad hello; closing"
+                    );
                     let _ = write_line(&mut wr, &e.to_line()).await;
                 }
             }
         }
         Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) | Ok(Some(Ok(_))) | Err(_) => {
-            debug!(peer = %peer_desc, tap = tap_id, "tap connected");
-            tap::run(tap_id, feed, lines, wr, &env.shutdown, &peer_desc).await;
+            debug!(
+                pid = peer.pid,
+                uid = peer.uid,
+                tap = tap_id,
+                "tap connected"
+            );
+            tap::run(tap_id, feed, lines, wr, &env.shutdown, peer).await;
             env.hub.remove_tap(tap_id);
         }
         Ok(Some(Err(LinesCodecError::Io(_)))) => env.hub.remove_tap(tap_id),

@@ -5,6 +5,7 @@
 
 use super::hub::TapFeed;
 use super::io::{COALESCE_BYTES, Lines, push_line};
+use super::peer::Peer;
 use super::protocol::LineError;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -21,14 +22,14 @@ pub(super) async fn run(
     mut lines: Lines,
     mut wr: OwnedWriteHalf,
     shutdown: &CancellationToken,
-    peer: &str,
+    peer: Peer,
 ) {
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = feed.kill.cancelled() => {
-                info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
+                info!(pid = peer.pid, uid = peer.uid, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
                 // Best effort and never waiting: a stuck tap's socket buffer is full, and waiting
                 // on it would keep this task (and its max_consumers slot) forever.
                 let notice = format!("{}\n", LineError::new("too_slow", "disconnected: this tap did not keep up").to_line());
@@ -55,7 +56,7 @@ pub(super) async fn run(
                 feed.queued_bytes.fetch_sub(sent, Ordering::Relaxed);
                 if !ok {
                     if feed.kill.is_cancelled() {
-                        info!(peer, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
+                        info!(pid = peer.pid, uid = peer.uid, tap = id, cause = "tap_too_slow", "tap disconnected: its queue overflowed");
                     }
                     return;
                 }

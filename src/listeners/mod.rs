@@ -7,7 +7,7 @@ pub mod activation;
 pub mod limiter;
 
 use crate::config::Config;
-use crate::consumers::peer::{self, PeerEnv};
+use crate::consumers::peer::{self, Peer, PeerEnv};
 use crate::consumers::protocol::LineError;
 use crate::status::Sources;
 use activation::{Inherited, ListenError, Matched};
@@ -181,13 +181,15 @@ pub async fn serve_consumers(
 ) {
     let active = Arc::new(tokio::sync::Semaphore::new(max_consumers));
     while let Some(stream) = next_connection(&listener, &env.shutdown, "consumer").await {
-        let desc = match stream.peer_cred() {
-            Ok(c) => format!("pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
-            Err(_) => "unknown".into(),
-        };
+        let peer = Peer::of(&stream);
         let Ok(permit) = active.clone().try_acquire_owned() else {
             env.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %desc, limit = max_consumers, "refusing a consumer: limits.max_consumers reached");
+            warn!(
+                pid = peer.pid,
+                uid = peer.uid,
+                limit = max_consumers,
+                "refusing a consumer: limits.max_consumers reached"
+            );
             let mut s = stream;
             let line =
                 LineError::new("too_many_consumers", "limits.max_consumers reached").to_line();
@@ -200,11 +202,11 @@ pub async fn serve_consumers(
             });
             continue;
         };
-        debug!(peer = %desc, "consumer connected");
+        debug!(pid = peer.pid, uid = peer.uid, "consumer connected");
         let env = env.clone();
         tasks.spawn(async move {
             env.hub.stats.consumers.fetch_add(1, Ordering::Relaxed);
-            peer::serve(stream, env.clone(), desc).await;
+            peer::serve(stream, env.clone(), peer).await;
             env.hub.stats.consumers.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });

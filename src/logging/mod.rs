@@ -1,7 +1,14 @@
 //! Logging: the native journald protocol when stderr is the journal (`$JOURNAL_STREAM` names
 //! stderr's device and inode, systemd.exec(5)), readable text on stderr otherwise. Fields are
-//! sent without tracing-journald's `F_` prefix, so `journalctl CAUSE=pong_timeout` works. The
-//! filter comes from `RUST_LOG` when set, else `log.level`, and can be replaced on reload.
+//! sent without tracing-journald's `F_` prefix, so `journalctl CAUSE=pong_timeout` works, and
+//! are also written into the text (`MESSAGE=connection lost cause=pong_timeout ...`, the same
+//! line on stderr; `line.rs`, `journal.rs`). The filter comes from `RUST_LOG` when set, else
+//! `log.level`, and can be replaced on reload.
+
+mod journal;
+mod line;
+
+pub use journal::Journal;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -52,9 +59,10 @@ pub fn init(level: &str) {
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(j) => {
-                let j = j
-                    .with_field_prefix(None)
-                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+                let j = Journal::new(
+                    j.with_field_prefix(None)
+                        .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned()),
+                );
                 if tracing_subscriber::registry()
                     .with(filter_layer)
                     .with(j)
@@ -69,6 +77,7 @@ pub fn init(level: &str) {
         }
     }
     let fmt = tracing_subscriber::fmt::layer()
+        .fmt_fields(line::LineFields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
