@@ -84,8 +84,9 @@ pub struct WriterState {
     /// Figures from the spool file, refreshed by the writer at most about once a second.
     pub figures: Mutex<SpoolFigures>,
     /// No seq below this is in the spool any more because a bound forced it out, so a group
-    /// must not give such a message from a memory cache (it was counted as forced out).
-    pub forced_below: AtomicU64,
+    /// must not give such a message from a memory cache (it was counted as forced out). A
+    /// watch, so groups learn at once what a bound removed (a sink counts it as an error).
+    pub forced_below: tokio::sync::watch::Sender<u64>,
 }
 
 /// Figures derived from the spool file, as of the writer's last refresh.
@@ -319,7 +320,12 @@ impl SpoolHandle {
 
     /// The lowest seq a bound has not forced out (0 before any was).
     pub fn forced_below(&self) -> u64 {
-        self.state.forced_below.load(Ordering::Relaxed)
+        *self.state.forced_below.borrow()
+    }
+
+    /// Changes whenever [`SpoolHandle::forced_below`] rises.
+    pub fn forced_below_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.forced_below.subscribe()
     }
 
     /// Messages after `after`, on the read connection (does not stall the writer).

@@ -503,7 +503,13 @@ impl<T: Send + 'static> Writer<T> {
                         } else {
                             st.oldest_seq
                         };
-                        self.state.forced_below.fetch_max(first, Ordering::Relaxed);
+                        self.state.forced_below.send_if_modified(|below| {
+                            let rises = first > *below;
+                            if rises {
+                                *below = first;
+                            }
+                            rises
+                        });
                     }
                 }
                 if r.forced_out_unacked > 0 {

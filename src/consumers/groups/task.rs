@@ -95,6 +95,7 @@ pub(super) async fn run(
         forced_logged: 0,
     };
     let mut newest = env.hub.newest();
+    let mut forced = env.spool.forced_below_changes();
     // Status lists the group from here on, with real figures.
     g.publish();
     ready.send_replace(true);
@@ -117,6 +118,8 @@ pub(super) async fn run(
                 Some(m) => g.on_msg(m).await,
             },
             _ = newest.changed() => Next::Continue,
+            // A bound removed messages: counted (and logged) now, not at the next commit.
+            _ = forced.changed() => Next::Continue,
             _ = settings_rx.changed() => {
                 let base = *settings_rx.borrow_and_update();
                 g.book.set_settings(g.env.settings_for(&g.name, base));
