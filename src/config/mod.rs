@@ -5,8 +5,8 @@
 
 mod compat;
 mod error;
-mod sinks;
 mod instance;
+mod sinks;
 mod units;
 mod validate;
 pub(crate) use validate::{check_url, is_loopback};

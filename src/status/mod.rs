@@ -7,8 +7,7 @@ pub mod report;
 
 pub use report::{
     ConsumersReport, GroupReport, LinkReport, MessagesReport, Report, SinkReport, SpoolReport,
-    StreamReport,
-    short_duration,
+    StreamReport, short_duration,
 };
 
 use crate::consumers::groups::GroupRegistry;
@@ -203,10 +202,7 @@ impl Sources {
 
 impl Sources {
     /// Each sink, with its group's position.
-    fn sink_reports(
-        &self,
-        groups: &std::collections::BTreeMap<String, GroupReport>,
-    ) -> std::collections::BTreeMap<String, SinkReport> {
+    fn sink_reports(&self, groups: &BTreeMap<String, GroupReport>) -> BTreeMap<String, SinkReport> {
         self.sinks
             .iter()
             .map(|s| {
