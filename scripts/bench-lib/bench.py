@@ -20,9 +20,10 @@ stages; the default runs all three in this order):
           and connections in a 20,000 burst with default limits, and ACK latency at 1,000
           msg/s, each with and without 100 GET /metrics + 10 status per second.
           RESULTS-trust.json.
-  window: "## A full dedupe window" (window.py): CPU µs per message of a 20,000 burst on an
-          empty spool and on spools whose dedupe window holds 300,000 and 1,000,000 messages
-          (`spool.dedupe_keys`); start-up time and RSS after the index rebuild.
+  window: "## A full dedupe window" (window.py): CPU µs per message of a 20,000 burst with an
+          empty dedupe window (a fresh spool, and a used one whose receipts expired) and with
+          300,000 and 1,000,000 messages in it (`spool.dedupe_keys`); start-up time and RSS
+          after the index rebuild.
           RESULTS-window.json.
 Their calm-machine budget is BENCH_CALM_BUDGET s per stage (default 180; 30 with --quick).
 """
@@ -123,7 +124,7 @@ def other_stage(env, a, stage):
         report.write_section(path, text, mod.HEADING, mod.END, mod.AFTER)
         progress(f"wrote the {stage} section into {path}")
     else:
-        progress("BENCHMARKS.md not changed (--quick; pass --write to change it)")
+        progress(f"BENCHMARKS.md not changed ({'--quick' if a.quick else '--no-write'}; pass --write to change it)")
     progress(f"raw results: {out}")
 
 
@@ -183,7 +184,7 @@ def sdk_stage(env, a, _stage):
         report.write_section(path, section)
         progress(f"wrote the section into {path}")
     else:
-        progress("BENCHMARKS.md not changed (--quick; pass --write to change it)")
+        progress(f"BENCHMARKS.md not changed ({'--quick' if a.quick else '--no-write'}; pass --write to change it)")
     progress(f"raw results: {os.path.join(a.work, 'RESULTS.json')}")
 
 
