@@ -10,7 +10,9 @@ The simulator with its trivial Rust client (ack_sink) gives the simulator's own 
 Before each run it waits (up to BENCH_CALM_WAIT s: 120, 20 with --quick; at most
 BENCH_CALM_BUDGET s in all: 900, 120) for one second in which other work on the shared machine
 kept tasks waiting for a CPU < 20 % and for I/O < 10 % of the time (Linux PSI); what it found
-is kept with the run.
+is kept with the run. A run in which the daemon cut off the bench's tap for falling behind
+(the Python consumer descheduled on a busy machine) is done again, at most twice, and counted
+in the notes.
 Results go to RESULTS.json in the work dir, the table to stdout and (with --write) to the
 "## Side by side with the official SDKs" section of BENCHMARKS.md.
 

@@ -97,6 +97,16 @@ def versions_line(info, sdks=True):
             f"npm {info['npm']}, {info['node_pkgs']}; {info['strace']}.")
 
 
+def redone_notes(every):
+    """A note on runs done again because the daemon cut off the bench's tap ([] if none)."""
+    redone = sum(len(r.get("redone", [])) for r in every)
+    if not redone:
+        return []
+    return [f"{redone} run(s) were done again because the daemon cut off the bench's Python tap "
+            "for not keeping up (`consumers.taps_dropped_slow`: its 4,096-line queue overflowed "
+            "while the consumer, not the daemon, was behind); the tables hold only complete runs."]
+
+
 def pct(values, q):
     s = sorted(values)
     return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
@@ -218,6 +228,7 @@ def section(res, quick=False):
     every += list(res["strace"].values())
     uncalm = sum(1 for r in every if not r.get("calm_before", {}).get("calm", True))
     waited = sum(r.get("calm_before", {}).get("waited_s", 0) for r in every)
+    notes.extend(redone_notes(every))
     notes.append(f"Before each of the {len(every)} runs the script waited for one calm second "
                  f"(CPU pressure < 20 %, I/O < 10 %): {waited:.0f} s of waiting in all"
                  + (f"; {uncalm} run(s) started without one after {cfg.get('calm_wait', '?')} s." if uncalm

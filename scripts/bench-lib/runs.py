@@ -11,11 +11,17 @@ import shutil
 import socket
 import time
 
-from procs import (AckLog, Proc, cpu_split, cpu_ticks, fail, mem_kib, now_us, pressure_us,
-                   thread_ticks, wait_calm, wait_quiet, wait_until)
+from procs import (AckLog, BenchError, Proc, cpu_split, cpu_ticks, fail, mem_kib, now_us,
+                   pressure_us, thread_ticks, wait_calm, wait_quiet, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAIL_S = 1.5  # CPU keeps being counted this long after the last ACK (deferred work)
+REDO = 2  # a run whose tap the daemon cut off is done again, at most this many times
+
+
+class TapDropped(BenchError):
+    """The daemon cut off the bench's tap (its queue overflowed: the consumer, not the daemon,
+    fell behind, e.g. descheduled on a busy machine); the run measured less work."""
 
 
 def free_port():
@@ -170,6 +176,15 @@ class Run:
                    f"({len(self.acks.acked)} ACKed so far)",
                    self.measured.err_path, self.sim.err_path, every=0.05)
 
+    def check_taps(self, stage):
+        """Raises TapDropped if the daemon's status counts a tap cut off for being slow."""
+        control = getattr(self, "control", None)
+        st = daemon_status(control) if control else None
+        dropped = (st or {}).get("consumers", {}).get("taps_dropped_slow", 0)
+        if dropped:
+            raise TapDropped(f"stage '{stage}': the daemon cut off {dropped} tap(s) that did not "
+                             "keep up (consumers.taps_dropped_slow)")
+
     def seen_times(self, mark, timeout, stage):
         return [int(c.wait_line(f"seen {mark} ", timeout, stage).split()[2])
                 for c in self.consumers]
@@ -209,7 +224,12 @@ class Run:
         self.sim.send(f"/pace {n} {rate}\n" if rate else f"/burst {n}\n")
         timeout = max(120.0, n / (rate or 100) * 2) * (10 if strace else 1)
         self.wait_pushed_and_acked(total, timeout, f"{stage}: {n} messages ACKed")
-        seen = self.seen_times(total, 60, f"{stage}: every message seen by consumers")
+        self.check_taps(stage)
+        try:
+            seen = self.seen_times(total, 60, f"{stage}: every message seen by consumers")
+        except BenchError:
+            self.check_taps(stage)
+            raise
         ids = self.acks.order[warmup:total]
         first_push = min(self.acks.pushed[m] for m in ids)
         last_ack = max(self.acks.acked[m] for m in ids)
@@ -308,14 +328,24 @@ def wait_for_calm(env, label):
 
 def one(env, kind, client, tag, cls=Run, setup=None, **kw):
     """One run of `cls` (a Run), after waiting for the shared machine to be calm; `setup(run)`
-    may adjust the run before it starts."""
-    calm_before = wait_for_calm(env, f"{kind} {client}")
-    run = cls(env, kind, client, tag)
-    try:
-        if setup:
-            setup(run)
-        r = run.measure(**kw)
-    finally:
-        run.close()
-    r["calm_before"] = calm_before
-    return r
+    may adjust the run before it starts. A run whose tap the daemon cut off is done again (up
+    to REDO times, each in its own directory); the result lists why in "redone"."""
+    redone = []
+    for attempt in range(REDO + 1):
+        calm_before = wait_for_calm(env, f"{kind} {client}")
+        run = cls(env, kind, client, tag if attempt == 0 else f"{tag}.redo{attempt}")
+        try:
+            if setup:
+                setup(run)
+            r = run.measure(**kw)
+        except TapDropped as e:
+            if attempt == REDO:
+                raise
+            redone.append(str(e))
+            print(f"[bench] {run.label}: {e}; doing the run again", flush=True)
+            continue
+        finally:
+            run.close()
+        r["calm_before"] = calm_before
+        r["redone"] = redone
+        return r

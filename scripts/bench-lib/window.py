@@ -426,6 +426,7 @@ def section(res, info):
     every = [r for c in CASES for r in cases[c]]
     uncalm = sum(1 for r in every if not r.get("calm_before", {}).get("calm", True))
     waited = sum(r.get("calm_before", {}).get("waited_s", 0) for r in every)
+    notes.extend(report.redone_notes(every))
     notes.append(f"Before each of the {len(every)} runs the script waited for one calm second "
                  f"(CPU pressure < 20 %, I/O < 10 %): {waited:.0f} s of waiting in all"
                  + (f"; {uncalm} run(s) started without one after {cfg.get('calm_wait', '?')} s."
