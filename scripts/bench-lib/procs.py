@@ -5,6 +5,8 @@ where its logs are.
 """
 import os
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -51,6 +53,7 @@ class Proc:
         self.cv = threading.Condition()
         out = open(self.out_path, "w")
         err = subprocess.STDOUT if merge_stderr else open(self.err_path, "w")
+        self.started_us = now_us()  # just before the exec
         try:
             self.p = subprocess.Popen(
                 [str(a) for a in argv], env=env, cwd=cwd, start_new_session=True,
@@ -167,6 +170,103 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def cpu_split(pid):
+    """(utime, stime) of the whole process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def thread_ticks(pid):
+    """utime + stime per thread name (threads of one name added up), in clock ticks."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def dir_bytes(path):
+    """Bytes of the regular files directly in path (a spool: database, WAL, lock)."""
+    total = 0
+    for name in os.listdir(path):
+        st = os.stat(os.path.join(path, name))
+        if not os.path.isdir(os.path.join(path, name)):
+            total += st.st_size
+    return total
+
+
+class Notify:
+    """An sd_notify socket (NOTIFY_SOCKET) owned by the bench: records when each pid said
+    READY=1 (wall clock µs), so a daemon's start-up can be timed without polling."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.cv = threading.Condition()
+        self.ready = {}
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="notify", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        space = socket.CMSG_SPACE(struct.calcsize("iII"))
+        while True:
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(65536, space)
+            except OSError:
+                return
+            if self.closed:
+                return
+            t = now_us()
+            pid = None
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("iII", cdata[:struct.calcsize("iII")])[0]
+            if "READY=1" in data.decode("utf-8", "replace").splitlines():
+                with self.cv:
+                    self.ready.setdefault(pid, t)
+                    self.cv.notify_all()
+
+    def wait_ready(self, proc, timeout, stage):
+        """Wall clock µs at which proc's pid said READY=1, or fails the stage."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while proc.pid not in self.ready:
+                proc.check_alive(stage)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail(stage, f"{proc.name} did not send READY=1 within {timeout:.0f} s",
+                         proc.err_path)
+                self.cv.wait(min(left, 0.5))
+            return self.ready[proc.pid]
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the receiving thread
+        except OSError:
+            pass
+        self.thread.join(2)
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def mem_kib(pid, key):

@@ -54,20 +54,57 @@ def machine_and_versions(a):
     # BENCHMARKS.md is this script's output: a change there does not make the build dirty.
     dirty = [line for line in sh("git", "status", "--porcelain", "--untracked-files=no",
                                  cwd=a.repo).splitlines() if not line.endswith(" BENCHMARKS.md")]
+    sdks = bool(getattr(a, "venv_python", None))
     py_pkgs = sh(a.venv_python, "-c", "import importlib.metadata as m; print(' '.join("
                  "f'{p} {m.version(p)},' for p in ('dingtalk-stream','websockets','aiohttp',"
-                 "'requests')).rstrip(','))")
+                 "'requests')).rstrip(','))") if sdks else "?"
     return {
         "cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_gib, 1),
         "kernel": os.uname().release, "os": os_name,
         "fs": " ".join(sh("findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.work).split()),
         "commit": commit + ("-dirty" if dirty else ""), "rustc": sh("rustc", "--version"),
-        "python": sh(a.venv_python, "--version"), "python_pkgs": py_pkgs,
-        "node": sh("node", "--version"), "npm": sh("npm", "--version"),
+        "python": sh(a.venv_python if sdks else "python3", "--version"), "python_pkgs": py_pkgs,
+        "node": sh("node", "--version") if sdks else "?",
+        "npm": sh("npm", "--version") if sdks else "?",
         "node_pkgs": ", ".join(f"{p} {pkg_version(a.node_dir, p)}"
-                               for p in ("dingtalk-stream", "ws", "axios")),
+                               for p in ("dingtalk-stream", "ws", "axios")) if sdks else "?",
         "strace": (sh("strace", "-V").splitlines() or ["?"])[0].replace("-- version ", ""),
     }
+
+
+ENV_KNOBS = ("BENCH_CALM_WAIT", "BENCH_CALM_BUDGET", "BENCH_WINDOW_FILL", "BENCH_WINDOW_FULL")
+
+
+def env_prefix():
+    """The bench's environment knobs set for this run, as a command prefix ("" for none)."""
+    return "".join(f"{k}={os.environ[k]} " for k in ENV_KNOBS if k in os.environ)
+
+
+def machine_line(info):
+    return (f"**Machine:** {info['cpu']}, {info['cores']} cores, {info['mem_gib']} GiB RAM, "
+            f"Linux {info['kernel']}, {info['os']}; work dir (spool) on {info['fs']}. "
+            f"**Shared** with other work: load average {info['load_start']} at the start, "
+            f"{info['load_end']} at the end (1/5/15 min).")
+
+
+def versions_line(info, sdks=True):
+    if not sdks:
+        return (f"**Versions:** dingtalk-streamd and the simulator at commit `{info['commit']}` "
+                f"(release build, {info['rustc']}); the bench's consumers and scraper on "
+                f"{info['python']} (stdlib only).")
+    return (f"**Versions:** dingtalk-streamd and the simulator at commit `{info['commit']}` (release "
+            f"build, {info['rustc']}); {info['python']} with {info['python_pkgs']}; Node {info['node']}, "
+            f"npm {info['npm']}, {info['node_pkgs']}; {info['strace']}.")
+
+
+def redone_notes(every):
+    """A note on runs done again because the daemon cut off the bench's tap ([] if none)."""
+    redone = sum(len(r.get("redone", [])) for r in every)
+    if not redone:
+        return []
+    return [f"{redone} run(s) were done again because the daemon cut off the bench's Python tap "
+            "for not keeping up (`consumers.taps_dropped_slow`: its 4,096-line queue overflowed "
+            "while the consumer, not the daemon, was behind); the tables hold only complete runs."]
 
 
 def pct(values, q):
@@ -191,6 +228,7 @@ def section(res, quick=False):
     every += list(res["strace"].values())
     uncalm = sum(1 for r in every if not r.get("calm_before", {}).get("calm", True))
     waited = sum(r.get("calm_before", {}).get("waited_s", 0) for r in every)
+    notes.extend(redone_notes(every))
     notes.append(f"Before each of the {len(every)} runs the script waited for one calm second "
                  f"(CPU pressure < 20 %, I/O < 10 %): {waited:.0f} s of waiting in all"
                  + (f"; {uncalm} run(s) started without one after {cfg.get('calm_wait', '?')} s." if uncalm
@@ -212,14 +250,9 @@ def section(res, quick=False):
         f"Command: `scripts/bench{' --quick' if quick else ''}` (this run: {info['minutes']:.0f} min, "
         f"{info['started']}). `scripts/bench --quick` runs smaller counts and only prints.",
         "",
-        f"**Machine:** {info['cpu']}, {info['cores']} cores, {info['mem_gib']} GiB RAM, "
-        f"Linux {info['kernel']}, {info['os']}; work dir (spool) on {info['fs']}. "
-        f"**Shared** with other work: load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end (1/5/15 min).",
+        machine_line(info),
         "",
-        f"**Versions:** dingtalk-streamd and the simulator at commit `{info['commit']}` (release "
-        f"build, {info['rustc']}); {info['python']} with {info['python_pkgs']}; Node {info['node']}, "
-        f"npm {info['npm']}, {info['node_pkgs']}; {info['strace']}.",
+        versions_line(info),
         "",
         f"**Mix:** 90 % bot text messages (≈1,090 B frames, ≈720 B of data), 10 % events "
         f"(≈820 B frames, ≈310 B of data), the same sequence in every run (`dingtalk-streamd-sim`'s `/burst` and `/pace`). "
@@ -270,34 +303,58 @@ def section(res, quick=False):
     ])
 
 
-def write_section(path, section):
-    """Replaces the section (heading to end marker, or to the next ## heading) or appends it."""
+def write_section(path, section, heading=HEADING, end_marker=END, after=()):
+    """Replaces the section (heading to end marker, or to the next ## heading). A section not
+    there yet goes right after the first of the end markers `after` found, else at the end."""
     with open(path) as f:
         text = f.read()
-    start = text.find(HEADING + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        for marker in after:
+            at = text.find(marker)
+            if at >= 0:
+                at += len(marker)
+                while at < len(text) and text[at] == "\n":
+                    at += 1
+                rest = text[at:]
+                text = text[:at].rstrip("\n") + "\n\n" + section + "\n" + ("\n" + rest if rest else "")
+                break
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
-        end = text.find(END, start)
+        end = text.find(end_marker, start)
         if end >= 0:
-            end += len(END)
+            end += len(end_marker)
             while end < len(text) and text[end] == "\n":
                 end += 1
         else:
-            nxt = re.search(r"^## ", text[start + len(HEADING):], re.M)
-            end = start + len(HEADING) + nxt.start() if nxt else len(text)
+            nxt = re.search(r"^## ", text[start + len(heading):], re.M)
+            end = start + len(heading) + nxt.start() if nxt else len(text)
         rest = text[end:]
         text = text[:start] + section + "\n" + ("\n" + rest if rest else "")
     with open(path, "w") as f:
         f.write(text)
 
 
+def render(res):
+    """The section and where it goes, for a saved RESULTS*.json of any stage."""
+    stage = res.get("stage", "sdk")
+    if stage == "sdk":
+        return section(res, quick=res["config"]["quick"]), HEADING, END, ()
+    import trust
+    import window
+    mod = {"trust": trust, "window": window}[stage]
+    return mod.section(res, res["info"]), mod.HEADING, mod.END, mod.AFTER
+
+
 if __name__ == "__main__":
-    # Renders the section again from a run's RESULTS.json: report.py RESULTS.json [BENCHMARKS.md]
+    # Renders a section again from a run's results:
+    #   report.py RESULTS.json|RESULTS-trust.json|RESULTS-window.json [BENCHMARKS.md]
     import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     with open(sys.argv[1]) as f:
         res = json.load(f)
-    text = section(res, quick=res["config"]["quick"])
+    text, heading, end, after = render(res)
     if len(sys.argv) > 2:
-        write_section(sys.argv[2], text)
+        write_section(sys.argv[2], text, heading, end, after)
     print(text)

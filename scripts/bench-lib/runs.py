@@ -11,11 +11,25 @@ import shutil
 import socket
 import time
 
-from procs import (AckLog, Proc, cpu_ticks, fail, mem_kib, now_us, pressure_us, wait_calm,
-                   wait_quiet, wait_until)
+from procs import (AckLog, BenchError, Proc, cpu_split, cpu_ticks, fail, mem_kib, now_us,
+                   pressure_us, thread_ticks, wait_calm, wait_quiet, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAIL_S = 1.5  # CPU keeps being counted this long after the last ACK (deferred work)
+REDO = 2  # a run whose tap the daemon cut off is done again, at most this many times
+
+
+class TapDropped(BenchError):
+    """The daemon cut off the bench's tap (its queue overflowed: the consumer, not the daemon,
+    fell behind, e.g. descheduled on a busy machine); the run measured less work."""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def daemon_status(control):
@@ -44,6 +58,13 @@ class Run:
         self.label = f"{kind} {client} {tag}"
         self.acks = AckLog(os.path.join(self.dir, "acks.log"))
         self.procs = []
+        # Knobs for the other stages (scripts/bench --only trust|window): the simulator's
+        # redelivery, what is appended to the daemon's config, and ACK latencies for a burst
+        # too (a paced run always has them).
+        self.redeliver_after = "off"
+        self.config_extra = "groups: [bench]\n"
+        self.ack_latency = False
+        self.writes_config = client == "daemon"  # the simulator writes the daemon's config
 
     def start(self, name, argv, **kw):
         p = Proc(name, argv, self.dir, **kw)
@@ -54,9 +75,9 @@ class Run:
     def start_sim(self):
         e, d = self.env, self.dir
         argv = [e.sim_bin, "--listen", f"127.0.0.1:{e.port}", "--state-dir", f"{d}/sim",
-                "--ping-interval", "off", "--redeliver-after", "off",
+                "--ping-interval", "off", "--redeliver-after", self.redeliver_after,
                 "--ack-log", self.acks.path, "--ack-log-times"]
-        if self.client == "daemon":
+        if self.writes_config:
             argv += ["--write-config", f"{d}/config.yml", "--spool-dir", f"{d}/spool",
                      "--socket", f"{d}/stream.sock", "--control", f"{d}/control.sock"]
         env = dict(os.environ, RUST_LOG="warn")
@@ -65,12 +86,21 @@ class Run:
         self.ca = f"{d}/sim/ca.pem"
         self.open_url = f"https://127.0.0.1:{e.port}/v1.0/gateway/connections/open"
 
-    def sim_open_connections(self):
+    def sim_status(self):
+        """The simulator's /status counts: {"open connections": n, "pushed": n, ...}."""
         self.sim.check_alive(f"{self.label}: simulator")
         start = len(self.sim.lines)
         self.sim.send("/status\n")
         line = self.sim.wait_line("status: ", 10, f"{self.label}: simulator /status", start)
-        return int(line.split("open connections: ")[1].split(";")[0])
+        counts = {}
+        for part in line[len("status: "):].split(" [")[0].split("; "):
+            key, _, value = part.rpartition(": ")
+            if value.isdigit():
+                counts[key] = int(value)
+        return counts
+
+    def sim_open_connections(self):
+        return self.sim_status()["open connections"]
 
     def start_client(self, marks, record):
         e, d, stage = self.env, self.dir, f"{self.label}: start {self.client}"
@@ -80,7 +110,7 @@ class Run:
         self.records = {}
         if self.client == "daemon":
             with open(f"{d}/config.yml", "a") as f:
-                f.write("groups: [bench]\n")
+                f.write(self.config_extra)
             os.makedirs(f"{d}/spool")
             self.measured = self.start("daemon", [e.daemon_bin, "--config", f"{d}/config.yml", "run"])
             sock, ctl, daemon = f"{d}/stream.sock", f"{d}/control.sock", self.measured
@@ -146,12 +176,24 @@ class Run:
                    f"({len(self.acks.acked)} ACKed so far)",
                    self.measured.err_path, self.sim.err_path, every=0.05)
 
+    def check_taps(self, stage):
+        """Raises TapDropped if the daemon's status counts a tap cut off for being slow."""
+        control = getattr(self, "control", None)
+        st = daemon_status(control) if control else None
+        dropped = (st or {}).get("consumers", {}).get("taps_dropped_slow", 0)
+        if dropped:
+            raise TapDropped(f"stage '{stage}': the daemon cut off {dropped} tap(s) that did not "
+                             "keep up (consumers.taps_dropped_slow)")
+
     def seen_times(self, mark, timeout, stage):
         return [int(c.wait_line(f"seen {mark} ", timeout, stage).split()[2])
                 for c in self.consumers]
 
-    def measure(self, n, warmup, rate=None, strace=False):
-        """Warm-up, then the measured push (/burst n, or /pace n rate); returns numbers."""
+    def measure(self, n, warmup, rate=None, strace=False, during=None):
+        """Warm-up, then the measured push (/burst n, or /pace n rate); returns numbers.
+        `during` (optional) has start(run), called after the quiet wait just before the CPU
+        readings that open the window, and stop(run) -> dict, called after the window closed;
+        its dict is merged into the result."""
         e, stage = self.env, self.label
         total = warmup + n
         record = rate is not None
@@ -173,13 +215,21 @@ class Run:
             tracer.wait_line("strace: Process", 20, f"{stage}: strace attach")
             wait_quiet([pid], stage)
         others = [c for c in self.consumers if c is not self.measured]
+        if during:
+            during.start(self)
+        th0, split0 = thread_ticks(pid), cpu_split(pid)
         c0, s0, k0 = cpu_ticks(pid), cpu_ticks(self.sim.pid), [cpu_ticks(c.pid) for c in others]
         psi0 = {k: pressure_us(k) for k in ("cpu", "io")}
         t0 = now_us()
         self.sim.send(f"/pace {n} {rate}\n" if rate else f"/burst {n}\n")
         timeout = max(120.0, n / (rate or 100) * 2) * (10 if strace else 1)
         self.wait_pushed_and_acked(total, timeout, f"{stage}: {n} messages ACKed")
-        seen = self.seen_times(total, 60, f"{stage}: every message seen by consumers")
+        self.check_taps(stage)
+        try:
+            seen = self.seen_times(total, 60, f"{stage}: every message seen by consumers")
+        except BenchError:
+            self.check_taps(stage)
+            raise
         ids = self.acks.order[warmup:total]
         first_push = min(self.acks.pushed[m] for m in ids)
         last_ack = max(self.acks.acked[m] for m in ids)
@@ -189,6 +239,7 @@ class Run:
         self.measured.check_alive(f"{stage}: after the window")
         c1, s1, k1 = cpu_ticks(pid), cpu_ticks(self.sim.pid), [cpu_ticks(c.pid) for c in others]
         psi1, t1 = {k: pressure_us(k) for k in ("cpu", "io")}, now_us()
+        th1, split1 = thread_ticks(pid), cpu_split(pid)
         hz = os.sysconf("SC_CLK_TCK")
         r = {
             "n": n, "warmup": warmup, "rate_target": rate,
@@ -206,11 +257,19 @@ class Run:
             "psi_some": {k: (psi1[k] - psi0[k]) / (t1 - t0) if psi0[k] is not None else None
                          for k in psi0},
         }
+        # CPU by thread name in the window (threads that started or ended inside it count
+        # what /proc still shows at the end).
+        r["thread_cpu_s"] = {k: (v - th0.get(k, 0)) / hz for k, v in th1.items()
+                             if v - th0.get(k, 0) > 0}
+        r["utime_s"], r["stime_s"] = ((b - a) / hz for a, b in zip(split0, split1))
+        if during:
+            r.update(during.stop(self))
         r["cpu_us_per_msg"] = r["cpu_s"] / n * 1e6
         r["sim_cpu_us_per_msg"] = r["sim_cpu_s"] / n * 1e6
         r["consumers_cpu_us_per_msg"] = r["consumers_cpu_s"] / n * 1e6
-        if record:
+        if record or self.ack_latency:
             r["ack_ms"] = [round((self.acks.acked[m] - self.acks.pushed[m]) / 1e3, 3) for m in ids]
+        if record:
             for who, path in self.records.items():
                 seen_at = {}
                 with open(path) as f:
@@ -256,18 +315,37 @@ def parse_strace(path, stage):
     return {"total": total, "top": rows[:5]}
 
 
-def one(env, kind, client, tag, **kw):
-    """One run, after waiting (up to env.calm_wait s, from a budget of env.calm_budget s for
-    the whole benchmark) for the shared machine to be calm."""
+def wait_for_calm(env, label):
+    """Waits (up to env.calm_wait s, from a budget of env.calm_budget s for the whole stage)
+    for the shared machine to be calm; returns what it found, to keep with the run."""
     calm, waited, cpu, io = wait_calm(max(0.0, min(env.calm_wait, env.calm_budget)))
     env.calm_budget -= waited
     if waited >= 2:
-        print(f"[bench] {kind} {client}: waited {waited:.0f} s for a calm machine"
+        print(f"[bench] {label}: waited {waited:.0f} s for a calm machine"
               + ("" if calm else " (not calm; measuring anyway)"), flush=True)
-    run = Run(env, kind, client, tag)
-    try:
-        r = run.measure(**kw)
-    finally:
-        run.close()
-    r["calm_before"] = {"calm": calm, "waited_s": round(waited, 1), "cpu": cpu, "io": io}
-    return r
+    return {"calm": calm, "waited_s": round(waited, 1), "cpu": cpu, "io": io}
+
+
+def one(env, kind, client, tag, cls=Run, setup=None, **kw):
+    """One run of `cls` (a Run), after waiting for the shared machine to be calm; `setup(run)`
+    may adjust the run before it starts. A run whose tap the daemon cut off is done again (up
+    to REDO times, each in its own directory); the result lists why in "redone"."""
+    redone = []
+    for attempt in range(REDO + 1):
+        calm_before = wait_for_calm(env, f"{kind} {client}")
+        run = cls(env, kind, client, tag if attempt == 0 else f"{tag}.redo{attempt}")
+        try:
+            if setup:
+                setup(run)
+            r = run.measure(**kw)
+        except TapDropped as e:
+            if attempt == REDO:
+                raise
+            redone.append(str(e))
+            print(f"[bench] {run.label}: {e}; doing the run again", flush=True)
+            continue
+        finally:
+            run.close()
+        r["calm_before"] = calm_before
+        r["redone"] = redone
+        return r

@@ -11,8 +11,8 @@
 //! access-token and robot-send endpoints), `webhook` (bot messages' `sessionWebhook`, served
 //! here and recorded), `conn` (one WebSocket) with `outbox` (its write side) and `acks` (what an
 //! ACK does), `redeliver` (ACK deadlines), `ack_log` (the soak log), `state` (shared
-//! bookkeeping), `push`, `mix` (the benchmark's fixed burst and paced runs) and `wait` (parts of
-//! the public handle), and this file (the handle).
+//! bookkeeping), `push`, `mix` (the benchmark's fixed burst and paced runs), `fill` (small frames to fill a
+//! spool fast) and `wait` (parts of the public handle), and this file (the handle).
 
 mod ack_log;
 mod acks;
@@ -21,6 +21,7 @@ mod config;
 mod conn;
 mod events;
 mod faults;
+mod fill;
 mod frames;
 mod http;
 mod ids;
@@ -52,6 +53,7 @@ pub use events::{
     TimedEvent, Timeout,
 };
 pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
+pub use fill::{FillError, FillReport, fill_frame};
 pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,

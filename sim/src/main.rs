@@ -12,6 +12,9 @@
 //! For benchmarks (`scripts/bench`): `/burst N` pushes N frames of the fixed mix (90 % bot
 //! messages, 10 % events; the library's `mix.rs`) at once, `/pace N RATE` pushes them at RATE
 //! per second, and `--ack-log-times` ends every ACK log line with the wall clock in µs.
+//! `/fill N [WINDOW]` pushes N small bot messages (two dedupe keys each, ~0.55 KB frames) as fast
+//! as they are ACKed, at most WINDOW (default 20,000) awaiting an ACK: a spool with a full
+//! dedupe window in seconds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,8 @@ use tracing::{error, info, warn};
 
 /// How long a typed message waits for the daemon to be connected.
 const TYPED_WAIT: Duration = Duration::from_secs(30);
+/// Fill frames awaiting an ACK at most, unless `/fill` says otherwise.
+const FILL_WINDOW: u64 = 20_000;
 
 /// A local DingTalk Stream Mode gateway simulator (ticket endpoint + WebSocket on one port).
 #[derive(Parser, Debug)]
@@ -358,6 +363,7 @@ const HELP: &str = "\
   /card               send an interactive-card callback
   /burst N            push N frames of the benchmark mix (90 % bot, 10 % events) at once
   /pace N RATE        push N frames of the benchmark mix at RATE per second
+  /fill N [WINDOW]    push N small bot messages as fast as they are ACKed (WINDOW unACKed at most)
   /ping               send a SYSTEM ping on every connection
   /disconnect         send `disconnect` to every connection (TCP closes after the grace)
   /drop               reset every connection's TCP (no close frame)
@@ -397,6 +403,15 @@ async fn command(gw: &FakeGateway, cmd: &str, zombie: &mut bool) -> bool {
                 tokio::spawn(pace(gw.clone(), n, rate));
             }
             _ => println!("usage: /pace N RATE (RATE per second, > 0)"),
+        },
+        "fill" => match (
+            arg.map(str::parse::<u64>),
+            words.next().map_or(Ok(FILL_WINDOW), str::parse::<u64>),
+        ) {
+            (Some(Ok(n)), Ok(window)) if window > 0 => {
+                tokio::spawn(fill(gw.clone(), n, window));
+            }
+            _ => println!("usage: /fill N [WINDOW] (WINDOW > 0, default {FILL_WINDOW})"),
         },
         "ping" => each(&conns, "ping", |c| gw.send_ping(c).map(|_| ())),
         "disconnect" => each(&conns, "disconnect", |c| gw.send_disconnect(c).map(|_| ())),
@@ -463,6 +478,19 @@ async fn burst(gw: FakeGateway, n: u64) {
             started.elapsed().as_secs_f64() * 1e3
         ),
         Err(e) => println!("burst failed: {e}"),
+    }
+}
+
+/// `/fill N [WINDOW]`: prints `fill: N frames ACKed in X s (R/s)` (or why not).
+async fn fill(gw: FakeGateway, n: u64, window: u64) {
+    match gw.fill(n, window, TYPED_WAIT).await {
+        Ok(r) => println!(
+            "fill: {} frames ACKed in {:.3} s ({:.0}/s)",
+            r.acked,
+            r.elapsed.as_secs_f64(),
+            r.acked as f64 / r.elapsed.as_secs_f64().max(1e-9)
+        ),
+        Err(e) => println!("fill failed: {e}"),
     }
 }
 

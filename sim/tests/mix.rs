@@ -1,5 +1,5 @@
-//! The benchmark mix: `burst`/`pace` (library and the binary's `/burst`, `/pace`) and the
-//! timestamped ACK log (`--ack-log-times`).
+//! The benchmark mix: `burst`/`pace` and the spool filler `fill` (library and the binary's
+//! `/burst`, `/pace`, `/fill`) and the timestamped ACK log (`--ack-log-times`).
 //!
 //! Real sockets on 127.0.0.1:0, plain ws://; every wait has a deadline.
 
@@ -220,4 +220,125 @@ async fn binary_burst_and_pace_commands() {
             .next()
             .is_some_and(|t| t.parse::<u128>().is_ok())
     }));
+}
+
+/// Reads `n` frames without ACKing them.
+async fn read_only(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("ok");
+        let Message::Text(text) = msg else { continue };
+        frames.push(serde_json::from_str(text.as_str()).expect("JSON"));
+    }
+    frames
+}
+
+async fn ack_all(ws: &mut Ws, frames: &[Value]) {
+    for frame in frames {
+        let ack = json!({
+            "code": 200,
+            "headers": {"messageId": frame["headers"]["messageId"], "contentType": "application/json"},
+            "message": "OK",
+            "data": "{}",
+        });
+        ws.send(Message::text(ack.to_string()))
+            .await
+            .expect("ACK sent");
+    }
+}
+
+/// `fill` pushes small bot messages, never more than its window awaiting an ACK, and returns
+/// once every one is ACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_keeps_at_most_its_window_unacked_and_waits_for_every_ack() {
+    let gw = FakeGateway::start(GatewayConfig::default())
+        .await
+        .expect("gateway starts");
+    let mut ws = dial(&gw.open_url()).await;
+    let filler = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.fill(25, 10, T).await })
+    };
+    // Withhold the ACKs: the fill stops at its window (it waits for ACKs, nothing else).
+    let first = read_only(&mut ws, 10).await;
+    assert_eq!(gw.counts().pushed, 10, "no more than the window unACKed");
+    ack_all(&mut ws, &first).await;
+    let rest = read_and_ack(&mut ws, 15).await;
+    let report = tokio::time::timeout(T, filler)
+        .await
+        .expect("fill returns in time")
+        .expect("task")
+        .expect("fill ok");
+    assert_eq!(report.acked, 25);
+    assert_eq!(gw.counts().pushed, 25);
+    for (i, frame) in first.iter().chain(&rest).enumerate() {
+        assert_eq!(frame["type"], "CALLBACK");
+        assert_eq!(frame["headers"]["topic"], "/v1.0/im/bot/messages/get");
+        let data: Value = serde_json::from_str(frame["data"].as_str().expect("str")).expect("json");
+        assert_eq!(data["text"]["content"], format!("fill {}", i + 1));
+        assert!(data["msgId"].as_str().is_some_and(|m| m.starts_with("msg")));
+        assert!(frame.to_string().len() < 600, "a small frame");
+    }
+    gw.shutdown().await;
+}
+
+/// The binary's `/fill N [WINDOW]` and its usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_fill_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dingtalk-streamd-sim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tls",
+            "--ping-interval",
+            "off",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("simulator starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut line_with = async |prefix: &str| loop {
+        let line = tokio::time::timeout(T, lines.next_line())
+            .await
+            .expect("output in time")
+            .expect("stdout readable")
+            .expect("line before EOF");
+        if let Some(rest) = line.trim().strip_prefix(prefix) {
+            break rest.to_owned();
+        }
+    };
+    let open_url = line_with("open_url: ").await.trim_matches('"').to_owned();
+    let mut ws = dial(&open_url).await;
+
+    stdin
+        .write_all(b"/fill x\n/fill 3 0\n")
+        .await
+        .expect("stdin");
+    line_with("usage: /fill N [WINDOW]").await;
+    line_with("usage: /fill N [WINDOW]").await;
+
+    stdin.write_all(b"/fill 30 7\n").await.expect("stdin");
+    read_and_ack(&mut ws, 30).await;
+    let filled = line_with("fill: ").await;
+    assert!(filled.starts_with("30 frames ACKed in "), "{filled}");
+    stdin.write_all(b"/status\n").await.expect("stdin");
+    let status = line_with("status: ").await;
+    assert!(status.contains("messages ACKed: 30;"), "{status}");
+    stdin.write_all(b"/quit\n").await.expect("stdin");
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
 }
