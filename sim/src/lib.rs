@@ -11,8 +11,9 @@
 //! access-token and robot-send endpoints), `webhook` (bot messages' `sessionWebhook`, served
 //! here and recorded), `conn` (one WebSocket) with `outbox` (its write side) and `acks` (what an
 //! ACK does), `redeliver` (ACK deadlines), `ack_log` (the soak log), `state` (shared
-//! bookkeeping), `push`, `mix` (the benchmark's fixed burst and paced runs), `fill` (small frames to fill a
-//! spool fast) and `wait` (parts of the public handle), and this file (the handle).
+//! bookkeeping), `push`, `mix` (the benchmark's fixed burst and paced runs), `fill` (small
+//! frames to fill a spool fast) and `wait` (parts of the public handle), and this file (the
+//! handle).
 
 mod ack_log;
 mod acks;
