@@ -44,6 +44,8 @@ import window  # noqa: E402
 from procs import BenchError, Proc  # noqa: E402
 
 CLIENTS = ["daemon", "python", "node", "sink"]
+# The burst also runs the daemon with one tap and no group (what the CPU must is about).
+BURST_CLIENTS = ["daemon", "tap", "python", "node", "sink"]
 STAGES = ["sdk", "trust", "window"]
 free_port = runs.free_port
 
@@ -147,10 +149,10 @@ def sdk_stage(env, a, _stage):
     res = {"config": {k: getattr(env, k) for k in
                       ("n_burst", "n_pace", "rate", "warmup", "n_strace", "repeat", "quick",
                        "calm_wait")},
-           "burst": {c: [] for c in CLIENTS}, "paced": {c: [] for c in CLIENTS}, "strace": {}}
+           "burst": {c: [] for c in BURST_CLIENTS}, "paced": {c: [] for c in CLIENTS}, "strace": {}}
 
     for rep in range(env.repeat):
-        order = CLIENTS[rep % len(CLIENTS):] + CLIENTS[:rep % len(CLIENTS)]
+        order = BURST_CLIENTS[rep % len(BURST_CLIENTS):] + BURST_CLIENTS[:rep % len(BURST_CLIENTS)]
         for c in order:
             r = runs.one(env, "burst", c, rep + 1, n=env.n_burst, warmup=env.warmup)
             res["burst"][c].append(r)
@@ -167,7 +169,7 @@ def sdk_stage(env, a, _stage):
                      + "".join(f"; {k[7:]} e2e {report.pcts(r[k])}" for k in e2e)
                      + "; PSI some cpu/io " + "/".join(
                          "?" if v is None else f"{v:.0%}" for v in r["psi_some"].values()))
-    for c in ("daemon", "python", "node"):
+    for c in ("daemon", "tap", "python", "node"):
         r = runs.one(env, "strace", c, 1, n=env.n_strace, warmup=env.warmup, strace=True)
         res["strace"][c] = r
         progress(f"strace {c:6s}: {r['syscalls_per_msg']:.1f} syscalls/msg "

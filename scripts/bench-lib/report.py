@@ -10,7 +10,7 @@ END = "<!-- end of the scripts/bench section -->"
 # A burst is simulator-bound when its rate reaches this share of the simulator's ceiling, or
 # when the simulator was this busy compared with its own ceiling run (it ran flat out).
 SIM_BOUND = 0.85
-NAMES = {"daemon": "dingtalk-streamd", "python": "Python SDK 0.24.3",
+NAMES = {"daemon": "dingtalk-streamd", "tap": "dingtalk-streamd (one tap)", "python": "Python SDK 0.24.3",
          "node": "Node SDK 2.1.5", "sink": "simulator ceiling"}
 
 
@@ -129,7 +129,7 @@ def median_run(runs):
 def section(res, quick=False):
     cfg, info = res["config"], res["info"]
     nb, npace, rate, warm = cfg["n_burst"], cfg["n_pace"], cfg["rate"], cfg["warmup"]
-    cols = ["daemon", "python", "node", "sink"]
+    cols = [c for c in ("daemon", "tap", "python", "node", "sink") if res["burst"].get(c)]
     med = {c: median_run(res["burst"][c]) for c in cols}
     ceiling = med["sink"]["ack_rate"]
 
@@ -182,23 +182,38 @@ def section(res, quick=False):
         ("end-to-end latency p50 / p99 / max (push → handler / group member saw it)",
          lambda c: pcts(p[c]["e2e_ms_member" if c == "daemon" else "e2e_ms_bot"])),
     ]
-    head = ("| measure | dingtalk-streamd (+ tap + acking group member) | Python SDK 0.24.3 | "
-            "Node SDK 2.1.5 | simulator + trivial Rust client (ceiling) |")
-    lines = [head, "|---|---:|---:|---:|---:|"]
+    heads = {"daemon": "dingtalk-streamd (+ tap + acking group member)",
+             "tap": "dingtalk-streamd (one tap, no group)", "python": "Python SDK 0.24.3",
+             "node": "Node SDK 2.1.5", "sink": "simulator + trivial Rust client (ceiling)"}
+    head = "| measure | " + " | ".join(heads[c] for c in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
     for title, f in rows:
         lines.append(f"| {title} | " + " | ".join(cell(c, f) for c in cols) + " |")
     table = "\n".join(lines)
 
     d = med["daemon"]
     notes = []
-    bound = [NAMES[c] for c in ("daemon", "python", "node") if sim_bound(c)]
+    clients = [c for c in ("daemon", "tap", "python", "node") if c in cols]
+    bound = [NAMES[c] for c in clients if sim_bound(c)]
     notes.append(
         f"Simulator ceiling: {ceiling:,.0f} ACKed msg/s with a trivial Rust client, the simulator "
         f"then busy {sim_busy('sink'):.2f} cores. Marked simulator-bound (rate ≥ {SIM_BOUND:.0%} of "
         f"the ceiling, or the simulator ≥ {SIM_BOUND:.0%} as busy as then): "
         + (", ".join(f"{NAMES[c]} ({med[c]['ack_rate'] / ceiling:.0%} of the ceiling, simulator "
-                     f"{sim_busy(c):.2f} cores)" for c in ("daemon", "python", "node") if sim_bound(c))
+                     f"{sim_busy(c):.2f} cores)" for c in clients if sim_bound(c))
            if bound else "none") + ".")
+    if "tap" in med and "python" in med:
+        per = {c: [r["cpu_us_per_msg"] for r in res["burst"][c]] for c in ("tap", "python", "node")
+               if c in med}
+        ratio = med["tap"]["cpu_us_per_msg"] / med["python"]["cpu_us_per_msg"]
+        notes.append(
+            f"CPU per message, one tap and no group (the configuration of the must ≤ 0.25× the "
+            f"Python SDK): {med['tap']['cpu_us_per_msg']:.1f} µs, {ratio:.2f}× the Python SDK's "
+            f"{med['python']['cpu_us_per_msg']:.1f} µs in the same run"
+            + (f" and {med['tap']['cpu_us_per_msg'] / med['node']['cpu_us_per_msg']:.2f}× the Node "
+               f"SDK's" if "node" in med else "")
+            + "; every burst, in µs: " + "; ".join(
+                f"{NAMES[c]} " + ", ".join(f"{v:.1f}" for v in vs) for c, vs in per.items()) + ".")
     notes.append(f"dingtalk-streamd's two Python consumers used {d['consumers_cpu_us_per_msg']:.1f} µs/msg "
                  f"together (not counted above); in the median burst the tap had every message "
                  f"{d['seen_span_s'][0]:.2f} s and the group member {d['seen_span_s'][1]:.2f} s after "
@@ -238,7 +253,7 @@ def section(res, quick=False):
     notes.append(f"The simulator's pacing ({npace:,} frames at {rate:,}/s in every run) fell behind "
                  f"its schedule by at most: {lags} (a stalled machine shows here as well).")
     tops = "; ".join(f"{NAMES[c]}: " + ", ".join(f"{n} {k}" for n, k in res["strace"][c]["syscalls"]["top"][:4])
-                     for c in ("daemon", "python", "node") if c in res["strace"])
+                     for c in ("daemon", "tap", "python", "node") if c in res["strace"])
     notes.append(f"Most frequent syscalls in the strace runs (total calls): {tops}.")
 
     return "\n".join([
