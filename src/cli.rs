@@ -29,7 +29,7 @@ pub enum Command {
         quiet: bool,
     },
     /// Ask the running daemon over the control socket (exit 0 connected, 1 not connected,
-    /// 3 not running).
+    /// 3 not running, 4 running but not answering).
     Status {
         /// Print the raw JSON.
         #[arg(long)]
@@ -51,7 +51,7 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
         /// Show the group's backlog (messages after its cursor not yet acked) and exit; asks the
-        /// control socket (exit 0, 1 unknown group, 3 not running).
+        /// control socket (exit 0, 1 unknown group, 3 not running, 4 not answering).
         #[arg(long, requires = "group")]
         peek: bool,
         /// With --peek: show at most this many messages (the answer is also bounded to 4 MiB).
@@ -63,7 +63,7 @@ pub enum Command {
         control: Option<PathBuf>,
     },
     /// Consumer groups: list, remove an ad-hoc group, replay messages to a group (exit 0 done,
-    /// 1 refused, 3 not running).
+    /// 1 refused, 3 not running, 4 not answering).
     Group {
         /// Which.
         #[command(subcommand)]

@@ -1,7 +1,8 @@
 //! Logging: the native journald protocol when stderr is the journal (`$JOURNAL_STREAM` names
 //! stderr's device and inode, systemd.exec(5)), readable text on stderr otherwise. Fields are
 //! sent without tracing-journald's `F_` prefix, so `journalctl CAUSE=pong_timeout` works. The
-//! filter comes from `RUST_LOG` when set, else `log.level`, and can be replaced on reload.
+//! filter comes from `RUST_LOG` when set, else `log.level`, and can be replaced on reload;
+//! other crates never log below debug, where they would print tickets and bearer URLs.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -31,6 +32,18 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// Whether an event may be logged at all, whatever `log.level` or `RUST_LOG` allow. Other
+/// crates log whole requests, URLs and frames at trace level (tungstenite, hyper, reqwest,
+/// rustls): the ticket is in the WebSocket URL's query and in every frame's `connectionId`, a
+/// `sessionWebhook` URL in every bot message. So their events stop at debug; the daemon's own
+/// events, which never carry a secret, follow the filter down to trace.
+pub fn secret_safe(meta: &tracing::Metadata<'_>) -> bool {
+    let t = meta.target();
+    *meta.level() <= tracing::Level::DEBUG
+        || t == "dingtalk_streamd"
+        || t.starts_with("dingtalk_streamd::")
+}
+
 fn filter(level: &str) -> EnvFilter {
     match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::builder().parse_lossy(v),
@@ -49,6 +62,7 @@ pub fn init(level: &str) {
                     .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
                 if tracing_subscriber::registry()
                     .with(filter_layer)
+                    .with(tracing_subscriber::filter::filter_fn(secret_safe))
                     .with(j)
                     .try_init()
                     .is_ok()
@@ -66,6 +80,7 @@ pub fn init(level: &str) {
         .with_target(false);
     if tracing_subscriber::registry()
         .with(filter_layer)
+        .with(tracing_subscriber::filter::filter_fn(secret_safe))
         .with(fmt)
         .try_init()
         .is_ok()

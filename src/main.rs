@@ -85,9 +85,15 @@ fn socket_paths(config: &Path) -> (PathBuf, PathBuf) {
         })
 }
 
+/// `check-config`: the config, its secrets, and every other check `run` makes before it
+/// connects (trust store, spool directory, socket paths), without the spool's lock, so it
+/// works while the daemon runs (`ExecReload=`). Exit 0, or 78 with what to fix.
 fn check_config(path: &Path, quiet: bool) -> u8 {
-    match Config::load(path) {
-        Ok(l) => {
+    let checked = Config::load(path)
+        .map_err(dingtalk_streamd::Error::from)
+        .and_then(|l| dingtalk_streamd::daemon::preflight(&l).map(|notes| (l, notes)));
+    match checked {
+        Ok((l, notes)) => {
             if quiet {
                 return 0;
             }
@@ -99,6 +105,9 @@ fn check_config(path: &Path, quiet: bool) -> u8 {
                 }
             };
             println!("# {}: OK; client secret from {source}", path.display());
+            for n in notes {
+                println!("# note: {n}");
+            }
             print!("{}", l.config.to_redacted_yaml());
             0
         }

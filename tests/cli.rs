@@ -1,7 +1,7 @@
 //! The command line through the real binary: config errors with file:line (exit 78),
 //! `check-config` with the secret redacted for each secret source, credentials rejected before
 //! the first connection (exit 78 with what to check), SIGTERM/SIGINT (Close frame, socket files
-//! removed, exit 0), the stale-socket rule, and `status` exit codes 0/1/3.
+//! removed, exit 0), the stale-socket rule, and `status` exit codes 0/1/3/4.
 
 mod common;
 
@@ -18,7 +18,7 @@ fn path_str(p: &Path) -> &str {
 fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("config.yml");
-    std::fs::write(&p, text).expect("write config");
+    write_private(&p, text);
     (dir, p)
 }
 
@@ -172,7 +172,7 @@ async fn check_config_prints_the_effective_config_with_the_secret_redacted_for_e
     const CRED: &str = "cr3d-S3CRET-0d2e";
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, format!("{FILE}\n")).unwrap();
+    write_private(&secret_file, &format!("{FILE}\n"));
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("client_secret"), CRED).unwrap();
@@ -458,4 +458,44 @@ async fn status_exit_codes_connected_not_connected_not_running() {
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit(WAIT).await.code(), Some(0), "{}", p.stderr());
+}
+
+#[tokio::test]
+async fn status_tells_not_running_from_running_but_not_answering() {
+    use dingtalk_streamd::control::client::ANSWER_WAIT;
+    let dir = tempfile::tempdir().unwrap();
+    // A socket file nobody listens on (a daemon that was killed): connection refused.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let o = output(&["status", "--control", path_str(&stale)], &[]).await;
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&format!(
+            "dingtalk-streamd is not running: nothing listens on {}",
+            stale.display()
+        )),
+        "{}",
+        o.stderr
+    );
+
+    // A listener that accepts (the kernel's backlog) and never answers: alive, not answering.
+    let busy = dir.path().join("busy.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&busy).unwrap();
+    let started = std::time::Instant::now();
+    let status_args = ["status", "--control", path_str(&busy)];
+    let group_args = ["group", "list", "--control", path_str(&busy)];
+    let (status, groups) = tokio::join!(output(&status_args, &[]), output(&group_args, &[]));
+    for o in [&status, &groups] {
+        assert_eq!(o.code, Some(4), "{}", o.stderr);
+        assert!(
+            o.stderr.contains(&format!(
+                "dingtalk-streamd is running but not answering: {} accepted the connection but sent no answer within 5 s",
+                busy.display()
+            )),
+            "{}",
+            o.stderr
+        );
+        assert!(!o.stderr.contains("not running"), "{}", o.stderr);
+    }
+    assert!(started.elapsed() >= ANSWER_WAIT);
 }

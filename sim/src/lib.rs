@@ -48,7 +48,7 @@ pub use events::{
     CloseReason, ConnId, EventCursor, GatewayEvent, Secret, Subscription, TicketRequest,
     TimedEvent, Timeout,
 };
-pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
+pub use faults::{HandshakeFault, HandshakeFaultKind, Misbehaviour, TicketFault, TicketFaultKind};
 pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
     TOPIC_EVENT_ALL, new_message_id, new_uuid, now_ms,
@@ -322,6 +322,11 @@ impl FakeGateway {
         st.storm
             .as_ref()
             .is_some_and(|(s, started)| s.active_at(*started, Instant::now()))
+    }
+
+    /// Makes connection `conn` misbehave once (see [`Misbehaviour`]).
+    pub fn misbehave(&self, conn: ConnId, what: Misbehaviour) -> Result<(), PushError> {
+        self.conn_cmd(conn, ConnCmd::Misbehave(what))
     }
 
     /// Resets the connection's TCP (RST, no close frame), like a dying gateway node.

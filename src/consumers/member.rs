@@ -14,6 +14,10 @@ use tracing::{info, warn};
 
 /// Error replies queued for a member before it counts as not reading them.
 const ERROR_REPLIES: usize = 64;
+/// Why a member whose error replies pile up is disconnected: it does read, only not as fast
+/// as it sends lines that need a reply.
+pub const SLOW_REPLIES: &str =
+    "group member sends bad lines faster than it reads the error replies; disconnecting it";
 /// Room in a member's queue beyond `in_flight`, for error replies.
 const QUEUE_SLACK: usize = 16;
 
@@ -63,7 +67,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     info!(peer = %peer, group, "group member joined");
     let (err_tx, err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
     let done = groups.shutdown().child_token();
-    let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone()));
+    let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone(), peer.clone()));
     loop {
         tokio::select! {
             _ = done.cancelled() => break,
@@ -86,7 +90,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
                 if let Some(e) = reply {
                     groups.count_bad_line();
                     if err_tx.try_send(e).is_err() {
-                        warn!(peer = %peer, group, "group member sends bad lines without reading the replies; disconnecting it");
+                        warn!(peer = %peer, group, waiting = ERROR_REPLIES, "{}", SLOW_REPLIES);
                         break;
                     }
                 }
@@ -106,6 +110,7 @@ async fn write_out(
     mut rx: mpsc::Receiver<Out>,
     mut err_rx: mpsc::Receiver<LineError>,
     done: tokio_util::sync::CancellationToken,
+    peer: String,
 ) {
     let mut buf = Vec::with_capacity(COALESCE_BYTES);
     loop {
@@ -127,7 +132,10 @@ async fn write_out(
                 Err(_) => break,
             }
         }
-        if write_bounded(&mut writer, &buf).await.is_err() {
+        if let Err(e) = write_bounded(&mut writer, &buf).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                warn!(peer = %peer, error = %e, "disconnecting a group member that stopped reading");
+            }
             break;
         }
     }

@@ -12,47 +12,67 @@ use tokio::net::UnixStream;
 pub const STATUS_CONNECTED: u8 = 0;
 /// Running but not connected.
 pub const STATUS_NOT_CONNECTED: u8 = 1;
-/// Not running.
+/// Not running: nothing listens on the control socket (missing, or connection refused).
 pub const STATUS_NOT_RUNNING: u8 = 3;
+/// Unknown: the socket accepted but no answer came in time (alive, but not answering), or it
+/// cannot be reached for another reason (permissions).
+pub const STATUS_NOT_ANSWERING: u8 = 4;
 
-/// How long the CLI waits for the daemon's answer.
-const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the CLI waits for the daemon's answer once connected.
+pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends one request line to the control socket at `control` and returns the answer line.
-/// When there is none, prints why (naming the socket) and returns [`STATUS_NOT_RUNNING`].
+/// When there is none, prints why (naming the socket) and returns the exit code:
+/// [`STATUS_NOT_RUNNING`] when nothing listens, [`STATUS_NOT_ANSWERING`] when something
+/// accepted the connection but did not answer.
 pub async fn ask(control: &Path, request: &str) -> Result<String, u8> {
+    let mut s = match UnixStream::connect(control).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            eprintln!(
+                "dingtalk-streamd is not running: nothing listens on {} ({e})",
+                control.display()
+            );
+            return Err(STATUS_NOT_RUNNING);
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (is this user in the group dingtalk-streamd-clients?)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "cannot reach dingtalk-streamd on {}: {e}{hint}",
+                control.display()
+            );
+            return Err(STATUS_NOT_ANSWERING);
+        }
+    };
     let reply = async {
-        let mut s = UnixStream::connect(control).await?;
         s.write_all(format!("{request}\n").as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).await?;
         Ok::<_, std::io::Error>(line)
     };
-    match tokio::time::timeout(ANSWER_WAIT, reply).await {
-        Ok(Ok(l)) if !l.trim().is_empty() => Ok(l.trim().to_owned()),
-        Ok(Ok(_)) => {
-            eprintln!(
-                "dingtalk-streamd is not running: {} closed without an answer",
-                control.display()
-            );
-            Err(STATUS_NOT_RUNNING)
-        }
-        Ok(Err(e)) => {
-            eprintln!(
-                "dingtalk-streamd is not running: no answer on {}: {e}",
-                control.display()
-            );
-            Err(STATUS_NOT_RUNNING)
-        }
-        Err(_) => {
-            eprintln!(
-                "dingtalk-streamd is not running: {} did not answer within {}s",
-                control.display(),
-                ANSWER_WAIT.as_secs()
-            );
-            Err(STATUS_NOT_RUNNING)
-        }
-    }
+    let why = match tokio::time::timeout(ANSWER_WAIT, reply).await {
+        Ok(Ok(l)) if !l.trim().is_empty() => return Ok(l.trim().to_owned()),
+        Ok(Ok(_)) => "closed the connection without an answer".to_owned(),
+        Ok(Err(e)) => format!("failed while answering ({e})"),
+        Err(_) => format!(
+            "accepted the connection but sent no answer within {} s",
+            ANSWER_WAIT.as_secs()
+        ),
+    };
+    eprintln!(
+        "dingtalk-streamd is running but not answering: {} {why}",
+        control.display()
+    );
+    Err(STATUS_NOT_ANSWERING)
 }
 
 /// Asks the daemon for its status and prints it; returns the exit code.
@@ -65,7 +85,7 @@ pub async fn status(control: &Path, json: bool) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("unreadable answer from {}: {e}", control.display());
-            return STATUS_NOT_RUNNING;
+            return STATUS_NOT_ANSWERING;
         }
     };
     if json {

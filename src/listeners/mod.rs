@@ -181,8 +181,14 @@ pub async fn serve_consumers(
 ) {
     let active = Arc::new(tokio::sync::Semaphore::new(max_consumers));
     while let Some(stream) = next_connection(&listener, &env.shutdown, "consumer").await {
+        // SO_PEERCRED: who connected, for every log line about this peer.
         let desc = match stream.peer_cred() {
-            Ok(c) => format!("pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
+            Ok(c) => format!(
+                "pid={} uid={} gid={}",
+                c.pid().unwrap_or(0),
+                c.uid(),
+                c.gid()
+            ),
             Err(_) => "unknown".into(),
         };
         let Ok(permit) = active.clone().try_acquire_owned() else {
@@ -200,7 +206,7 @@ pub async fn serve_consumers(
             });
             continue;
         };
-        debug!(peer = %desc, "consumer connected");
+        info!(peer = %desc, "consumer connected");
         let env = env.clone();
         tasks.spawn(async move {
             env.hub.stats.consumers.fetch_add(1, Ordering::Relaxed);

@@ -298,6 +298,7 @@ impl Supervisor {
                         cancel: cancel.clone(),
                         stats: self.stats.clone(),
                         progress: self.reader_progress.clone(),
+                        fragments: est.fragments.clone(),
                     };
                     info!(connection = %id, attempt, peer = %est.peer, handover = machine.open_connections().len() > 1, "connected to DingTalk");
                     sh.sockets.insert(id, est.socket.clone());
