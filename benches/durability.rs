@@ -160,6 +160,8 @@ async fn daemon(
     );
     let config = dir.join("config.yml");
     fs::write(&config, yaml)?;
+    // The secret is inline: the daemon refuses a config others can read.
+    fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let loaded = Config::load(&config)?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -144,9 +144,15 @@ impl LocalPaths {
     }
 }
 
+/// `check-config`: the config, its secrets, and every other check `run` makes before it
+/// connects (trust store, spool directory, socket paths), without the spool's lock, so it
+/// works while the daemon runs (`ExecReload=`). Exit 0, or 78 with what to fix.
 fn check_config(path: &Path, instance: Option<&Instance>, quiet: bool) -> u8 {
-    match Config::load_as(path, instance) {
-        Ok(l) => {
+    let checked = Config::load_as(path, instance)
+        .map_err(dingtalk_streamd::Error::from)
+        .and_then(|l| dingtalk_streamd::daemon::preflight(&l).map(|notes| (l, notes)));
+    match checked {
+        Ok((l, notes)) => {
             if quiet {
                 return 0;
             }
@@ -158,6 +164,9 @@ fn check_config(path: &Path, instance: Option<&Instance>, quiet: bool) -> u8 {
                 }
             };
             println!("# {}: OK; client secret from {source}", path.display());
+            for n in notes {
+                println!("# note: {n}");
+            }
             print!("{}", l.config.to_redacted_yaml());
             0
         }

@@ -327,7 +327,7 @@ async fn the_app_gets_disconnect_then_close_when_the_daemon_stops() {
 async fn compat_listen_must_be_loopback() {
     let gw = gateway(false).await;
     let p = Paths::new();
-    std::fs::write(p.path("s"), "x\n").unwrap();
+    write_private(&p.path("s"), "x\n");
     let yaml = format!(
         "compat:\n  listen: 0.0.0.0:9470\n  client_id: a\n  client_secret_file: {}\n",
         p.path("s").display()
@@ -362,7 +362,7 @@ async fn a_reload_that_changes_compat_disconnects_sdk_apps_and_rebinds() {
     );
     sdk.ack(&f).await;
 
-    std::fs::write(p.path("compat_secret"), "rotated-local-secret\n").unwrap();
+    write_private(&p.path("compat_secret"), "rotated-local-secret\n");
     d.reload().await;
     let mut saw_disconnect = false;
     while let Some(f) = sdk.frame_within(WAIT).await {

@@ -307,3 +307,36 @@ async fn bad_lines_and_unknown_seqs_get_errors_and_the_member_stays() {
     assert!(st["consumers"]["bad_lines"].as_u64().unwrap() >= 4, "{st}");
     d.stop().await.0.unwrap();
 }
+
+#[tokio::test]
+async fn a_member_sending_bad_lines_faster_than_it_reads_the_replies_is_cut_off_saying_so() {
+    use dingtalk_streamd::consumers::member::SLOW_REPLIES;
+    use tokio::io::AsyncWriteExt;
+    let gw = gateway(false).await;
+    let p = Paths::new();
+    p.configure(&gw, "");
+    let mut d = start_run(&p, &[]).await;
+    gw.wait_connected(1, WAIT).await.unwrap();
+    let mut m = Consumer::member(&p.socket, "bot").await;
+    // Bad lines and no reading: the error replies fill the socket, then their queue. It is
+    // cut off then (its writes fail), and the log says what it did, not "not reading".
+    let burst = "garbage\n".repeat(1024);
+    let cut = tokio::time::timeout(WAIT, async {
+        while m.wr.write_all(burst.as_bytes()).await.is_ok() {}
+    })
+    .await;
+    assert!(cut.is_ok(), "still connected after {WAIT:?} of bad lines");
+    let line = d.wait_for(SLOW_REPLIES, WAIT).await;
+    assert!(
+        line.text.contains("faster than it reads the error replies") && line.text.contains("WARN"),
+        "{}",
+        line.text
+    );
+    assert!(!d.text().contains("without reading"), "{}", d.text());
+    // Nothing else is hurt.
+    let mut good = Consumer::member(&p.socket, "bot").await;
+    let pushed = gw.push_bot_text("after the flood").await.unwrap();
+    good.expect_message(&pushed.message_id).await;
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.stderr());
+}

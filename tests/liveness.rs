@@ -101,6 +101,7 @@ async fn any_inbound_frame_counts_as_life_and_silence_is_a_pong_timeout() {
         stats: Arc::new(StreamStats::default()),
         observed: Arc::default(),
         progress: dingtalk_streamd::notify::Progress::new(),
+        fragments: Default::default(),
     };
     let mut conn = tokio::spawn(connection::run(client, ctx));
     // The server never reads (so never pongs) but sends an unknown SYSTEM frame every 30 ms,
@@ -183,7 +184,7 @@ async fn socket_options_read_back_from_an_established_websocket() {
     };
     let t = ticket.fetch().await.unwrap();
     let est = establish(&t, &params).await.unwrap();
-    let MaybeTlsStream::Plain(tcp) = est.ws.get_ref() else {
+    let MaybeTlsStream::Plain(tcp) = est.ws.get_ref().get_ref() else {
         panic!("expected plain ws")
     };
     let live = socket::report(tcp).unwrap();

@@ -247,7 +247,7 @@ fn daemon_config(net: &Net, dir: &Path, keepalive: &str) -> PathBuf {
     );
     std::fs::create_dir_all(dir.join("spool")).unwrap();
     let path = dir.join("config.yml");
-    std::fs::write(&path, yaml).unwrap();
+    write_private(&path, &yaml);
     path
 }
 

@@ -160,6 +160,14 @@ async fn a_refusing_proxy_is_retried_and_its_credentials_never_logged() {
     })
     .await;
     assert_ne!(st["state"], "connected");
+    // The proxy's 407 is blamed on the proxy, not on DingTalk's ticket endpoint.
+    assert_eq!(st["link"]["last_cause"], "proxy_407", "{st}");
+    let text = d.text();
+    assert!(
+        text.contains("the HTTP proxy refused the ticket request with 407"),
+        "{text}"
+    );
+    assert!(!text.contains("ticket endpoint answered"), "{text}");
     assert!(
         gw.ticket_requests().is_empty(),
         "the request went around the proxy"

@@ -1,12 +1,16 @@
-//! Nothing secret is ever printed: a full run of the real binary at debug level
-//! against the TLS fake gateway through an authenticating CONNECT proxy, with bot messages
-//! (bearer `sessionWebhook` URLs), events, pings, a disconnect handover, a dropped connection
-//! and a 401 after success, plus `check-config` and `status --json`. None of the client secret,
-//! the tickets, the `?ticket=` query, the webhook URLs or their tokens, or the proxy password
-//! may appear in any of it. Also pins the shape of the ticket request.
+//! Nothing secret is ever printed, at any log level: a full run of the real binary at trace
+//! level (`log.level` and `RUST_LOG`, so every crate's trace events are asked for) against the
+//! TLS fake gateway through an authenticating CONNECT proxy, with bot messages (bearer
+//! `sessionWebhook` URLs), events, pings, a disconnect handover, a reload, a dropped
+//! connection, a 401 after success, and an access token fetched through the local SDK
+//! endpoint; plus `check-config`, `status`, `status --json` and `/metrics`. None of the client
+//! secret, the local SDK secret, the tickets (= `connectionId`), the `?ticket=` query, the
+//! webhook URLs or their tokens, the proxy password or the access tokens may appear in any of
+//! it. Also pins the shape of the ticket request.
 
 mod common;
 
+use common::compat::{Endpoint, LOCAL_ID, LOCAL_SECRET, access_token};
 use common::proxy::{Mode, Proxy, basic, basic_token};
 use common::*;
 use dingtalk_streamd_sim::{FakeGateway, GatewayEvent, TicketFault};
@@ -55,7 +59,7 @@ async fn push_round(
 }
 
 #[tokio::test]
-async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_request() {
+async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_request() {
     let gw = gateway_with(|c| {
         c.tls = true;
         c.ping_interval = Some(Duration::from_millis(150));
@@ -65,9 +69,14 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     // Insists on our Basic credentials.
     let px = Proxy::start(Mode::RequireAuth(basic(PROXY_USER, PROXY_PASSWORD))).await;
     let paths = Paths::new();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let compat = Endpoint::new();
     let extra = format!(
-        "proxy: http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}\nlog:\n  level: debug\n",
-        px.port
+        "proxy: http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}\nlog:\n  level: trace\nmetrics:\n  listen: {metrics}\n{}",
+        px.port,
+        compat.yaml(&paths)
     );
     let subscriptions = "dingtalk:\n  subscriptions:\n    - { type: CALLBACK, topic: /v1.0/im/bot/messages/get }\n    - { type: CALLBACK, topic: /v1.0/card/instances/callback }\n    - { type: EVENT, topic: \"*\" }\n";
     let yaml = config_yaml(&gw, &paths, &extra).replacen("dingtalk:\n", subscriptions, 1);
@@ -75,7 +84,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     let cfg = paths.config.to_str().unwrap().to_owned();
     // The proxy must be used for 127.0.0.1 too, whatever the test environment says.
     let env: &[(&str, &str)] = &[
-        ("RUST_LOG", "debug"),
+        ("RUST_LOG", "trace"),
         ("NO_PROXY", ""),
         ("no_proxy", ""),
         ("HTTPS_PROXY", ""),
@@ -99,10 +108,25 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         .await
         .unwrap();
 
+    // An access token through the local SDK endpoint (fetched from the gateway's OpenAPI
+    // with the real credentials, through the proxy).
+    let r = access_token(&compat, LOCAL_ID, LOCAL_SECRET).await;
+    assert_eq!(r.status(), 200);
+    let token: serde_json::Value = r.json().await.unwrap();
+    assert!(token["accessToken"].is_string(), "{token}");
+
     // A disconnect handover.
     gw.send_disconnect(c1).unwrap();
     let c2 = new_connection(&gw, c1).await;
     push_round(&gw, "after handover", &mut webhooks, &mut pushed_ids).await;
+
+    // A reload (the same config: everything is read and resolved again).
+    paths.write_config(&yaml);
+    let mut from = daemon.len();
+    daemon.signal(Signal::SIGHUP);
+    daemon
+        .wait_line(&mut from, "configuration reloaded", WAIT)
+        .await;
 
     // A dropped connection and the reconnect.
     gw.drop_connection(c2).unwrap();
@@ -137,6 +161,7 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     );
     let human_401 = output(&["--config", &cfg, "status"], env).await;
     assert_eq!(human_401.code, Some(1));
+    let metrics_401 = scrape(metrics).await;
     gw.set_ticket_fault(None);
     new_connection(&gw, c3).await;
     push_round(&gw, "after 401", &mut webhooks, &mut pushed_ids).await;
@@ -151,6 +176,11 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     let st: serde_json::Value = serde_json::from_str(status_json.stdout.trim()).unwrap();
     assert_eq!(st["state"], "connected", "{st}");
     let status_human = output(&["--config", &cfg, "status"], env).await;
+    let metrics_text = scrape(metrics).await;
+    assert!(
+        metrics_text.contains("dingtalk_streamd_connected 1"),
+        "{metrics_text}"
+    );
     let check = output(&["--config", &cfg, "check-config"], env).await;
     assert_eq!(check.code, Some(0), "{}", check.stderr);
     assert!(
@@ -164,8 +194,9 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     assert_eq!(exit.code(), Some(0), "{}", daemon.stderr());
     let (log_out, log_err) = (daemon.stdout(), daemon.stderr());
 
-    // The run was really at debug level and really went through the proxy, so the absence of
+    // The run was really at trace level and really went through the proxy, so the absence of
     // secrets below means something.
+    assert!(log_err.contains("TRACE"), "no trace output:\n{log_err}");
     assert!(log_err.contains("DEBUG"), "no debug output:\n{log_err}");
     assert!(
         pushed_ids.iter().any(|id| log_err.contains(id.as_str())),
@@ -194,13 +225,19 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     let proxy_basic = basic_token(PROXY_USER, PROXY_PASSWORD);
     let mut forbidden: Vec<(String, String)> = vec![
         ("the client secret".into(), SECRET.into()),
+        ("the local SDK secret".into(), LOCAL_SECRET.into()),
         ("the ticket query".into(), "?ticket=".into()),
         ("the proxy password".into(), PROXY_PASSWORD.into()),
         ("the proxy credentials (Basic)".into(), proxy_basic),
         ("a sessionWebhook endpoint".into(), "sendBySession".into()),
     ];
     for t in &tickets {
-        forbidden.push(("a ticket".into(), t.clone()));
+        forbidden.push(("a ticket (connectionId)".into(), t.clone()));
+    }
+    let tokens = gw.tokens_issued();
+    assert!(!tokens.is_empty(), "no access token was fetched");
+    for t in tokens {
+        forbidden.push(("an access token".into(), t));
     }
     for w in &webhooks {
         forbidden.push(("a sessionWebhook URL".into(), w.clone()));
@@ -217,6 +254,8 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         ("status (401)", human_401.stdout.as_str()),
         ("status --json", status_json.stdout.as_str()),
         ("status", status_human.stdout.as_str()),
+        ("/metrics (401)", metrics_401.as_str()),
+        ("/metrics", metrics_text.as_str()),
         ("check-config", check.stdout.as_str()),
         ("check-config stderr", check.stderr.as_str()),
     ];
@@ -275,4 +314,19 @@ async fn a_full_debug_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
             ]
         );
     }
+}
+
+/// `GET /metrics` over a fresh connection; the whole response.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut body))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    body
 }

@@ -1,6 +1,7 @@
 //! The spool when the disk misbehaves: an unusable spool directory exits 78
-//! naming it; a full disk, at run time or at start, stops ACKing, sheds the connection, and
-//! recovers by itself with nothing lost (real binary on a small tmpfs in a mount namespace).
+//! naming it (a missing one is created when its parent exists); a full disk, at run time or at
+//! start, stops ACKing, sheds the connection, and recovers by itself with nothing lost (real
+//! binary on a small tmpfs in a mount namespace).
 
 mod common;
 
@@ -33,8 +34,15 @@ async fn unusable_spool_directory_exits_78_naming_it() {
     let yaml = config_yaml(&gw, &p, "");
     let spool = p.spool.display().to_string();
 
-    std::fs::remove_dir(&p.spool).unwrap();
-    expect_exit_78(&p, &yaml, &spool).await;
+    // Missing with its parent: `run` would create only the last component, as systemd's
+    // StateDirectory= does (tests/check_config.rs).
+    let deep = p.path("gone/spool").display().to_string();
+    expect_exit_78(
+        &p,
+        &yaml.replace(&format!("dir: {spool}"), &format!("dir: {deep}")),
+        &deep,
+    )
+    .await;
 
     // Root can write anywhere a permission bit would stop others; /proc refuses even root.
     expect_exit_78(
@@ -328,7 +336,8 @@ async fn disk_full_at_start_runs_degraded_then_starts_when_space_returns() {
     );
     assert!(
         daemon.proc.running(),
-        "the daemon exited with a full disk at start"
+        "the daemon exited with a full disk at start: {}",
+        daemon.proc.stderr()
     );
 
     daemon.free();

@@ -21,6 +21,7 @@ use tracing::{debug, info};
 
 use super::acks;
 use super::events::{CloseReason, ConnId, GatewayEvent};
+use super::faults::Misbehaviour;
 use super::frames;
 use super::outbox::Outbox;
 use super::state::{ConnEntry, GatewayCore};
@@ -49,6 +50,8 @@ pub(crate) enum ConnCmd {
     Drop,
     /// Send a close frame and end.
     Close { code: u16, reason: String },
+    /// Misbehave once.
+    Misbehave(Misbehaviour),
 }
 
 /// Runs one upgraded connection until it ends; registers and unregisters it in the state.
@@ -95,6 +98,7 @@ pub(crate) async fn run<S>(
         out: Outbox::new(sink),
         stream,
         zombie,
+        mute: false,
         drain_at: None,
         peer_close: None,
     };
@@ -112,6 +116,8 @@ struct Conn<S> {
     out: Outbox<S>,
     stream: SplitStream<WebSocketStream<S>>,
     zombie: bool,
+    /// After an unfinished fragment: nothing more is written but pongs.
+    mute: bool,
     drain_at: Option<tokio::time::Instant>,
     peer_close: Option<CloseReason>,
 }
@@ -131,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let sock = sock.as_deref();
         loop {
             let drain_at = self.drain_at;
-            let ping_on = ticker.is_some() && !self.zombie && drain_at.is_none();
+            let ping_on = ticker.is_some() && !self.zombie && !self.mute && drain_at.is_none();
             let write_deadline = self.out.deadline();
             let (room, busy) = (self.out.has_room(), self.out.busy());
             // Reads come before commands and writes: an ACK is never left unread because
@@ -187,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 topic,
                 redelivery,
             } => {
-                if self.zombie || self.drain_at.is_some() {
+                if self.zombie || self.mute || self.drain_at.is_some() {
                     debug!(%conn, %message_id, "frame swallowed");
                     self.shared
                         .emit(GatewayEvent::FrameSwallowed { conn, message_id });
@@ -229,6 +235,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     debug!(%conn, error = %e, "SO_LINGER failed; closing with FIN instead of RST");
                 }
                 return Some(CloseReason::Dropped);
+            }
+            ConnCmd::Misbehave(what) => {
+                use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+                use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+                info!(%conn, ?what, "misbehaving on purpose");
+                match &what {
+                    Misbehaviour::Binary(bytes) => {
+                        self.out.push(Message::Binary(bytes.clone().into()), None);
+                    }
+                    Misbehaviour::InvalidUtf8 => {
+                        let payload = b"{\"type\":\"\xff\xfe\"}".to_vec();
+                        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+                        self.out.push(Message::Frame(frame), None);
+                    }
+                    Misbehaviour::UnfinishedFragment => {
+                        let payload = b"{\"specVersion\":\"1.0\",\"type\":\"CALLBACK\",".to_vec();
+                        let frame = Frame::message(payload, OpCode::Data(Data::Text), false);
+                        self.out.push(Message::Frame(frame), None);
+                        self.mute = true;
+                    }
+                    Misbehaviour::WsPings(n) => {
+                        for i in 0..*n {
+                            let data = (i as u64).to_be_bytes().to_vec();
+                            self.out.push(Message::Ping(data.into()), None);
+                        }
+                    }
+                }
+                self.shared.emit(GatewayEvent::Misbehaved { conn, what });
             }
             ConnCmd::Close { code, reason } => {
                 let frame = CloseFrame {

@@ -126,6 +126,22 @@ pub enum GatewayEvent {
     },
     /// The ticket endpoint is hanging a request on purpose.
     TicketHung,
+    /// The ticket endpoint answered with an injected body (status as given).
+    TicketOddAnswer {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The ticket endpoint began an answer it will never finish.
+    TicketUnfinished,
+    /// A WebSocket upgrade request is left unanswered on purpose.
+    HandshakeHung,
+    /// A connection was made to misbehave.
+    Misbehaved {
+        /// Where.
+        conn: ConnId,
+        /// What it did.
+        what: super::faults::Misbehaviour,
+    },
     /// `POST /v1.0/oauth2/accessToken` issued a token.
     TokenIssued {
         /// The token (the value a client must send as `x-acs-dingtalk-access-token`).

@@ -1,4 +1,5 @@
-//! Injected failures of the HTTP side: the ticket endpoint and the WebSocket handshake.
+//! Injected failures of the HTTP side: the ticket endpoint and the WebSocket handshake, and
+//! the ways a connection can misbehave once open ([`Misbehaviour`]).
 //!
 //! A fault applies to the next `times` requests (or until replaced or cleared), so a test can
 //! script "two 503s, then success" and watch the client's backoff recover from it.
@@ -18,6 +19,16 @@ pub enum TicketFaultKind {
     },
     /// Never answer (until the gateway shuts down): tests the client's request timeout.
     Hang,
+    /// Answer `status` with exactly this body, e.g. 200 with a captive portal's HTML.
+    Body {
+        /// HTTP status.
+        status: u16,
+        /// The body, sent as it is.
+        body: String,
+    },
+    /// Answer 200 with the start of a JSON body, then never finish it (until the gateway
+    /// shuts down): the client's timeout must cover reading the body too.
+    Unfinished,
 }
 
 /// A ticket-endpoint fault and how many requests it affects.
@@ -49,6 +60,25 @@ impl TicketFault {
         }
     }
 
+    /// Answer `status` with `body` as it is, until changed.
+    pub fn body(status: u16, body: &str) -> TicketFault {
+        TicketFault {
+            kind: TicketFaultKind::Body {
+                status,
+                body: body.to_owned(),
+            },
+            times: None,
+        }
+    }
+
+    /// Answer 200 and a body that never ends, until changed.
+    pub fn unfinished() -> TicketFault {
+        TicketFault {
+            kind: TicketFaultKind::Unfinished,
+            times: None,
+        }
+    }
+
     /// Adds a `Retry-After` header (only meaningful for a status fault).
     pub fn retry_after(mut self, after: Duration) -> TicketFault {
         if let TicketFaultKind::Status { retry_after, .. } = &mut self.kind {
@@ -64,11 +94,20 @@ impl TicketFault {
     }
 }
 
-/// A WebSocket-handshake fault: refuse the upgrade with `status`.
+/// What the WebSocket handshake does instead of upgrading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFaultKind {
+    /// Refuse the upgrade with this HTTP status.
+    Status(u16),
+    /// Read the upgrade request and never answer it (until the gateway shuts down).
+    Hang,
+}
+
+/// A WebSocket-handshake fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeFault {
-    /// HTTP status to answer instead of 101.
-    pub status: u16,
+    /// What happens instead of the upgrade.
+    pub kind: HandshakeFaultKind,
     /// Handshakes left to affect; `None` = until changed.
     pub times: Option<u32>,
 }
@@ -77,7 +116,15 @@ impl HandshakeFault {
     /// Refuse every handshake with `status` until changed.
     pub fn status(status: u16) -> HandshakeFault {
         HandshakeFault {
-            status,
+            kind: HandshakeFaultKind::Status(status),
+            times: None,
+        }
+    }
+
+    /// Never answer an upgrade request, until changed.
+    pub fn hang() -> HandshakeFault {
+        HandshakeFault {
+            kind: HandshakeFaultKind::Hang,
             times: None,
         }
     }
@@ -87,6 +134,23 @@ impl HandshakeFault {
         self.times = Some(n);
         self
     }
+}
+
+/// What an open connection can be made to do wrong (see [`FakeGateway::misbehave`]).
+///
+/// [`FakeGateway::misbehave`]: crate::FakeGateway::misbehave
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A binary frame with these bytes (DingTalk sends text only).
+    Binary(Vec<u8>),
+    /// A text frame whose payload is not UTF-8 (a protocol violation).
+    InvalidUtf8,
+    /// The first fragment of a text message that is never finished; the connection then sends
+    /// nothing else (no pushes, no SYSTEM pings) while it keeps reading and answering the
+    /// client's WebSocket pings, so it looks alive.
+    UnfinishedFragment,
+    /// This many WebSocket ping frames at once.
+    WsPings(usize),
 }
 
 /// A fault with a remaining-uses counter.

@@ -35,7 +35,14 @@ pub(crate) const CONNECT_PATH: &str = "/connect";
 /// A TLS handshake slower than this is abandoned.
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) type Body = Full<Bytes>;
+/// A response body: whole (almost always), or streamed (an answer that never ends).
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A whole response body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    Full::new(bytes.into()).boxed()
+}
 
 /// Accepts connections until cancelled.
 pub(crate) async fn serve(
@@ -107,7 +114,7 @@ async fn route(
     match (req.method(), req.uri().path()) {
         (&Method::POST, OPEN_PATH) => ticket::open(&shared, req).await,
         (_, OPEN_PATH) => json_response(StatusCode::METHOD_NOT_ALLOWED, &faults::error_body(405)),
-        (_, CONNECT_PATH) => handshake(&shared, req, sock),
+        (_, CONNECT_PATH) => handshake(&shared, req, sock).await,
         (&Method::POST, openapi::TOKEN_PATH) => openapi::access_token(&shared, req).await,
         (&Method::POST, openapi::BATCH_SEND_PATH) => openapi::batch_send(&shared, req).await,
         (&Method::POST, webhook::SEND_BY_SESSION_PATH) => {
@@ -117,15 +124,27 @@ async fn route(
     }
 }
 
+/// An upgrade request left unanswered until the gateway shuts down.
+async fn hang_until_shutdown(shared: &GatewayCore) -> Response<Body> {
+    info!("WebSocket upgrade request left unanswered on purpose");
+    shared.emit(GatewayEvent::HandshakeHung);
+    shared.cancel.cancelled().await;
+    json_response(StatusCode::SERVICE_UNAVAILABLE, &faults::error_body(503))
+}
+
 /// Validates the upgrade and the ticket, answers 101 and spawns the connection task.
-fn handshake(
+async fn handshake(
     shared: &Arc<GatewayCore>,
     req: Request<Incoming>,
     sock: Option<Arc<socket2::Socket>>,
 ) -> Response<Body> {
     let fault = faults::take_one(&mut shared.state().handshake_fault);
-    if let Some(fault) = fault {
-        return reject(shared, fault.status, "injected handshake fault");
+    match fault.map(|f| f.kind) {
+        Some(faults::HandshakeFaultKind::Status(status)) => {
+            return reject(shared, status, "injected handshake fault");
+        }
+        Some(faults::HandshakeFaultKind::Hang) => return hang_until_shutdown(shared).await,
+        None => {}
     }
     let key = match upgrade_key(&req) {
         Ok(key) => key,
@@ -166,7 +185,7 @@ fn handshake(
             Err(e) => debug!(%conn, error = %e, "upgrade failed"),
         }
     });
-    let mut resp = Response::new(Body::default());
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -213,7 +232,7 @@ fn reject(shared: &GatewayCore, status: u16, reason: &str) -> Response<Body> {
 
 /// A JSON response with DingTalk's content type.
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body.to_string()));
+    let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -53,7 +53,7 @@ pub use events::{
     CloseReason, ConnId, EventCursor, GatewayEvent, Secret, Subscription, TicketRequest,
     TimedEvent, Timeout,
 };
-pub use faults::{HandshakeFault, TicketFault, TicketFaultKind};
+pub use faults::{HandshakeFault, HandshakeFaultKind, Misbehaviour, TicketFault, TicketFaultKind};
 pub use fill::{FillError, FillReport, fill_frame};
 pub use frames::{
     BotMessage, DISCONNECT_REASON, FrameKind, OutFrame, TOPIC_BOT_MESSAGE, TOPIC_CARD_CALLBACK,
@@ -361,6 +361,11 @@ impl FakeGateway {
         st.storm
             .as_ref()
             .is_some_and(|(s, started)| s.active_at(*started, Instant::now()))
+    }
+
+    /// Makes connection `conn` misbehave once (see [`Misbehaviour`]).
+    pub fn misbehave(&self, conn: ConnId, what: Misbehaviour) -> Result<(), PushError> {
+        self.conn_cmd(conn, ConnCmd::Misbehave(what))
     }
 
     /// Resets the connection's TCP (RST, no close frame), like a dying gateway node.

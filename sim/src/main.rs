@@ -195,7 +195,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let snippet = dingtalk_yaml(&gw, &cli, ca_file.as_deref());
     if let Some(path) = &cli.write_config {
         let full = full_config(&snippet, &cli, &state_dir);
-        std::fs::write(path, full).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // It holds the simulator's client secret inline: the daemon refuses a config that
+        // every user can read.
+        write_private(path, &full).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("# complete config written to {}", path.display());
     }
     println!("# dingtalk-streamd config for this simulator:\n{snippet}");
@@ -525,4 +527,18 @@ where
     for &c in conns {
         report(f(c), what);
     }
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::events::{GatewayEvent, Secret, Subscription, TicketRequest};
 use super::faults::{self, TicketFaultKind};
 use super::frames::new_uuid;
-use super::http::{Body, json_response};
+use super::http::{Body, full, json_response};
 use super::state::{GatewayCore, TicketState};
 
 /// Larger ticket requests are refused; real ones are a few hundred bytes.
@@ -97,6 +97,23 @@ pub(crate) async fn open(shared: &Arc<GatewayCore>, req: Request<Incoming>) -> R
             status,
             retry_after,
         }) => return error(shared, status, retry_after),
+        Some(TicketFaultKind::Body { status, body }) => {
+            info!(status, "ticket request answered with an injected body");
+            shared.emit(GatewayEvent::TicketOddAnswer { status });
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = code;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html;charset=utf-8"),
+            );
+            return resp;
+        }
+        Some(TicketFaultKind::Unfinished) => {
+            info!("ticket request answered with a body that never ends, on purpose");
+            shared.emit(GatewayEvent::TicketUnfinished);
+            return unfinished(shared);
+        }
         None => {}
     }
     if !authorised {
@@ -127,6 +144,29 @@ pub(crate) async fn open(shared: &Arc<GatewayCore>, req: Request<Incoming>) -> R
         StatusCode::OK,
         &json!({"endpoint": shared.endpoint, "ticket": ticket}),
     )
+}
+
+/// 200 with the first bytes of a JSON answer, then nothing until the gateway shuts down.
+fn unfinished(shared: &GatewayCore) -> Response<Body> {
+    use futures_util::StreamExt;
+    let cancel = shared.cancel.clone();
+    let start = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+            b"{\"endpoint\":\"",
+        )))
+    });
+    // Ends (cut short) only when the gateway stops, so no task outlives it.
+    let never = futures_util::stream::once(async move {
+        cancel.cancelled_owned().await;
+        Ok(hyper::body::Frame::data(Bytes::new()))
+    });
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(start.chain(never)));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=utf-8"),
+    );
+    resp
 }
 
 fn malformed(shared: &GatewayCore, error: String) -> Response<Body> {

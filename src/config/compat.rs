@@ -104,9 +104,13 @@ pub(super) fn resolve_compat_secret(
     };
     let key = "compat.client_secret_file";
     let path = &c.client_secret_file;
-    let raw = std::fs::read_to_string(path).map_err(|e| {
+    let read = super::private::read(path).map_err(|e| {
         ConfigError::invalid(file, key, format!("cannot read {}: {e}", path.display()))
     })?;
+    if let Some(why) = super::private::too_open(path, read.mode, "the local secret of compat") {
+        return Err(ConfigError::invalid(file, key, why));
+    }
+    let raw = read.text;
     let value = raw
         .strip_suffix("\r\n")
         .or_else(|| raw.strip_suffix('\n'))
@@ -211,11 +215,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("compat.client_secret_file: cannot read"), "{e}");
-        std::fs::write(&file, "local\n").unwrap();
+        let write = |text: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("local\n", 0o640);
         let s = resolve_compat_secret(&config, f, &real).unwrap().unwrap();
         assert_eq!(s.expose(), "local");
+        write("local\n", 0o644);
+        let e = resolve_compat_secret(&config, f, &real)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("readable by every user") && e.contains("chmod 0640"),
+            "{e}"
+        );
         for bad in ["", " padded\n", "s3cret\n"] {
-            std::fs::write(&file, bad).unwrap();
+            write(bad, 0o600);
             let e = resolve_compat_secret(&config, f, &real)
                 .unwrap_err()
                 .to_string();

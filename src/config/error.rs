@@ -32,11 +32,22 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The config file itself is unsafe to use (anyone may change it).
+    #[error("{message}")]
+    Unsafe {
+        /// The config path.
+        file: PathBuf,
+        /// What is wrong and the command that fixes it (names the file).
+        message: String,
+    },
     /// A value that parses but is not acceptable, or a rule across several keys.
-    #[error("{}: {key}: {message}", file.display())]
+    #[error("{}{}: {key}: {message}", file.display(), at.map_or(String::new(), |(l, c)| format!(":{l}:{c}")))]
     Invalid {
         /// The config path.
         file: PathBuf,
+        /// The value's 1-based line and column, when the key is written in the file (a
+        /// default that breaks a rule has no line).
+        at: Option<(usize, usize)>,
         /// Dotted key path, e.g. `keepalive.pong_timeout`.
         key: String,
         /// What is wrong and what to do.
@@ -56,12 +67,13 @@ impl ConfigError {
         let mut message =
             e.to_string()
                 .replacen(&format!(" at line {line} column {column}"), "", 1);
+        // Values read from a visitor (durations, sizes, modes, URLs) carry their key path
+        // already: `keepalive.tcp_user_timeout: invalid duration ...`.
         if message.starts_with("missing field `dingtalk`") {
             return ConfigError::NotConfigured {
                 file: file.to_owned(),
             };
         }
-        message = name_the_key(message, text, line, column);
         if message.contains("missing field `client_id`") {
             message = format!(
                 "{message}: not configured: set dingtalk.client_id in {}",
@@ -79,35 +91,28 @@ impl ConfigError {
     pub(crate) fn invalid(file: &std::path::Path, key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             file: file.to_owned(),
+            at: None,
             key: key.to_owned(),
             message: message.into(),
         }
     }
-}
 
-/// serde_yaml_ng names the section of a bad value (`reconnect: invalid duration ...`) while its
-/// location points at the key (`max_delay: soon`). Name the whole key path, as the operator
-/// writes it: `reconnect.max_delay: invalid duration ...`.
-fn name_the_key(message: String, text: &str, line: usize, column: usize) -> String {
-    let Some(src) = text.lines().nth(line.saturating_sub(1)) else {
-        return message;
-    };
-    let rest: String = src.chars().skip(column.saturating_sub(1)).collect();
-    let key: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
-    let is_key = !key.is_empty() && rest[key.len()..].trim_start().starts_with(':');
-    let Some((path, detail)) = message.split_once(": ") else {
-        return message;
-    };
-    let plain_path = !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
-    if is_key && plain_path && !path.ends_with(&key) && !detail.starts_with("unknown field") {
-        format!("{path}.{key}: {detail}")
-    } else {
-        message
+    /// Adds the line and column of the key an [`Invalid`](ConfigError::Invalid) error names,
+    /// found in the config `text`.
+    pub(super) fn located(self, text: &str) -> Self {
+        match self {
+            ConfigError::Invalid {
+                file,
+                at: None,
+                key,
+                message,
+            } => ConfigError::Invalid {
+                at: super::locate::locate(text, &key),
+                file,
+                key,
+                message,
+            },
+            other => other,
+        }
     }
 }

@@ -6,6 +6,8 @@
 mod compat;
 mod error;
 mod instance;
+mod locate;
+mod private;
 mod sinks;
 mod units;
 mod validate;
@@ -180,21 +182,36 @@ impl std::fmt::Debug for ProxyUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for ProxyUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl ProxyUrl {
+    /// Parses the `proxy` value: an `http://` URL (HTTP CONNECT), credentials allowed.
+    pub fn parse(s: &str) -> Result<ProxyUrl, String> {
         let url = reqwest::Url::parse(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format_args!(
-                "invalid proxy URL ({e}); write e.g. http://proxy.example:3128"
-            ))
+            format!("invalid proxy URL ({e}); write e.g. http://proxy.example:3128")
         })?;
         if url.scheme() != "http" {
-            return Err(serde::de::Error::custom(format_args!(
+            return Err(format!(
                 "unsupported proxy scheme {:?}: only http:// (HTTP CONNECT) proxies are supported",
                 url.scheme()
-            )));
+            ));
         }
         Ok(ProxyUrl(url))
+    }
+}
+
+/// A visitor, so that an error carries the value's own line (see `units.rs`).
+impl<'de> Deserialize<'de> for ProxyUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ProxyUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a proxy URL such as http://proxy.example:3128")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ProxyUrl, E> {
+                ProxyUrl::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -491,7 +508,7 @@ impl Config {
         if let Some(i) = instance {
             i.apply(&mut config);
         }
-        config.validate(file)?;
+        config.validate(file).map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -502,16 +519,34 @@ impl Config {
 
     /// [`Config::load`] for an instance (see [`Config::parse_as`]).
     pub fn load_as(path: &Path, instance: Option<&Instance>) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let private::Contents { text, mode } =
+            private::read(path).map_err(|source| ConfigError::Read {
+                file: path.to_owned(),
+                source,
+            })?;
         let config = Config::parse_as(&text, path, instance)?;
+        if let Some(message) = private::world_writable(path, mode) {
+            return Err(ConfigError::Unsafe {
+                file: path.to_owned(),
+                message,
+            });
+        }
+        if config.dingtalk.client_secret.is_some()
+            && let Some(why) = private::too_open(path, mode, "the client secret inline")
+        {
+            let message = format!("{why}, or move the secret to dingtalk.client_secret_file");
+            return Err(
+                ConfigError::invalid(path, "dingtalk.client_secret", message).located(&text),
+            );
+        }
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let (secret, secret_source) =
-            validate::resolve_secret(&config, path, credentials_dir.as_deref())?;
-        let compat_secret = compat::resolve_compat_secret(&config, path, &secret)?;
-        let sink_secrets = sinks::resolve_sink_secrets(&config.sinks, path)?;
+            validate::resolve_secret(&config, path, credentials_dir.as_deref())
+                .map_err(|e| e.located(&text))?;
+        let compat_secret =
+            compat::resolve_compat_secret(&config, path, &secret).map_err(|e| e.located(&text))?;
+        let sink_secrets =
+            sinks::resolve_sink_secrets(&config.sinks, path).map_err(|e| e.located(&text))?;
         Ok(Loaded {
             config,
             secret,

@@ -37,16 +37,42 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// No duration in the config may exceed this, whatever its key (per-key bounds are tighter,
+/// see `validate.rs`): far beyond any sane setting, far below what `Instant` arithmetic can
+/// hold, so no value that parses can make a later addition overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 86400);
+/// [`MAX_DURATION`] in days, as error messages write it.
+const MAX_DURATION_DAYS: u64 = 3650;
+
+/// Parses a duration the way the config file writes it, bounded by [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"10s\", \"5m\"")
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is too long (at most {MAX_DURATION_DAYS}d)"
+        ));
+    }
+    Ok(d)
+}
+
+/// The errors are raised inside the deserializer's own `deserialize_str` call (a visitor, not
+/// a `String` checked afterwards), so the YAML parser attaches the value's line and key path,
+/// not those of the section around it.
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                de::Error::custom(format_args!(
-                    "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"10s\", \"5m\""
-                ))
-            })
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"10s\" or \"5m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                parse_duration(s).map(HumanDuration).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -102,28 +128,56 @@ impl fmt::Debug for ByteSize {
     }
 }
 
-/// What a size value may be written as in YAML: a string with a unit, or a plain integer.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeRepr {
-    Int(u64),
-    Str(String),
+/// No size in the config may exceed this, whatever its key (per-key bounds are tighter, see
+/// `validate.rs`).
+pub const MAX_SIZE: u64 = 1 << 50;
+
+/// Parses a size the way the config file writes it (`64KiB`, `1GiB`, or bytes), bounded by
+/// [`MAX_SIZE`].
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let n = s
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| {
+            format!("invalid size {s:?} ({e}); write e.g. \"64KiB\", \"1MiB\", \"1GiB\"")
+        })?;
+    check_size(n).map_err(|e| format!("size {s:?} {e}"))
 }
 
+fn check_size(n: u64) -> Result<u64, String> {
+    if n > MAX_SIZE {
+        return Err(format!("is too large (at most {})", ByteSize(MAX_SIZE)));
+    }
+    Ok(n)
+}
+
+/// A string with a unit or a plain integer; as with durations, every error is raised inside
+/// the deserializer's call, so it carries the value's own line.
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match SizeRepr::deserialize(d)? {
-            SizeRepr::Int(n) => Ok(ByteSize(n)),
-            SizeRepr::Str(s) => s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map(|b| ByteSize(b.as_u64()))
-                .map_err(|e| {
-                    de::Error::custom(format_args!(
-                        "invalid size {s:?} ({e}); write e.g. \"64KiB\", \"1MiB\", \"1GiB\""
-                    ))
-                }),
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"64KiB\", \"1MiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                check_size(n)
+                    .map(ByteSize)
+                    .map_err(|e| E::custom(format_args!("size {n} {e}")))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format_args!("size {n} is negative"))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_size(s).map(ByteSize).map_err(E::custom)
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -152,13 +206,22 @@ impl fmt::Debug for FileMode {
 
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match u32::from_str_radix(s.trim(), 8) {
-            Ok(m) if m <= 0o777 => Ok(FileMode(m)),
-            _ => Err(de::Error::custom(format_args!(
-                "invalid mode {s:?}; write an octal permission string such as \"0660\""
-            ))),
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = FileMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal permission string such as \"0660\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<FileMode, E> {
+                match u32::from_str_radix(s.trim(), 8) {
+                    Ok(m) if m <= 0o777 => Ok(FileMode(m)),
+                    _ => Err(E::custom(format_args!(
+                        "invalid mode {s:?}; write an octal permission string such as \"0660\""
+                    ))),
+                }
+            }
         }
+        d.deserialize_str(V)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Rules that serde cannot express: ranges, cross-field constraints, URL policy (plain http only
 //! to loopback), and where the client secret comes from.
 
-use super::{Config, ConfigError, SecretSource, SubscriptionKind};
+use super::units::MAX_SIZE;
+use super::{ByteSize, Config, ConfigError, HumanDuration, SecretSource, SubscriptionKind};
 use crate::secret::Secret;
 use std::path::Path;
 use std::time::Duration;
@@ -61,8 +62,8 @@ impl Config {
         }
 
         let k = &self.keepalive;
-        positive(file, "keepalive.ping_interval", k.ping_interval.get())?;
-        positive(file, "keepalive.pong_timeout", k.pong_timeout.get())?;
+        duration(file, "keepalive.ping_interval", k.ping_interval, HOUR)?;
+        duration(file, "keepalive.pong_timeout", k.pong_timeout, HOUR)?;
         if k.pong_timeout >= k.ping_interval {
             return bad(
                 "keepalive.pong_timeout",
@@ -79,6 +80,7 @@ impl Config {
                 k.tcp_keepalive_interval.get(),
             ),
         ] {
+            // The kernel takes whole seconds: 500ms would become 0, which it refuses.
             if v < Duration::from_secs(1) || v.as_secs() > MAX_KEEP_SECS {
                 return bad(
                     key,
@@ -92,14 +94,18 @@ impl Config {
                 format!("must be between 1 and {MAX_KEEPCNT}"),
             );
         }
-        positive(file, "keepalive.tcp_user_timeout", k.tcp_user_timeout.get())?;
-        if k.tcp_user_timeout.get().as_millis() > u128::from(u32::MAX) {
-            return bad("keepalive.tcp_user_timeout", "is too large".into());
-        }
+        duration(file, "keepalive.tcp_user_timeout", k.tcp_user_timeout, DAY)?;
 
         let r = &self.reconnect;
-        positive(file, "reconnect.initial_delay", r.initial_delay.get())?;
-        positive(file, "reconnect.connect_timeout", r.connect_timeout.get())?;
+        duration(file, "reconnect.initial_delay", r.initial_delay, HOUR)?;
+        duration(file, "reconnect.max_delay", r.max_delay, DAY)?;
+        duration(file, "reconnect.stable_after", r.stable_after, DAY)?;
+        duration(
+            file,
+            "reconnect.connect_timeout",
+            r.connect_timeout,
+            10 * MINUTE,
+        )?;
         if r.max_delay < r.initial_delay {
             return bad(
                 "reconnect.max_delay",
@@ -130,54 +136,68 @@ impl Config {
         if s.dir.as_os_str().is_empty() {
             return bad("spool.dir", "is empty".into());
         }
-        if s.max_bytes.get() < 1024 * 1024 {
-            return bad("spool.max_bytes", "must be at least 1MiB".into());
-        }
-        positive(file, "spool.max_age", s.max_age.get())?;
-        positive(file, "spool.dedupe_window", s.dedupe_window.get())?;
+        size(file, "spool.max_bytes", s.max_bytes, MAX_SIZE)?;
+        duration(file, "spool.max_age", s.max_age, MAX_DAYS * DAY)?;
+        duration(file, "spool.dedupe_window", s.dedupe_window, 30 * DAY)?;
 
         for (i, g) in self.groups.iter().enumerate() {
             check_group_name(file, &format!("groups[{i}]"), g)?;
         }
         let c = &self.consumers;
-        if c.in_flight == 0 {
-            return bad("consumers.in_flight", "must be at least 1".into());
-        }
-        if c.max_deliveries == 0 {
-            return bad("consumers.max_deliveries", "must be at least 1".into());
-        }
-        positive(file, "consumers.ack_wait", c.ack_wait.get())?;
-        positive(file, "consumers.adhoc_ttl", c.adhoc_ttl.get())?;
+        count(file, "consumers.in_flight", c.in_flight, 1_000_000)?;
+        count(
+            file,
+            "consumers.max_deliveries",
+            c.max_deliveries,
+            1_000_000,
+        )?;
+        duration(file, "consumers.ack_wait", c.ack_wait, 7 * DAY)?;
+        duration(file, "consumers.adhoc_ttl", c.adhoc_ttl, MAX_DAYS * DAY)?;
         for (i, cb) in self.callbacks.iter().enumerate() {
             check_group_name(file, &format!("callbacks[{i}].group"), &cb.group)?;
-            positive(file, &format!("callbacks[{i}].timeout"), cb.timeout.get())?;
+            // DingTalk waits for the ACK: a callback answered later than this is useless.
+            duration(file, &format!("callbacks[{i}].timeout"), cb.timeout, MINUTE)?;
             if cb.topic.is_empty() {
                 return bad(&format!("callbacks[{i}].topic"), "is empty".into());
             }
         }
 
         let l = &self.limits;
-        if l.max_frame_bytes.get() < 1024 {
-            return bad("limits.max_frame_bytes", "must be at least 1KiB".into());
-        }
-        if l.max_line_bytes.get() < 1024 {
-            return bad("limits.max_line_bytes", "must be at least 1KiB".into());
-        }
-        if l.max_consumers == 0 {
-            return bad("limits.max_consumers", "must be at least 1".into());
-        }
-        for (key, n) in [
-            ("limits.max_groups", l.max_groups),
-            (
-                "limits.max_listener_connections",
-                l.max_listener_connections,
-            ),
-            ("limits.max_pending_acks", l.max_pending_acks),
-        ] {
-            if n == 0 {
-                return bad(key, "must be at least 1".into());
-            }
-        }
+        size(file, "limits.max_frame_bytes", l.max_frame_bytes, 64 << 20)?;
+        size(file, "limits.max_line_bytes", l.max_line_bytes, 64 << 20)?;
+        size(
+            file,
+            "limits.max_pending_bytes",
+            l.max_pending_bytes,
+            16 << 30,
+        )?;
+        size(
+            file,
+            "limits.recent_cache_bytes",
+            l.recent_cache_bytes,
+            16 << 30,
+        )?;
+        count(file, "limits.max_consumers", l.max_consumers, 100_000)?;
+        count(file, "limits.max_groups", l.max_groups, 10_000)?;
+        count(
+            file,
+            "limits.max_listener_connections",
+            l.max_listener_connections,
+            100_000,
+        )?;
+        count(
+            file,
+            "limits.max_pending_acks",
+            l.max_pending_acks,
+            10_000_000,
+        )?;
+        duration(
+            file,
+            "limits.request_timeout",
+            l.request_timeout,
+            10 * MINUTE,
+        )?;
+        duration(file, "limits.commit_stall", l.commit_stall, DAY)?;
         self.validate_compat(file)?;
         // The compat endpoint's group counts, and each sink reads the spool through a
         // configured group of its own.
@@ -207,30 +227,116 @@ impl Config {
                 ),
             );
         }
-        if l.recent_cache_bytes.get() == 0 {
-            return bad(
-                "limits.recent_cache_bytes",
-                "must be greater than zero".into(),
-            );
-        }
-        positive(file, "limits.request_timeout", l.request_timeout.get())?;
-        positive(file, "limits.commit_stall", l.commit_stall.get())?;
         self.sinks.validate(file)?;
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
-            return bad(
-                "log.level",
-                format!("invalid filter {:?}: {e}", self.log.level),
-            );
+        if let Some(n) = &self.sinks.nats {
+            duration(file, "sinks.nats.duplicate_window", n.duplicate_window, DAY)?;
+        }
+        for (i, w) in self.sinks.webhooks.iter().enumerate() {
+            duration(
+                file,
+                &format!("sinks.webhooks[{i}].timeout"),
+                w.timeout,
+                10 * MINUTE,
+            )?;
+        }
+        if let Err(e) = check_log_level(&self.log.level) {
+            return bad("log.level", e);
         }
         Ok(())
     }
 }
 
-fn positive(file: &Path, key: &str, d: Duration) -> Result<(), ConfigError> {
-    if d.is_zero() {
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
+/// The longest any duration may be (spool retention, ad-hoc group expiry), in days.
+const MAX_DAYS: u64 = 3650;
+
+/// `max_secs` as the config would write it: `10m`, `1h`, `30d`.
+fn written(max_secs: u64) -> String {
+    match max_secs {
+        s if s % DAY == 0 => format!("{}d", s / DAY),
+        s if s % HOUR == 0 => format!("{}h", s / HOUR),
+        s if s % MINUTE == 0 => format!("{}m", s / MINUTE),
+        s => format!("{s}s"),
+    }
+}
+
+/// A duration must be greater than zero and at most `max_secs`: the bound keeps every later
+/// addition to a clock far from overflowing, and catches a unit typed wrong.
+fn duration(file: &Path, key: &str, d: HumanDuration, max_secs: u64) -> Result<(), ConfigError> {
+    if d.get().is_zero() {
         return Err(ConfigError::invalid(file, key, "must be greater than zero"));
     }
+    if d.get() > Duration::from_secs(max_secs) {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!("must be at most {} (got {d})", written(max_secs)),
+        ));
+    }
     Ok(())
+}
+
+/// A size must be greater than zero and at most `max` bytes.
+fn size(file: &Path, key: &str, b: ByteSize, max: u64) -> Result<(), ConfigError> {
+    if b.get() == 0 {
+        return Err(ConfigError::invalid(file, key, "must be greater than zero"));
+    }
+    if b.get() > max {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!("must be at most {} (got {b})", ByteSize(max)),
+        ));
+    }
+    Ok(())
+}
+
+/// A count must be at least 1 and at most `max`.
+fn count(file: &Path, key: &str, n: u32, max: u32) -> Result<(), ConfigError> {
+    if !(1..=max).contains(&n) {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!("must be between 1 and {max} (got {n})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The level names `log.level` accepts, alone or after `target=`.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log.level` is a level (`info`) or a comma-separated list of `RUST_LOG`-style directives,
+/// each a level or `target=level`. A bare word that is not a level (`verbose`, `warnn`) is a
+/// valid filter to `EnvFilter` (it names a target and silences everything else), so it is
+/// refused here: it is always a typo.
+pub(crate) fn check_log_level(level: &str) -> Result<(), String> {
+    const HINT: &str = "write a level (error, warn, info, debug, trace, off) or directives such as \"info,dingtalk_streamd=debug\"";
+    let is_level = |w: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!("is empty; {HINT}"));
+    }
+    for d in directives {
+        match d.rsplit_once('=') {
+            None if is_level(d) => {}
+            None => return Err(format!("{d:?} is not a log level; {HINT}")),
+            Some((target, lvl)) if !target.trim().is_empty() && is_level(lvl) => {}
+            Some(_) => {
+                return Err(format!("{d:?} does not end in \"=LEVEL\"; {HINT}"));
+            }
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| format!("invalid filter {level:?}: {e}; {HINT}"))
 }
 
 pub(super) fn check_group_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
@@ -301,13 +407,14 @@ pub(super) fn resolve_secret(
             "dingtalk.client_secret",
         )
     } else if let Some(p) = &d.client_secret_file {
-        let raw = std::fs::read_to_string(p).map_err(|e| {
-            ConfigError::invalid(
-                file,
-                "dingtalk.client_secret_file",
-                format!("cannot read {}: {e}", p.display()),
-            )
+        let key = "dingtalk.client_secret_file";
+        let read = super::private::read(p).map_err(|e| {
+            ConfigError::invalid(file, key, format!("cannot read {}: {e}", p.display()))
         })?;
+        if let Some(why) = super::private::too_open(p, read.mode, "the client secret") {
+            return Err(ConfigError::invalid(file, key, why));
+        }
+        let raw = read.text;
         (
             raw,
             SecretSource::File(p.clone()),

@@ -25,6 +25,11 @@ impl Lines {
     pub fn new(rd: tokio::net::unix::OwnedReadHalf, max: usize) -> Lines {
         Lines(FramedRead::new(rd, LineCodec::new(max)))
     }
+
+    /// True when bytes of a line that has not ended yet were read.
+    pub fn has_partial_line(&self) -> bool {
+        !self.0.read_buffer().is_empty()
+    }
 }
 
 impl Stream for Lines {
@@ -54,9 +59,25 @@ pub fn push_line(buf: &mut Vec<u8>, line: &str) {
     buf.push(b'\n');
 }
 
-/// Writes a buffer of whole lines in one go, bounded by [`WRITE_TIMEOUT`].
+/// Writes a buffer of whole lines, failing only when the consumer takes none of it for
+/// [`WRITE_TIMEOUT`]: a consumer that reads slowly is waited for, one that stopped is not.
 pub async fn write_bounded(wr: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(buf))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "consumer does not read"))?
+    let mut off = 0;
+    while off < buf.len() {
+        match tokio::time::timeout(WRITE_TIMEOUT, wr.write(&buf[off..])).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => off += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the consumer read nothing for {} s",
+                        WRITE_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

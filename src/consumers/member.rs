@@ -15,6 +15,10 @@ use tracing::{info, warn};
 
 /// Error replies queued for a member before it counts as not reading them.
 const ERROR_REPLIES: usize = 64;
+/// Why a member whose error replies pile up is disconnected: it does read, only not as fast
+/// as it sends lines that need a reply.
+pub const SLOW_REPLIES: &str =
+    "group member sends bad lines faster than it reads the error replies; disconnecting it";
 /// Room in a member's queue beyond `in_flight`, for error replies.
 const QUEUE_SLACK: usize = 16;
 
@@ -70,7 +74,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     info!(group, pid = peer.pid, uid = peer.uid, "group member joined");
     let (err_tx, err_rx) = mpsc::channel::<LineError>(ERROR_REPLIES);
     let done = groups.shutdown().child_token();
-    let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone()));
+    let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone(), peer));
     loop {
         tokio::select! {
             _ = done.cancelled() => break,
@@ -93,7 +97,7 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
                 if let Some(e) = reply {
                     groups.count_bad_line();
                     if err_tx.try_send(e).is_err() {
-                        warn!(group, pid = peer.pid, uid = peer.uid, "group member sends bad lines without reading the replies; disconnecting it");
+                        warn!(group, pid = peer.pid, uid = peer.uid, waiting = ERROR_REPLIES, "{}", SLOW_REPLIES);
                         break;
                     }
                 }
@@ -113,6 +117,7 @@ async fn write_out(
     mut rx: mpsc::Receiver<Out>,
     mut err_rx: mpsc::Receiver<LineError>,
     done: tokio_util::sync::CancellationToken,
+    peer: Peer,
 ) {
     let mut buf = Vec::with_capacity(COALESCE_BYTES);
     loop {
@@ -134,7 +139,10 @@ async fn write_out(
                 Err(_) => break,
             }
         }
-        if write_bounded(&mut writer, &buf).await.is_err() {
+        if let Err(e) = write_bounded(&mut writer, &buf).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                warn!(pid = peer.pid, uid = peer.uid, error = %e, "disconnecting a group member that stopped reading");
+            }
             break;
         }
     }

@@ -113,6 +113,30 @@ pub fn parse(line: &str) -> Result<Request, LineError> {
     ))
 }
 
+/// Judges a peer's first line, sent within the hello window: the group of a valid hello, or
+/// the `bad_hello` to answer before closing (a peer that wants to be a tap says nothing).
+pub fn first_line(line: &str) -> Result<String, LineError> {
+    match parse(line) {
+        Ok(Request::Hello { group }) => Ok(group),
+        Err(e) if e.code == "bad_hello" => Err(e),
+        _ => Err(LineError::new(
+            "bad_hello",
+            "the first line must be {\"hello\":{\"group\":\"NAME\"}}; a peer that only listens \
+             (a tap) sends nothing",
+        )),
+    }
+}
+
+/// True for a line that asks to join a group (valid or not): sent by a tap after its hello
+/// window, it is answered with `late_hello` instead of being ignored.
+pub fn is_hello(line: &str) -> bool {
+    match parse(line) {
+        Ok(Request::Hello { .. }) => true,
+        Err(e) => e.code == "bad_hello",
+        Ok(_) => false,
+    }
+}
+
 /// One line read from a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -246,6 +270,20 @@ mod tests {
         assert_eq!(parse(r#"{"ack":"7"}"#).unwrap_err().code, "bad_ack");
         assert_eq!(parse(r#"{"what":1}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse("[1]").unwrap_err().code, "bad_json");
+        assert_eq!(first_line(r#"{"hello":{"group":"g"}}"#), Ok("g".into()));
+        for bad in [
+            "",
+            "x",
+            "[1]",
+            r#"{"ack":1}"#,
+            r#"{"hello":7}"#,
+            "{\"hello\"",
+        ] {
+            assert_eq!(first_line(bad).unwrap_err().code, "bad_hello", "{bad:?}");
+        }
+        assert!(is_hello(r#"{"hello":{"group":"g"}}"#));
+        assert!(is_hello(r#"{"hello":{"grp":"g"}}"#));
+        assert!(!is_hello(r#"{"ack":1}"#) && !is_hello("hello") && !is_hello(""));
         let e: serde_json::Value =
             serde_json::from_str(&LineError::new("too_long", "x").to_line()).unwrap();
         assert_eq!(e["error"]["code"], "too_long");

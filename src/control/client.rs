@@ -16,19 +16,19 @@ pub const STATUS_CONNECTED: u8 = 0;
 pub const STATUS_NOT_CONNECTED: u8 = 1;
 /// Not running: nothing listens on the control socket (missing, or connection refused).
 pub const STATUS_NOT_RUNNING: u8 = 3;
-/// LSB "unknown": the control socket accepted, but no answer came in time (the daemon is
-/// alive but not answering).
+/// Unknown: the socket accepted but no answer came in time (alive, but not answering), or it
+/// cannot be reached for another reason (permissions).
 pub const STATUS_NOT_ANSWERING: u8 = 4;
 
-/// How long `status` waits for the daemon's answer.
+/// How long `status` waits for the daemon's answer once connected.
 pub const STATUS_WAIT: Duration = Duration::from_secs(5);
 /// How long the other commands wait (a replay or a removal commits first).
-const ANSWER_WAIT: Duration = Duration::from_secs(10);
+pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Sends one request line to the control socket at `control` and returns the answer line.
 /// When there is none, prints why (naming the socket) and returns the exit code:
-/// [`STATUS_NOT_RUNNING`] when nothing listens, [`STATUS_NOT_ANSWERING`] when the socket
-/// accepted but no answer came.
+/// [`STATUS_NOT_RUNNING`] when nothing listens, [`STATUS_NOT_ANSWERING`] when something
+/// accepted the connection but did not answer (or the socket cannot be reached).
 pub async fn ask(control: &Path, request: &str) -> Result<String, u8> {
     ask_within(control, request, ANSWER_WAIT).await
 }
@@ -38,9 +38,23 @@ pub async fn ask_within(control: &Path, request: &str, wait: Duration) -> Result
     let at = control.display();
     let mut s = match UnixStream::connect(control).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("dingtalk-streamd is not running: nothing listens on {at}: {e}");
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            eprintln!("dingtalk-streamd is not running: nothing listens on {at} ({e})");
             return Err(STATUS_NOT_RUNNING);
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (is this user in the group dingtalk-streamd-clients?)"
+            } else {
+                ""
+            };
+            eprintln!("cannot reach dingtalk-streamd on {at}: {e}{hint}");
+            return Err(STATUS_NOT_ANSWERING);
         }
     };
     let reply = async {
@@ -49,26 +63,17 @@ pub async fn ask_within(control: &Path, request: &str, wait: Duration) -> Result
         BufReader::new(s).read_line(&mut line).await?;
         Ok::<_, std::io::Error>(line)
     };
-    match tokio::time::timeout(wait, reply).await {
-        Ok(Ok(l)) if !l.trim().is_empty() => Ok(l.trim().to_owned()),
-        Ok(Ok(_)) => {
-            eprintln!(
-                "dingtalk-streamd is not answering: {at} accepted the connection and closed it without an answer"
-            );
-            Err(STATUS_NOT_ANSWERING)
-        }
-        Ok(Err(e)) => {
-            eprintln!("dingtalk-streamd is not answering: {at} accepted the connection, then: {e}");
-            Err(STATUS_NOT_ANSWERING)
-        }
-        Err(_) => {
-            eprintln!(
-                "dingtalk-streamd is not answering: {at} accepted the connection but gave no answer within {}s",
-                wait.as_secs()
-            );
-            Err(STATUS_NOT_ANSWERING)
-        }
-    }
+    let why = match tokio::time::timeout(wait, reply).await {
+        Ok(Ok(l)) if !l.trim().is_empty() => return Ok(l.trim().to_owned()),
+        Ok(Ok(_)) => "closed the connection without an answer".to_owned(),
+        Ok(Err(e)) => format!("failed while answering ({e})"),
+        Err(_) => format!(
+            "accepted the connection but sent no answer within {} s",
+            wait.as_secs()
+        ),
+    };
+    eprintln!("dingtalk-streamd is running but not answering: {at} {why}");
+    Err(STATUS_NOT_ANSWERING)
 }
 
 /// Asks the daemon for its status and prints it; returns the exit code.

@@ -20,7 +20,7 @@ pub const MAX_REQUEST: usize = 4096;
 /// One control request, by its `cmd`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-enum Request {
+pub enum Request {
     /// `{"cmd":"status"}`
     Status,
     /// `{"cmd":"group_list"}`
@@ -58,15 +58,18 @@ pub(crate) fn error_line(code: &str, message: impl std::fmt::Display) -> String 
     json!({"error":{"code":code,"message":message.to_string()}}).to_string()
 }
 
+/// Parses one control request line; the error is the response line to send back.
+pub fn parse(request: &str) -> Result<Request, String> {
+    let value = serde_json::from_str::<serde_json::Value>(request.trim())
+        .map_err(|e| error_line("bad_json", e))?;
+    Request::deserialize(&value).map_err(|e| error_line("bad_request", format!("{e}; {SUPPORTED}")))
+}
+
 /// The response line (no newline) to one control request line.
 pub async fn answer(request: &str, sources: &Sources) -> String {
-    let value = match serde_json::from_str::<serde_json::Value>(request.trim()) {
-        Ok(v) => v,
-        Err(e) => return error_line("bad_json", e),
-    };
-    let request = match Request::deserialize(&value) {
+    let request = match parse(request) {
         Ok(r) => r,
-        Err(e) => return error_line("bad_request", format!("{e}; {SUPPORTED}")),
+        Err(line) => return line,
     };
     match request {
         Request::Status => serde_json::to_string(&sources.report()).unwrap_or_default(),

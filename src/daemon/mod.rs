@@ -156,6 +156,34 @@ fn clients(l: &Loaded) -> Result<(TicketClient, ConnectParams, Upstream), Error>
     Ok((ticket, params, upstream))
 }
 
+/// Every check `run` makes before it connects that needs neither the spool's lock nor a bound
+/// socket, so `check-config` (and `ExecReload=`) makes them while a daemon runs: the TLS trust
+/// store (`tls.ca_file` readable, PEM), the HTTP clients, the spool directory (a writable
+/// directory, or missing with its parent there), and nothing but a socket at the socket
+/// paths. The config, its secret files and their modes are checked by [`Config::load`].
+/// Returns notes worth printing (a spool directory still to be created).
+pub fn preflight(loaded: &Loaded) -> Result<Vec<String>, Error> {
+    let c = &loaded.config;
+    clients(loaded)?;
+    let mut notes = Vec::new();
+    match crate::spool::check_spool_dir(&c.spool.dir) {
+        Ok(crate::spool::SpoolDir::Ready) => {}
+        Ok(crate::spool::SpoolDir::Created) => notes.push(format!(
+            "spool.dir {} does not exist yet: it is created at start (systemd's StateDirectory= does it under the unit)",
+            c.spool.dir.display()
+        )),
+        // `run` waits for space rather than refusing to start.
+        Err(e) if e.is_disk_full() => notes.push(format!(
+            "{e}: the daemon starts, but stores and ACKs nothing until space returns"
+        )),
+        Err(e) => return Err(e.into()),
+    }
+    for path in [&c.socket.path, &c.control.path] {
+        listeners::activation::check_path(path)?;
+    }
+    Ok(notes)
+}
+
 /// Opens the spool. A full disk at start is not a config error: the daemon reports READY with
 /// `spool full: not acking` and keeps trying (feeding the watchdog: waiting is its job now),
 /// without connecting to DingTalk, since nothing could be ACKed. `None` when stopped meanwhile.
@@ -164,6 +192,9 @@ async fn open_spool(
     shutdown: &CancellationToken,
     hup: &mut Signal,
 ) -> Result<Option<Store>, Error> {
+    if crate::spool::create_spool_dir(&c.spool.dir)? {
+        info!(spool = %c.spool.dir.display(), "created the spool directory");
+    }
     let mut announced = false;
     let waiting = format!(
         "spool full: not acking (waiting for space in {})",

@@ -67,6 +67,13 @@ pub enum TicketError {
         /// The start of the body.
         snippet: String,
     },
+    /// The HTTP proxy asked for credentials (407): the request never reached DingTalk.
+    #[error(
+        "the HTTP proxy refused the ticket request with 407 (proxy authentication required): \
+         set the proxy's user and password in `proxy` (http://USER:PASSWORD@HOST:PORT) or \
+         HTTPS_PROXY, or check them"
+    )]
+    ProxyAuth,
     /// `reconnect.connect_timeout` passed.
     #[error("ticket request timed out")]
     Timeout,
@@ -103,6 +110,7 @@ impl TicketError {
             TicketError::Unavailable { status, .. } | TicketError::Unexpected { status, .. } => {
                 format!("ticket_{status}")
             }
+            TicketError::ProxyAuth => "proxy_407".into(),
             TicketError::Timeout => "ticket_timeout".into(),
             TicketError::Network(_) => "ticket_network".into(),
             TicketError::BadResponse(_) => "ticket_bad_response".into(),
@@ -215,62 +223,90 @@ impl TicketClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let bytes = read_limited(resp).await?;
-        match status {
-            200 => {
-                let r: OpenResponse = serde_json::from_slice(&bytes)
-                    .map_err(|e| TicketError::BadResponse(format!("not the expected JSON: {e}")))?;
-                if r.endpoint.is_empty() || r.ticket.is_empty() {
-                    return Err(TicketError::BadResponse("empty endpoint or ticket".into()));
-                }
-                let endpoint = reqwest::Url::parse(&r.endpoint)
-                    .map_err(|e| TicketError::BadResponse(format!("endpoint is not a URL: {e}")))?;
-                if !matches!(endpoint.scheme(), "wss" | "ws") {
-                    return Err(TicketError::BadResponse("endpoint is not ws(s)://".into()));
-                }
-                if endpoint.scheme() == "ws" && !crate::config::is_loopback(&endpoint) {
-                    return Err(TicketError::BadResponse(
-                        "endpoint is plain ws:// to a non-loopback host; refusing".into(),
-                    ));
-                }
-                Ok(Ticket {
-                    endpoint,
-                    ticket: Secret::new(r.ticket),
-                })
-            }
-            401 | 400 => {
-                let e: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-                let code = if e.code.is_empty() {
-                    "-".into()
-                } else {
-                    e.code
-                };
-                if status == 401 {
-                    Err(TicketError::AuthFailed {
-                        code,
-                        message: e.message,
-                    })
-                } else {
-                    Err(TicketError::Rejected {
-                        code,
-                        message: e.message,
-                    })
-                }
-            }
-            408 | 429 | 500..=599 => Err(TicketError::Unavailable {
-                status,
-                retry_after,
-            }),
-            _ => Err(TicketError::Unexpected {
-                status,
-                snippet: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
-            }),
-        }
+        parse_answer(status, retry_after, &bytes)
     }
 
     /// The bound on each stage of a connection attempt.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// Reads what `connections/open` answered: the status, its `Retry-After` (whole seconds) and
+/// the body (at most [`MAX_BODY`] bytes). A ticket, or why there is none; never echoes a value
+/// from the body that could be a ticket.
+pub fn parse_answer(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<Ticket, TicketError> {
+    match status {
+        200 => {
+            let r: OpenResponse = serde_json::from_slice(body)
+                .map_err(|e| TicketError::BadResponse(json_problem(&e)))?;
+            if r.endpoint.is_empty() || r.ticket.is_empty() {
+                return Err(TicketError::BadResponse("empty endpoint or ticket".into()));
+            }
+            let endpoint = reqwest::Url::parse(&r.endpoint)
+                .map_err(|e| TicketError::BadResponse(format!("endpoint is not a URL: {e}")))?;
+            if !matches!(endpoint.scheme(), "wss" | "ws") {
+                return Err(TicketError::BadResponse("endpoint is not ws(s)://".into()));
+            }
+            if endpoint.scheme() == "ws" && !crate::config::is_loopback(&endpoint) {
+                return Err(TicketError::BadResponse(
+                    "endpoint is plain ws:// to a non-loopback host; refusing".into(),
+                ));
+            }
+            Ok(Ticket {
+                endpoint,
+                ticket: Secret::new(r.ticket),
+            })
+        }
+        401 | 400 => {
+            let e: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+            let code = if e.code.is_empty() {
+                "-".into()
+            } else {
+                e.code
+            };
+            if status == 401 {
+                Err(TicketError::AuthFailed {
+                    code,
+                    message: e.message,
+                })
+            } else {
+                Err(TicketError::Rejected {
+                    code,
+                    message: e.message,
+                })
+            }
+        }
+        407 => Err(TicketError::ProxyAuth),
+        408 | 429 | 500..=599 => Err(TicketError::Unavailable {
+            status,
+            retry_after,
+        }),
+        _ => Err(TicketError::Unexpected {
+            status,
+            snippet: String::from_utf8_lossy(&body[..body.len().min(200)])
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        }),
+    }
+}
+
+/// What is wrong with a 200 answer that is not the expected JSON, by kind and position only:
+/// serde's own text quotes values, and a value there may be the ticket.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "not JSON",
+        Category::Eof => "JSON cut short",
+        Category::Data => "JSON without a string endpoint and ticket",
+        Category::Io => "unreadable",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, TicketError> {
@@ -287,9 +323,14 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, TicketErro
 
 fn classify(e: reqwest::Error) -> TicketError {
     if e.is_timeout() {
-        TicketError::Timeout
+        return TicketError::Timeout;
+    }
+    let text = describe(&e);
+    // The CONNECT tunnel's 407 surfaces as an error of the connector, not as a response.
+    if text.contains("proxy authorization required") {
+        TicketError::ProxyAuth
     } else {
-        TicketError::Network(describe(&e))
+        TicketError::Network(text)
     }
 }
 
@@ -335,4 +376,81 @@ async fn local_ip_towards(url: &reqwest::Url) -> Option<IpAddr> {
     let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
     sock.connect(addr).await.ok()?;
     sock.local_addr().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICKET: &str = "tkt-5e3c1a-secret";
+
+    /// The error (a `Ticket` has no `Debug`, so no `unwrap_err`).
+    fn err(r: Result<Ticket, TicketError>) -> TicketError {
+        match r {
+            Ok(t) => panic!("accepted {}", t.endpoint),
+            Err(e) => e,
+        }
+    }
+
+    fn ok(endpoint: &str) -> Result<Ticket, TicketError> {
+        let body = serde_json::json!({"endpoint": endpoint, "ticket": TICKET}).to_string();
+        parse_answer(200, None, body.as_bytes())
+    }
+
+    #[test]
+    fn an_endpoint_must_be_wss_or_loopback_ws() {
+        let t = ok("wss://wss-open-connection.dingtalk.com:443/connect").unwrap();
+        assert_eq!(t.ticket.expose(), TICKET);
+        ok("ws://127.0.0.1:9999/connect").unwrap();
+        ok("ws://[::1]:9999/connect").unwrap();
+        for bad in [
+            "ws://gateway.example/connect",
+            "https://gateway.example/connect",
+            "not a url",
+            "",
+        ] {
+            let e = err(ok(bad));
+            assert_eq!(e.cause(), "ticket_bad_response", "{bad}: {e}");
+            assert!(!e.to_string().contains(TICKET), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_answer_is_described_without_quoting_it() {
+        for body in [
+            "<html>captive portal</html>".to_owned(),
+            format!("{{\"endpoint\": 5, \"ticket\": \"{TICKET}\"}}"),
+            format!("{{\"endpoint\": \"wss://x\", \"ticket\": \"{TICKET}\""),
+            format!("{{\"ticket\": \"{TICKET}\"}}"),
+        ] {
+            let e = err(parse_answer(200, None, body.as_bytes()));
+            let text = e.to_string();
+            assert!(
+                text.starts_with("ticket endpoint sent an unusable answer: "),
+                "{text}"
+            );
+            assert!(
+                !text.contains(TICKET) && !text.contains("captive"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified_and_a_proxy_407_is_blamed_on_the_proxy() {
+        let e = err(parse_answer(407, None, b""));
+        assert_eq!(e.cause(), "proxy_407");
+        assert!(e.to_string().starts_with("the HTTP proxy refused"), "{e}");
+        assert!(!e.to_string().contains("ticket endpoint"), "{e}");
+        let e = err(parse_answer(
+            401,
+            None,
+            br#"{"code":"authFailed","message":"m"}"#,
+        ));
+        assert!(e.is_credentials(), "{e}");
+        let e = err(parse_answer(503, Some(Duration::from_secs(7)), b""));
+        assert_eq!(e.cause(), "ticket_503");
+        let e = err(parse_answer(418, None, b"\x1b[31mred\x00"));
+        assert!(!e.to_string().contains('\x1b'), "{e}");
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// `tls.ca_file` unreadable or without certificates.
-    #[error("tls.ca_file {}: {reason}", path.display())]
+    #[error("tls.ca_file {}: {reason}; it must name a readable file of PEM CA certificates (or remove the key)", path.display())]
     CaFile {
         /// The configured path.
         path: PathBuf,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// Something other than a socket is at the path.
-    #[error("{}: exists and is not a socket; refusing to replace it", path.display())]
+    #[error("{}: exists and is not a socket; refusing to replace it (move it away, or set another path)", path.display())]
     NotASocket {
         /// The path.
         path: PathBuf,
@@ -38,6 +38,16 @@ pub enum ListenError {
         /// Its name.
         name: String,
     },
+}
+
+/// What `bind` would refuse at `path` whoever listens there: anything that is not a socket.
+pub fn check_path(path: &Path) -> Result<(), ListenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(ListenError::NotASocket {
+            path: path.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Binds `path` with `mode`, replacing a stale socket file only.

@@ -181,6 +181,7 @@ pub async fn serve_consumers(
 ) {
     let active = Arc::new(tokio::sync::Semaphore::new(max_consumers));
     while let Some(stream) = next_connection(&listener, &env.shutdown, "consumer").await {
+        // SO_PEERCRED: who connected, for every log line about this peer.
         let peer = Peer::of(&stream);
         let Ok(permit) = active.clone().try_acquire_owned() else {
             env.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +203,12 @@ pub async fn serve_consumers(
             });
             continue;
         };
-        debug!(pid = peer.pid, uid = peer.uid, "consumer connected");
+        info!(
+            pid = peer.pid,
+            uid = peer.uid,
+            gid = peer.gid,
+            "consumer connected"
+        );
         let env = env.clone();
         tasks.spawn(async move {
             env.hub.stats.consumers.fetch_add(1, Ordering::Relaxed);

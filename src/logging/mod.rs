@@ -3,7 +3,8 @@
 //! sent without tracing-journald's `F_` prefix, so `journalctl CAUSE=pong_timeout` works, and
 //! are also written into the text (`MESSAGE=connection lost cause=pong_timeout ...`, the same
 //! line on stderr; `line.rs`, `journal.rs`). The filter comes from `RUST_LOG` when set, else
-//! `log.level`, and can be replaced on reload.
+//! `log.level`, and can be replaced on reload; other crates never log below debug, where they
+//! would print tickets and bearer URLs.
 
 mod journal;
 mod line;
@@ -41,6 +42,17 @@ pub fn stderr_is_journal() -> bool {
 /// A directive added to every filter: the NATS client traces its CONNECT command with the
 /// credentials in it, so its connection module never logs below debug, whatever is asked.
 const NATS_CAP: &str = "async_nats::connection=debug";
+/// Whether an event may be logged at all, whatever `log.level` or `RUST_LOG` allow. Other
+/// crates log whole requests, URLs and frames at trace level (tungstenite, hyper, reqwest,
+/// rustls): the ticket is in the WebSocket URL's query and in every frame's `connectionId`, a
+/// `sessionWebhook` URL in every bot message. So their events stop at debug; the daemon's own
+/// events, which never carry a secret, follow the filter down to trace.
+pub fn secret_safe(meta: &tracing::Metadata<'_>) -> bool {
+    let t = meta.target();
+    *meta.level() <= tracing::Level::DEBUG
+        || t == "dingtalk_streamd"
+        || t.starts_with("dingtalk_streamd::")
+}
 
 fn filter(level: &str) -> EnvFilter {
     let f = match std::env::var("RUST_LOG") {
@@ -65,6 +77,7 @@ pub fn init(level: &str) {
                 );
                 if tracing_subscriber::registry()
                     .with(filter_layer)
+                    .with(tracing_subscriber::filter::filter_fn(secret_safe))
                     .with(j)
                     .try_init()
                     .is_ok()
@@ -83,6 +96,7 @@ pub fn init(level: &str) {
         .with_target(false);
     if tracing_subscriber::registry()
         .with(filter_layer)
+        .with(tracing_subscriber::filter::filter_fn(secret_safe))
         .with(fmt)
         .try_init()
         .is_ok()

@@ -27,7 +27,7 @@ use callbacks::Callbacks;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// An ACK on its way to the connection that read the frame, with when that frame was read
 /// (the connection measures the ACK latency when it has written it).
@@ -200,6 +200,26 @@ struct Fanout {
 }
 
 impl Fanout {
+    /// Whether a redelivery's `data` differs from that of the message stored as `seq`, found in
+    /// this batch or in the recent cache (a redelivery normally follows within a minute; one
+    /// whose original left the cache is not compared). Only redeliveries pay for this.
+    fn differs_from_stored(&self, seq: u64, body: &str, batch: &[Message]) -> bool {
+        let Some(stored) = batch.iter().find(|m| m.seq == seq).cloned().or_else(|| {
+            self.hub
+                .recent_after(seq.saturating_sub(1), 1)
+                .and_then(|m| m.into_iter().next())
+                .filter(|m| m.seq == seq)
+        }) else {
+            return false;
+        };
+        let data = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|mut v| v.get_mut("data").map(serde_json::Value::take))
+        };
+        data(&stored.line) != data(body)
+    }
+
     fn committed(&self, batch: Vec<Committed<Ride>>) {
         let bytes = batch.iter().map(|c| c.ride.bytes).sum();
         // Their room is free again: a paused reader reads on while the ACKs go out.
@@ -239,6 +259,9 @@ impl Fanout {
                 }
                 Appended::Duplicate { seq } => {
                     debug!(connection = %ride.conn, message_id = %ride.message_id, seq, "redelivery recognised: ACKing again, not storing");
+                    if self.differs_from_stored(seq, &msg.body, &stored) {
+                        warn!(connection = %ride.conn, message_id = %ride.message_id, seq, cause = "duplicate_differs", "a redelivery carries different data than the message stored under the same id: keeping the first, ACKing this one");
+                    }
                     // A redelivery of a held callback waits for the same answer.
                     if !self
                         .callbacks

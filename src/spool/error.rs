@@ -14,11 +14,14 @@ const NEARLY_FULL_BYTES: u64 = 1024 * 1024;
 /// Errors of the spool. Every message names the directory or database file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    /// `spool.dir` does not exist; the daemon does not create it (packaging does).
-    #[error("spool directory {path} does not exist")]
+    /// `spool.dir` does not exist, and neither does its parent (the daemon creates only the
+    /// last component, as systemd's `StateDirectory=` does).
+    #[error(
+        "spool directory {path} does not exist and its parent is missing too: create it (install -d -m 0750 {path}) or correct spool.dir"
+    )]
     DirMissing { path: PathBuf },
     /// `spool.dir` (or a component of it) is a file.
-    #[error("spool directory {path} is not a directory")]
+    #[error("spool directory {path} is not a directory: spool.dir must name a directory")]
     NotADirectory { path: PathBuf },
     /// `spool.dir` cannot be inspected (permissions on a parent, I/O error).
     #[error("spool directory {path} cannot be accessed: {source}")]
@@ -28,7 +31,9 @@ pub enum SpoolError {
         source: std::io::Error,
     },
     /// Creating, writing or syncing a probe file (or the database) in `spool.dir` failed.
-    #[error("spool directory {path} is not writable: {source}")]
+    #[error(
+        "spool directory {path} is not writable: {source}; it must be writable by the daemon's user"
+    )]
     NotWritable {
         path: PathBuf,
         #[source]

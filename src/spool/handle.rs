@@ -57,8 +57,10 @@ pub(super) enum Cmd {
 pub struct WriterState {
     /// True while a SQLite call is under way (the watchdog needs progress then).
     pub busy: AtomicBool,
-    /// True while commits fail (disk full): nothing is ACKed.
+    /// True while commits fail (disk full, or another error): nothing is ACKed.
     pub degraded: AtomicBool,
+    /// True while they fail for lack of space.
+    pub disk_full: AtomicBool,
     /// The last commit error, for status.
     pub last_error: Mutex<Option<String>>,
     /// Messages stored.

@@ -53,7 +53,7 @@ pub use inspect::{Fate, Found, GroupFate, Inspector, Lookup, MAX_MATCHES, Receip
 pub use lock::LOCK_FILE;
 pub use reader::Reader;
 pub use schema::SCHEMA_VERSION;
-pub use store::{DB_FILE, Store};
+pub use store::{DB_FILE, SpoolDir, Store, check_spool_dir, create_spool_dir};
 pub use types::{
     AckOutcome, Appended, Backlog, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
     GroupState, MESSAGE_OVERHEAD, NewMessage, ParkedEntry, RECEIPT_OVERHEAD, Released, Replay,

@@ -6,6 +6,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension};
@@ -61,6 +62,7 @@ impl Store {
         check_dir(dir)?;
         let lock = SpoolLock::acquire(dir)?;
         let path = dir.join(DB_FILE);
+        private_files(dir, &path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -283,6 +285,85 @@ fn rebuild_index(
     Ok(index)
 }
 
+/// The mode of every file the spool creates: the messages carry bearer URLs
+/// (`sessionWebhook`), so only the daemon's user reads them, whatever the umask.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates the database file with [`FILE_MODE`] before SQLite does (SQLite would create it
+/// 0644 minus the umask, and gives its WAL and shared-memory files the database's mode), and
+/// closes an existing database, WAL or shm file that others could read (one created by hand or
+/// by an older version). A mode the operator chose that keeps others out (0640) is kept.
+fn private_files(dir: &Path, db: &Path) -> Result<(), SpoolError> {
+    use std::os::unix::fs::PermissionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(db)
+        .map_err(|e| SpoolError::from_probe(dir, e))?;
+    for name in [
+        DB_FILE.to_owned(),
+        format!("{DB_FILE}-wal"),
+        format!("{DB_FILE}-shm"),
+    ] {
+        let p = dir.join(name);
+        match fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o027 != 0 => {
+                fs::set_permissions(&p, fs::Permissions::from_mode(FILE_MODE))
+                    .map_err(|e| SpoolError::from_probe(dir, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::from_probe(dir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// What `run` finds at `spool.dir`, as far as it can be known without the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolDir {
+    /// An existing, writable directory.
+    Ready,
+    /// Missing, with its parent there: systemd's `StateDirectory=` (or the daemon run by hand)
+    /// creates it at start.
+    Created,
+}
+
+/// The checks `run` makes on `spool.dir` before it connects, without taking the lock or
+/// touching the database, so `check-config` can make them while a daemon runs.
+pub fn check_spool_dir(dir: &Path) -> Result<SpoolDir, SpoolError> {
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => match dir.parent().map(fs::metadata) {
+            Some(Ok(m)) if m.is_dir() => Ok(SpoolDir::Created),
+            _ => Err(SpoolError::DirMissing {
+                path: dir.to_path_buf(),
+            }),
+        },
+        _ => check_dir(dir).map(|()| SpoolDir::Ready),
+    }
+}
+
+/// Creates `spool.dir` (mode 0750, its parent must exist) when it is missing, as
+/// `StateDirectory=` would; `true` when it did. Whatever else is wrong with an existing one
+/// is left to [`Store::open`] (a full disk there is waited out, not fatal).
+pub fn create_spool_dir(dir: &Path) -> Result<bool, SpoolError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        _ => return Ok(false),
+    }
+    if check_spool_dir(dir)? == SpoolDir::Ready {
+        return Ok(false);
+    }
+    match fs::DirBuilder::new().mode(0o750).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(SpoolError::from_probe(dir, e)),
+    }
+}
+
 /// Fails with a precise error unless `dir` is an existing, writable directory. The probe
 /// writes and fsyncs a file, which also fails for root on read-only mounts and pseudo-fs.
 fn check_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -315,6 +396,7 @@ fn check_dir(dir: &Path) -> Result<(), SpoolError> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(FILE_MODE)
         .open(&probe)
         .and_then(|mut f| {
             f.write_all(b"probe\n")?;

@@ -389,6 +389,7 @@ impl<T: Send + 'static> Writer<T> {
                 self.acks.clear();
                 self.parks.clear();
                 self.next_retry = None;
+                self.state.disk_full.store(false, Ordering::Relaxed);
                 if self.state.degraded.swap(false, Ordering::Relaxed) {
                     info!(
                         cause = "spool_recovered",
@@ -425,6 +426,9 @@ impl<T: Send + 'static> Writer<T> {
             Err(e) => {
                 // The error first, so a reader that sees `degraded` also sees why.
                 self.state.set_last_error(Some(e.to_string()));
+                self.state
+                    .disk_full
+                    .store(e.is_disk_full(), Ordering::Relaxed);
                 if !self.state.degraded.swap(true, Ordering::Relaxed) {
                     if e.is_disk_full() {
                         error!(cause = "spool_full", frames = msgs.len(), error = %e, "spool full: not ACKing, delivering nothing new until space returns");

@@ -173,6 +173,7 @@ impl Sources {
             },
             spool: SpoolReport {
                 degraded: w.degraded.load(Relaxed),
+                disk_full: w.disk_full.load(Relaxed),
                 last_error: w.last_error(),
                 pending_acks: self.relay.pending() as u64,
                 stored: w.stored.load(Relaxed),
@@ -257,7 +258,7 @@ fn link_report(link: &LinkStatus, ob: &Observations, now: SystemTime) -> LinkRep
             cause,
             ..
         } => {
-            r.attempt = Some(*attempt);
+            r.attempt = (*attempt > 0).then_some(*attempt);
             r.until = Some(rfc3339(*until));
             r.retry_in_ms = Some(
                 u64::try_from(until.duration_since(now).unwrap_or_default().as_millis())
@@ -302,6 +303,9 @@ fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
             let cause = cause.replace('_', " ");
             if *credentials_rejected {
                 format!("credentials rejected ({cause}): retrying in {left}")
+            } else if *attempt == 0 {
+                // The connection ended; no attempt has failed yet.
+                format!("backing off {left} after {cause}")
             } else {
                 format!("backing off {left} after {cause} (attempt {attempt})")
             }
@@ -310,10 +314,11 @@ fn one_liner(r: &Report, state: &LinkState, now: SystemTime) -> String {
         LinkState::Stopped => "stopping".into(),
     };
     let consumers = r.consumers.connected;
-    let spool = if r.spool.degraded {
-        " · spool full: not acking"
-    } else {
-        ""
+    let spool = match (r.spool.degraded, r.spool.disk_full) {
+        (false, _) => "",
+        (true, true) => " · spool full: not acking",
+        // A failing disk, a lost file, a corrupt page: not a matter of space.
+        (true, false) => " · spool error: not acking (see the log)",
     };
     let down: String = r
         .sinks
@@ -367,5 +372,61 @@ mod tests {
             line,
             "starting · 0 in · backlog 0 · 0 consumers · sink nats down (backlog 5)"
         );
+    }
+
+    fn backoff(attempt: u32, now: SystemTime) -> LinkState {
+        LinkState::Backoff {
+            attempt,
+            until: now + Duration::from_secs(3),
+            cause: "pong_timeout".into(),
+            credentials_rejected: false,
+        }
+    }
+
+    #[test]
+    fn the_wait_after_a_drop_names_no_attempt() {
+        let now = SystemTime::now();
+        let r = Report::default();
+        let line = one_liner(&r, &backoff(0, now), now);
+        assert!(
+            line.starts_with("backing off 3s after pong timeout · "),
+            "{line}"
+        );
+        assert!(!line.contains("attempt"), "{line}");
+        let line = one_liner(&r, &backoff(2, now), now);
+        assert!(line.contains("after pong timeout (attempt 2)"), "{line}");
+        let link = LinkStatus {
+            state: backoff(0, now),
+            last_cause: None,
+            socket: None,
+            connections_opened: 1,
+            handovers: 0,
+            state_since: now,
+        };
+        assert_eq!(
+            link_report(&link, &Observations::default(), now).attempt,
+            None
+        );
+    }
+
+    #[test]
+    fn a_spool_error_that_is_not_a_full_disk_is_not_called_full() {
+        let now = SystemTime::now();
+        let open = LinkState::Open {
+            since: now,
+            conn: crate::stream::ConnId(1),
+            peer: "gw:443".into(),
+        };
+        let mut r = Report::default();
+        r.spool.degraded = true;
+        r.spool.disk_full = true;
+        assert!(one_liner(&r, &open, now).ends_with(" · spool full: not acking"));
+        r.spool.disk_full = false;
+        let line = one_liner(&r, &open, now);
+        assert!(
+            line.ends_with(" · spool error: not acking (see the log)"),
+            "{line}"
+        );
+        assert!(!line.contains("full"), "{line}");
     }
 }

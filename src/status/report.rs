@@ -152,8 +152,11 @@ pub struct StreamReport {
 /// The spool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpoolReport {
-    /// Commits fail (disk full): nothing is ACKed.
+    /// Commits fail: nothing is ACKed.
     pub degraded: bool,
+    /// ... because the disk is full (else another error: see `last_error`).
+    #[serde(default)]
+    pub disk_full: bool,
     /// The last commit error while degraded.
     pub last_error: Option<String>,
     /// Frames read and not yet durable.

@@ -3,6 +3,7 @@
 //! `reconnect.connect_timeout`. The URL carries the ticket, so it is never logged, and errors
 //! describe the stage and the status code only.
 
+use super::fragments::{Fragments, Watched};
 use super::socket::{self, SocketReport};
 use crate::config::Keepalive;
 use crate::gateway::proxy::ProxySettings;
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The live WebSocket type.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<Watched<MaybeTlsStream<TcpStream>>>;
 
 /// What establishing needs, built once per config.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub struct Established {
     pub socket: SocketReport,
     /// `host:port` of the gateway (no path, no query).
     pub peer: String,
+    /// Whether the gateway is in the middle of a fragmented message.
+    pub fragments: Fragments,
 }
 
 /// Why a WebSocket could not be opened.
@@ -162,6 +165,7 @@ pub async fn establish(ticket: &Ticket, p: &ConnectParams) -> Result<Established
         MaybeTlsStream::Plain(tcp)
     };
 
+    let (stream, fragments) = Watched::before_handshake(stream);
     let request = ws_url(ticket)
         .expose()
         .into_client_request()
@@ -187,6 +191,7 @@ pub async fn establish(ticket: &Ticket, p: &ConnectParams) -> Result<Established
         ws,
         socket: report,
         peer,
+        fragments,
     })
 }
 

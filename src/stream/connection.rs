@@ -113,6 +113,9 @@ pub struct ConnCtx {
     pub observed: Arc<Observations>,
     /// Beaten on every loop iteration, and on the heartbeat when quiet, for the watchdog.
     pub progress: Arc<crate::notify::Progress>,
+    /// Whether the gateway is in the middle of a fragmented message (see
+    /// [`super::fragments`]); a pong inside one is no sign of life.
+    pub fragments: super::fragments::Fragments,
 }
 
 /// How many queued ACKs are written before one flush.
@@ -173,7 +176,11 @@ where
                     }
                     Some(Ok(m)) => m,
                 };
-                pong_deadline = None;
+                // Anything counts as life, except a ping or pong in the middle of a message
+                // that never ends.
+                if !(matches!(msg, Message::Ping(_) | Message::Pong(_)) && ctx.fragments.open()) {
+                    pong_deadline = None;
+                }
                 match msg {
                     Message::Text(text) => {
                         if let Some(end) = on_text(&mut ws, &ctx, &ack_tx, text.as_str(), live.pong_timeout, &mut drain_deadline).await {
@@ -217,6 +224,10 @@ where
                 }
             }
             _ = sleep_until(pong_deadline.unwrap_or_else(far_future)), if pong_deadline.is_some() && !paused => {
+                if ctx.fragments.open() {
+                    warn!(connection = %id, cause = "protocol_error", "the gateway began a fragmented message and did not finish it within keepalive.pong_timeout of a ping; reconnecting");
+                    return End::Protocol("a fragmented message was never finished".into());
+                }
                 return End::PongTimeout;
             }
             _ = sleep_until(stall_check.unwrap_or_else(far_future)), if stall_check.is_some() => {

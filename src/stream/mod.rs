@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod connection;
+pub mod fragments;
 pub mod socket;
 
 use std::fmt;

@@ -148,8 +148,13 @@ pub async fn connect(
         let status_line = head.lines().next().unwrap_or_default();
         let code = status_line.split_whitespace().nth(1).unwrap_or_default();
         if code != "200" {
+            let hint = if code == "407" {
+                " (the proxy wants credentials: set them in `proxy` as http://USER:PASSWORD@HOST:PORT, or check them)"
+            } else {
+                ""
+            };
             return Err(io::Error::other(format!(
-                "proxy refused CONNECT: {}",
+                "proxy refused CONNECT: {}{hint}",
                 status_line.chars().take(120).collect::<String>()
             )));
         }

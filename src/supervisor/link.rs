@@ -28,7 +28,7 @@ pub enum LinkState {
     },
     /// Waiting before the next attempt.
     Backoff {
-        /// The attempt that failed.
+        /// The attempt that failed; 0 after a connection ended, before any attempt failed.
         attempt: u32,
         /// When the next one starts.
         until: SystemTime,

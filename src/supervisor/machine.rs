@@ -40,7 +40,8 @@ pub enum Phase {
     },
     /// Waiting before the next attempt.
     Backoff {
-        /// The attempt that failed, or 1 for the wait after a drop.
+        /// The attempt that failed; 0 for the wait after a connection ended (no attempt has
+        /// failed yet).
         attempt: u32,
         /// When the next attempt starts.
         until: Instant,
@@ -443,7 +444,7 @@ impl Machine {
                 && !matches!(self.phase, Phase::Backoff { .. })
             {
                 self.phase = Phase::Backoff {
-                    attempt: self.attempt_no.max(1),
+                    attempt: self.attempt_no,
                     until,
                     cause: self
                         .last_cause
@@ -560,7 +561,10 @@ mod tests {
             let a = m.on(ended(1, "eof"), t);
             let w = wait_of(&a, t);
             assert!(w <= INITIAL, "first retry after a stable connection: {w:?}");
-            assert!(matches!(m.view().phase, Phase::Backoff { ref cause, .. } if cause == "eof"));
+            // No attempt has failed yet: status says "backing off ... after eof", no number.
+            assert!(
+                matches!(m.view().phase, Phase::Backoff { attempt: 0, ref cause, .. } if cause == "eof")
+            );
             assert_eq!(m.view().last_cause.as_deref(), Some("eof"));
             waits.push(w);
         }

@@ -317,6 +317,7 @@ impl Supervisor {
                         stats: self.stats.clone(),
                         observed: self.observed.clone(),
                         progress: self.reader_progress.clone(),
+                        fragments: est.fragments.clone(),
                     };
                     info!(connection = %id, attempt, peer = %est.peer, handover = machine.open_connections().len() > 1, "connected to DingTalk");
                     sh.sockets.insert(id, est.socket.clone());

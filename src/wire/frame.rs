@@ -156,24 +156,25 @@ impl<'a> Frame<'a> {
         Some(i64::try_from(now).ok()? - sent)
     }
 
-    /// One pass over `data`: is it JSON, and (for a CALLBACK) its `msgId`.
+    /// One pass over `data`: is it JSON that consumers can read back, and (for a CALLBACK)
+    /// its `msgId`. Read as strictly as `serde_json::Value` reads it: a number beyond the
+    /// range of `f64` (`1E400`) is grammatical JSON, but embedded in the consumer line it
+    /// would make the whole line unreadable to many parsers (serde_json's, Go's), so such
+    /// `data` is passed on as a string.
     pub fn data_info(&self) -> DataInfo<'_> {
-        #[derive(Deserialize)]
-        struct MsgId<'d> {
-            #[serde(rename = "msgId", borrow, default)]
-            msg_id: Text<'d>,
-        }
-        if self.kind == FrameKind::Callback
-            && let Ok(m) = serde_json::from_str::<MsgId<'_>>(&self.data)
-        {
-            return DataInfo {
+        let scan = Scan {
+            msg_id: self.kind == FrameKind::Callback,
+        };
+        let mut de = serde_json::Deserializer::from_str(&self.data);
+        match de::DeserializeSeed::deserialize(scan, &mut de).and_then(|id| de.end().map(|()| id)) {
+            Ok(msg_id) => DataInfo {
                 is_json: true,
-                msg_id: m.msg_id.0.filter(|s| !s.is_empty()),
-            };
-        }
-        DataInfo {
-            is_json: serde_json::from_str::<de::IgnoredAny>(&self.data).is_ok(),
-            msg_id: None,
+                msg_id: msg_id.filter(|s| !s.is_empty()),
+            },
+            Err(_) => DataInfo {
+                is_json: false,
+                msg_id: None,
+            },
         }
     }
 
@@ -280,6 +281,106 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The top level of `data`, checked throughout ([`Strict`]); with `msg_id`, the text of its
+/// `msgId` key (the first one) when it is an object.
+struct Scan {
+    msg_id: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Scan {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<S: de::SeqAccess<'de>>(self, s: S) -> Result<Self::Value, S::Error> {
+        StrictVisitor.visit_seq(s).map(|Strict| None)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+        let mut id = None;
+        while let Some(key) = m.next_key::<Text<'de>>()? {
+            if self.msg_id && id.is_none() && key.0.as_deref() == Some("msgId") {
+                id = Some(m.next_value::<Text<'de>>()?.0);
+            } else {
+                m.next_value::<Strict>()?;
+            }
+        }
+        Ok(id.flatten())
+    }
+}
+
+/// Any JSON value, read as strictly as `serde_json::Value` reads it (a number out of the range
+/// of `f64` is an error; `IgnoredAny` would skip it) and kept nowhere.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<S: de::SeqAccess<'de>>(self, mut s: S) -> Result<Strict, S::Error> {
+        while s.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Strict, M::Error> {
+        while m.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
     }
 }
 

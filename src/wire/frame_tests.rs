@@ -122,3 +122,45 @@ fn unknown_type_is_other() {
     let f = Frame::parse(r#"{"type":"NEWTHING","headers":{"messageId":"m"}}"#).unwrap();
     assert_eq!(f.kind, FrameKind::Other("NEWTHING".into()));
 }
+
+#[test]
+fn data_only_a_strict_parser_refuses_is_forwarded_as_a_string() {
+    // Found by the `frame` fuzz target: a number beyond f64 is grammatical JSON, so it used to
+    // be embedded as it was, making the whole consumer line unreadable to serde_json (and Go).
+    for data in [
+        r#"{\"msgId\":\"m1\",\"text\":999999901001898E62390821}"#,
+        r#"[1, -1e400]"#,
+        r#"{\"msgId\":\"m1\",\"deep\":{\"x\":[1E309]}}"#,
+    ] {
+        let text = format!(
+            r#"{{"type":"CALLBACK","headers":{{"messageId":"m","topic":"t"}},"data":"{data}"}}"#
+        );
+        let f = Frame::parse(&text).unwrap();
+        let info = f.data_info();
+        assert!(!info.is_json, "{data}");
+        let body = crate::consumers::line::body(&f, &info, crate::stream::ConnId(1));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{data}: the line does not parse ({e}): {body}"));
+        assert!(v["data"].is_string(), "{v}");
+    }
+    // The msgId of a callback is still found, escaped, anywhere among the keys, first wins.
+    let f = Frame::parse(
+        r#"{"type":"CALLBACK","headers":{"messageId":"m","topic":"t"},"data":"{\"a\":[1,{\"msgId\":\"inner\"}],\"msgId\":\"m\\u0031\",\"msgId\":\"second\",\"n\":1e308}"}"#,
+    )
+    .unwrap();
+    let info = f.data_info();
+    assert!(info.is_json);
+    assert_eq!(info.msg_id.as_deref(), Some("m1"));
+    // Not for an event, nor for data that is not an object.
+    let f = Frame::parse(
+        r#"{"type":"EVENT","headers":{"messageId":"m","topic":"*"},"data":"{\"msgId\":\"x\"}"}"#,
+    )
+    .unwrap();
+    assert_eq!(f.data_info().msg_id, None);
+    let f = Frame::parse(
+        r#"{"type":"CALLBACK","headers":{"messageId":"m","topic":"t"},"data":"[\"msgId\"]"}"#,
+    )
+    .unwrap();
+    let info = f.data_info();
+    assert!(info.is_json && info.msg_id.is_none());
+}

@@ -43,7 +43,7 @@ impl Endpoint {
     /// The `compat:` section (group `sdk`), writing the local secret next to the config.
     pub fn yaml(&self, p: &Paths) -> String {
         let secret = p.path("compat_secret");
-        std::fs::write(&secret, format!("{LOCAL_SECRET}\n")).expect("write compat secret");
+        crate::common::daemon::write_private(&secret, &format!("{LOCAL_SECRET}\n"));
         format!(
             "compat:\n  listen: 127.0.0.1:{}\n  group: sdk\n  client_id: {LOCAL_ID}\n  client_secret_file: {}\n",
             self.port,

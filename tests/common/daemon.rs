@@ -43,10 +43,11 @@ impl Paths {
     }
 
     /// Writes `yaml` as the config, write-then-rename as an editor would: a daemon that
-    /// reloads never reads half a file.
+    /// reloads never reads half a file. Mode 0600: the config holds the secret inline, and a
+    /// config others can read is refused.
     pub fn write_config(&self, yaml: &str) {
         let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, yaml).expect("write config");
+        write_private(&tmp, yaml);
         std::fs::rename(&tmp, &self.config).expect("rename config");
     }
 
@@ -54,6 +55,15 @@ impl Paths {
     pub fn configure(&self, gw: &FakeGateway, extra: &str) {
         self.write_config(&config_yaml(gw, self, extra));
     }
+}
+
+/// Writes `text` to `path` with mode 0600 (a file holding a secret, as the daemon requires:
+/// readable by others is refused), replacing what was there.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// A config for `gw` with fast timers; `extra` is appended (top-level YAML keys).

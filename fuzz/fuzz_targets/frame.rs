@@ -1,0 +1,8 @@
+//! libFuzzer target; the body is `harness::frame` (shared with tests/fuzz_regressions.rs).
+#![no_main]
+
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::frame(data));
