@@ -61,6 +61,30 @@ async fn an_instance_config_gets_the_instance_paths_unless_it_sets_its_own() {
     let base = "dingtalk:\n  client_id: ding-a\n  client_secret: s3cr3t-a\n";
     p.write_config(base);
     let cfg = p.config.to_str().expect("utf-8");
+    // The instance's spool directory is checked like `run` would: without the package (no
+    // /var/lib/dingtalk-streamd) it cannot be created, and the error names the instance's path.
+    let o = output(
+        &["--config", cfg, "--instance", "app-a", "check-config"],
+        &[],
+    )
+    .await;
+    if std::path::Path::new("/var/lib/dingtalk-streamd").is_dir() {
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        assert!(
+            o.stdout.contains("dir: /var/lib/dingtalk-streamd/app-a"),
+            "{}",
+            o.stdout
+        );
+    } else {
+        assert_eq!(o.code, Some(78), "{}", o.stderr);
+        assert!(
+            o.stderr
+                .contains("spool directory /var/lib/dingtalk-streamd/app-a does not exist"),
+            "{}",
+            o.stderr
+        );
+    }
+    p.write_config(&format!("{base}spool:\n  dir: {}\n", p.spool.display()));
     let o = output(
         &["--config", cfg, "--instance", "app-a", "check-config"],
         &[],
@@ -70,7 +94,6 @@ async fn an_instance_config_gets_the_instance_paths_unless_it_sets_its_own() {
     for want in [
         "path: /run/dingtalk-streamd/app-a/stream.sock",
         "path: /run/dingtalk-streamd/app-a/control.sock",
-        "dir: /var/lib/dingtalk-streamd/app-a",
     ] {
         assert!(o.stdout.contains(want), "{want} not in:\n{}", o.stdout);
     }

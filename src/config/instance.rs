@@ -80,6 +80,21 @@ impl FromStr for Instance {
                  starting with a letter or digit"
             ));
         }
+        // Names of the single-app layout's own files beside the instances' directories.
+        const RESERVED: &[&str] = &[
+            "config",
+            "lock",
+            "spool.db",
+            "spool.db-wal",
+            "spool.db-shm",
+            "stream.sock",
+            "control.sock",
+        ];
+        if RESERVED.contains(&name) {
+            return Err(format!(
+                "instance name {name:?} is reserved: the single-app files use it"
+            ));
+        }
         Ok(Instance(name.to_owned()))
     }
 }

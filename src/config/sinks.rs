@@ -78,7 +78,9 @@ pub struct NatsSink {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSink {
-    /// Where to POST (https anywhere, http only to loopback).
+    /// Where to POST (https anywhere, http only to loopback). Printed by `check-config`
+    /// with its query redacted (it may carry a token).
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     /// Topics posted (`*`: all); an event also matches by its event type.
     #[serde(default = "all_topics")]
@@ -186,9 +188,8 @@ impl NatsSink {
             } else {
                 format!("sinks.nats.url[{i}]")
             };
-            let url = reqwest::Url::parse(text).map_err(|e| {
-                ConfigError::invalid(file, &key, format!("invalid URL {text:?}: {e}"))
-            })?;
+            let url = reqwest::Url::parse(text)
+                .map_err(|e| ConfigError::invalid(file, &key, format!("not a valid URL: {e}")))?;
             if !matches!(url.scheme(), "nats" | "tls") {
                 return bad(
                     &key,
@@ -302,6 +303,25 @@ impl WebhookSink {
     /// a token).
     pub fn shown_url(&self) -> String {
         shown_url(&self.url)
+    }
+}
+
+/// A URL for `check-config`'s printout: a query and credentials are replaced by `redacted`
+/// (it still parses, and names where it posts).
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.query().is_some() {
+                u.set_query(Some("redacted"));
+            }
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("redacted");
+                let _ = u.set_password(None);
+            }
+            u.set_fragment(None);
+            s.serialize_str(u.as_str())
+        }
+        Err(_) => s.serialize_str("(invalid URL)"),
     }
 }
 

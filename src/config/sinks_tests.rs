@@ -186,6 +186,9 @@ fn secret_files_are_read_at_load_and_never_shown() {
         );
         let path = dir.path().join("config.yml");
         std::fs::write(&path, text).unwrap();
+        // The client secret is inline: the file must not be readable by everyone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Config::load(&path)
     };
     let l = config(&format!("    token_file: {}\n", token.display()), &hook).unwrap();
@@ -233,4 +236,24 @@ fn secret_files_are_read_at_load_and_never_shown() {
         e.to_string().contains("sinks.webhooks[0].secret_file"),
         "{e}"
     );
+}
+
+#[test]
+fn a_webhook_urls_token_is_neither_printed_nor_echoed_in_errors() {
+    let c =
+        parse("sinks:\n  webhooks:\n    - url: https://hooks.example/in?access_token=T0KEN123\n")
+            .unwrap();
+    let printed = c.to_redacted_yaml();
+    assert!(!printed.contains("T0KEN123"), "{printed}");
+    assert!(
+        printed.contains("https://hooks.example/in?redacted"),
+        "{printed}"
+    );
+    // What check-config prints loads again.
+    let again = Config::parse(&printed, Path::new("/etc/x.yml")).unwrap();
+    assert_eq!(again.sinks.webhooks.len(), 1);
+    let (key, message) =
+        invalid("sinks:\n  webhooks:\n    - url: \"ht tp://x?access_token=T0KEN123\"\n");
+    assert_eq!(key, "sinks.webhooks[0].url");
+    assert!(!message.contains("T0KEN123"), "{message}");
 }

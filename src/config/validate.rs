@@ -365,7 +365,8 @@ pub(crate) fn check_url(
     schemes: &[&str],
 ) -> Result<reqwest::Url, ConfigError> {
     let url = reqwest::Url::parse(text)
-        .map_err(|e| ConfigError::invalid(file, key, format!("invalid URL {text:?}: {e}")))?;
+        // Not echoed: a URL may carry a token in its query.
+        .map_err(|e| ConfigError::invalid(file, key, format!("not a valid URL: {e}")))?;
     if !schemes.contains(&url.scheme()) {
         return Err(ConfigError::invalid(
             file,

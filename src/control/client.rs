@@ -228,7 +228,7 @@ fn human(r: &Report) -> String {
             (_, false) => "FAILING",
         };
         out += &format!(
-            "sink {name}: {state} ({}), backlog {}, published {}, duplicates {}, failures {}{}{}\n",
+            "sink {name}: {state} ({}), backlog {}, published {}, duplicates {}, failures {}{}{}{}\n",
             k.target,
             k.backlog,
             k.published,
@@ -236,6 +236,11 @@ fn human(r: &Report) -> String {
             k.failures,
             if k.forced_out > 0 {
                 format!(", FORCED OUT {}", k.forced_out)
+            } else {
+                String::new()
+            },
+            if k.rejected > 0 {
+                format!(", REJECTED {}", k.rejected)
             } else {
                 String::new()
             },

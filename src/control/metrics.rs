@@ -488,6 +488,14 @@ impl Daemon {
         )?;
         counter_family(
             enc,
+            "sink_rejected",
+            "Messages the sink skipped because its destination can never take them (too large for the server, an unreadable line): never delivered.",
+            None,
+            "sink",
+            sinks().map(|(n, s)| (n, s.rejected)),
+        )?;
+        counter_family(
+            enc,
             "sink_failures",
             "Failed delivery attempts (each retried).",
             None,

@@ -124,6 +124,9 @@ impl Nats {
             .connection_timeout(self.retry.timeout)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // Only the configured servers: a cluster's advertised peers may be off loopback,
+            // where plain nats:// (and the credentials in its CONNECT) is not allowed.
+            .ignore_discovered_servers()
             .reconnect_delay_callback(move |attempts| reconnect_delay(initial, max, attempts))
             .event_callback(move |event| {
                 on_event(&state, &connected, &event);

@@ -64,6 +64,10 @@ pub(super) fn client(
         .proxy(proxy)
         .connect_timeout(w.timeout.get())
         .timeout(w.timeout.get())
+        // A redirect is a failure: a 301/302/303 would turn the POST into a GET without the
+        // message (and a 2xx to that would count as delivered), a 307/308 would post the
+        // message, bearer URLs included, wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))
@@ -161,7 +165,31 @@ impl Webhook {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(crate::config::shown_url)
+                .unwrap_or_default();
+            return Err(Failure {
+                what: format!(
+                    "HTTP {}: a redirect (to {to:?}), not followed: set the final URL",
+                    status.as_u16()
+                ),
+                retry_after,
+            });
+        }
+        // The start of the answer, for the error; never more than a few KiB read.
+        let mut resp = resp;
+        let mut head = Vec::new();
+        while head.len() < 4096 {
+            match resp.chunk().await {
+                Ok(Some(c)) => head.extend_from_slice(&c[..c.len().min(4096 - head.len())]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
         let snippet: String = text.chars().take(SNIPPET).collect();
         Err(Failure {
             what: format!("HTTP {}: {}", status.as_u16(), snippet.trim()),

@@ -153,7 +153,8 @@ impl<'a> Frame<'a> {
     pub fn lag_ms(&self, now: std::time::SystemTime) -> Option<i64> {
         let sent: i64 = self.header("time")?.parse().ok()?;
         let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
-        Some(i64::try_from(now).ok()? - sent)
+        // A hostile `time` header (i64::MIN) must not overflow.
+        i64::try_from(now).ok()?.checked_sub(sent)
     }
 
     /// One pass over `data`: is it JSON that consumers can read back, and (for a CALLBACK)

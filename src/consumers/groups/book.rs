@@ -121,6 +121,9 @@ pub struct Book {
     idle_since: Option<SystemTime>,
     /// Fresh messages below this were given before a replay: they go out marked redelivered.
     replayed_below: u64,
+    /// Seqs below this that a spool bound removed are counted already (a replay does not
+    /// lower it, so they are not counted twice).
+    forced_counted_below: u64,
 }
 
 impl Book {
@@ -139,6 +142,7 @@ impl Book {
             deadlines: BTreeSet::new(),
             done: done_above.into_iter().filter(|s| *s > cursor).collect(),
             next_fresh: cursor + 1,
+            forced_counted_below: cursor + 1,
             cursor,
             counts: Counts::default(),
             configured: false,
@@ -270,16 +274,29 @@ impl Book {
         self.next_fresh
     }
 
-    /// Skips fresh messages below `seq` (a spool bound removed them); those not done nor in
-    /// flight count as forced out.
+    /// Skips fresh messages below `seq` that are not to be given (done or in flight already,
+    /// or released from the spool after every group had them). Nothing is counted.
     pub fn skip_to(&mut self, seq: u64) {
         if seq > self.next_fresh {
-            let range = self.next_fresh..seq;
-            let had = self.done.range(range.clone()).count() + self.records.range(range).count();
-            self.counts.forced_out += (seq - self.next_fresh).saturating_sub(had as u64);
             self.next_fresh = seq;
             self.prune();
         }
+    }
+
+    /// Skips fresh messages below `forced_below`, which a spool bound removed: those neither
+    /// done nor in flight, and not counted before, count as forced out.
+    pub fn forced_to(&mut self, forced_below: u64) {
+        if forced_below <= self.next_fresh {
+            return;
+        }
+        let from = self.next_fresh.max(self.forced_counted_below);
+        if forced_below > from {
+            let range = from..forced_below;
+            let had = self.done.range(range.clone()).count() + self.records.range(range).count();
+            self.counts.forced_out += (forced_below - from).saturating_sub(had as u64);
+            self.forced_counted_below = forced_below;
+        }
+        self.skip_to(forced_below);
     }
 
     /// Whether message `seq` still needs its first delivery (not done, not in flight).

@@ -167,7 +167,7 @@ fn forced_out_messages_are_dropped_not_redelivered() {
     assert_eq!(d.seq, 3);
     assert_eq!(b.cursor(), 2);
     assert_eq!(b.counts().forced_out, 2, "seqs 1 and 2");
-    b.skip_to(10);
+    b.forced_to(10);
     assert_eq!(b.next_fresh(), 10);
     assert_eq!(b.counts().forced_out, 8, "and 4 to 9");
 }
@@ -178,14 +178,36 @@ fn skipping_counts_only_messages_the_group_did_not_have() {
     // 5 and 6 were acked out of order before a restart.
     let mut b = Book::new(settings(10, 10), 2, [5, 6]);
     b.join(1);
-    b.skip_to(8);
+    b.forced_to(8);
     assert_eq!(b.counts().forced_out, 3, "3, 4 and 7");
     give(&mut b, 8..=9, t0);
-    b.skip_to(9);
+    b.forced_to(9);
     assert_eq!(b.counts().forced_out, 3, "nothing skipped below next_fresh");
     b.replay_from(8);
-    b.skip_to(10);
+    b.forced_to(10);
     assert_eq!(b.counts().forced_out, 3, "8 and 9 are in flight");
+}
+
+#[test]
+fn skipping_what_retention_released_counts_nothing_forced_out() {
+    // 1 to 5 acked by every group and released; a replay from 1 finds nothing stored.
+    let mut b = Book::new(settings(10, 10), 5, []);
+    b.replay_from(1);
+    b.skip_to(6);
+    assert_eq!(b.next_fresh(), 6);
+    assert_eq!(b.counts().forced_out, 0);
+}
+
+#[test]
+fn a_replay_does_not_count_forced_out_messages_twice() {
+    let mut b = Book::new(settings(10, 10), 0, []);
+    b.forced_to(4);
+    assert_eq!(b.counts().forced_out, 3, "1 to 3");
+    b.replay_from(1);
+    b.forced_to(4);
+    assert_eq!(b.counts().forced_out, 3, "counted once");
+    b.forced_to(6);
+    assert_eq!(b.counts().forced_out, 5, "and 4, 5");
 }
 
 #[test]

@@ -178,7 +178,7 @@ impl Group {
     /// room, so it shows at once, not when the members catch up), and says so: an error for a
     /// sink (those messages never reach its destination), a warning for consumers.
     fn count_forced_out(&mut self) {
-        self.book.skip_to(self.env.spool.forced_below());
+        self.book.forced_to(self.env.spool.forced_below());
         let total = self.book.counts().forced_out;
         if total <= self.forced_logged {
             return;
@@ -428,7 +428,7 @@ impl Group {
     async fn next_fresh(&mut self) -> Option<Message> {
         loop {
             // Messages a spool bound forced out are gone (and counted): never from a cache.
-            self.book.skip_to(self.env.spool.forced_below());
+            self.book.forced_to(self.env.spool.forced_below());
             if let Some(m) = self.ahead.pop_front() {
                 if self.book.wants(m.seq) {
                     return Some(m);
