@@ -181,6 +181,14 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         metrics_text.contains("dingtalk_streamd_connected 1"),
         "{metrics_text}"
     );
+    // Proof of receipt for the first and the last message (every one carries a
+    // sessionWebhook), from the running daemon and, after it stopped, from the spool file.
+    let first = pushed_ids.first().expect("pushed").clone();
+    let last = pushed_ids.last().expect("pushed").clone();
+    let inspect_first = output(&["--config", &cfg, "inspect", &first], env).await;
+    assert_eq!(inspect_first.code, Some(0), "{}", inspect_first.stderr);
+    let inspect_last = output(&["--config", &cfg, "inspect", "--json", &last], env).await;
+    assert_eq!(inspect_last.code, Some(0), "{}", inspect_last.stderr);
     let check = output(&["--config", &cfg, "check-config"], env).await;
     assert_eq!(check.code, Some(0), "{}", check.stderr);
     assert!(
@@ -193,6 +201,8 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     let exit = daemon.wait_exit(WAIT).await;
     assert_eq!(exit.code(), Some(0), "{}", daemon.stderr());
     let (log_out, log_err) = (daemon.stdout(), daemon.stderr());
+    let inspect_file = output(&["--config", &cfg, "inspect", &first], env).await;
+    assert_eq!(inspect_file.code, Some(0), "{}", inspect_file.stderr);
 
     // The run was really at trace level and really went through the proxy, so the absence of
     // secrets below means something.
@@ -258,6 +268,13 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
         ("/metrics", metrics_text.as_str()),
         ("check-config", check.stdout.as_str()),
         ("check-config stderr", check.stderr.as_str()),
+        ("inspect", inspect_first.stdout.as_str()),
+        ("inspect --json", inspect_last.stdout.as_str()),
+        (
+            "inspect (from the spool file)",
+            inspect_file.stdout.as_str(),
+        ),
+        ("inspect stderr", inspect_file.stderr.as_str()),
     ];
     for (name, text) in outputs {
         for (what, value) in &forbidden {

@@ -243,7 +243,7 @@ async fn token_and_password_auth_never_show_the_secret() {
     // The right token: messages reach the stream.
     let p = Paths::new();
     let token = p.path("nats.token");
-    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    write_private(&token, &format!("{TOKEN}\n"));
     p.configure(
         &gw,
         &format!(
@@ -280,7 +280,7 @@ async fn token_and_password_auth_never_show_the_secret() {
     const WRONG: &str = "pw-wr0ng-77c1";
     let q = Paths::new();
     let pw = q.path("nats.password");
-    std::fs::write(&pw, WRONG).expect("password file");
+    write_private(&pw, WRONG);
     // Debug logs too: the client's errors are logged at debug.
     q.configure(
         &gw,

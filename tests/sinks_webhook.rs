@@ -67,7 +67,7 @@ async fn every_message_arrives_in_order_and_signed_across_failures_and_a_sigkill
     let gw = gateway(false).await;
     let p = Paths::new();
     let key = p.path("hook.key");
-    std::fs::write(&key, format!("{KEY}\n")).expect("key file");
+    write_private(&key, &format!("{KEY}\n"));
     p.configure(
         &gw,
         &format!(

@@ -377,9 +377,15 @@ pub(super) fn resolve_sink_secrets(sinks: &Sinks, file: &Path) -> Result<SinkSec
     Ok(out)
 }
 
+/// A secret file's contents; refused when every user may read or write it.
 fn read(file: &Path, key: &str, p: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(p)
-        .map_err(|e| ConfigError::invalid(file, key, format!("cannot read {}: {e}", p.display())))
+    let c = super::private::read(p).map_err(|e| {
+        ConfigError::invalid(file, key, format!("cannot read {}: {e}", p.display()))
+    })?;
+    if let Some(why) = super::private::too_open(p, c.mode, &format!("the secret of {key}")) {
+        return Err(ConfigError::invalid(file, key, why));
+    }
+    Ok(c.text)
 }
 
 /// A file holding one value: one trailing newline is dropped; empty or padded values are

@@ -173,6 +173,8 @@ fn secret_files_are_read_at_load_and_never_shown() {
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     };
     let token = write("token", "t0ken-value\n");
@@ -236,6 +238,29 @@ fn secret_files_are_read_at_load_and_never_shown() {
         e.to_string().contains("sinks.webhooks[0].secret_file"),
         "{e}"
     );
+}
+
+#[test]
+fn a_secret_file_every_user_may_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hook.key");
+    std::fs::write(&key, "k3y\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "{MINIMAL}sinks:\n  webhooks:\n    - {{ url: http://127.0.0.1:1/, secret_file: {} }}\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = Config::load(&config).unwrap_err().to_string();
+    assert!(e.contains("sinks.webhooks[0].secret_file"), "{e}");
+    assert!(e.contains("readable by every user"), "{e}");
+    assert!(!e.contains("k3y"), "{e}");
 }
 
 #[test]
