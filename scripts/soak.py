@@ -949,7 +949,8 @@ def main():
     config = os.path.join(work, "config.yml")
     with open(os.path.join(work, "sim-config.yml")) as f:
         base = f.read()
-    with open(config, "w") as f:
+    # Owner-only: it holds the client secret inline (the daemon refuses it readable by all).
+    with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(base)
         f.write(f"groups: [{GROUP}]\n"
                 "reconnect:\n  initial_delay: 100ms\n  max_delay: 2s\n"
