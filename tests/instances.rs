@@ -68,7 +68,10 @@ async fn an_instance_config_gets_the_instance_paths_unless_it_sets_its_own() {
         &[],
     )
     .await;
-    if std::path::Path::new("/var/lib/dingtalk-streamd").is_dir() {
+    let state = std::path::Path::new("/var/lib/dingtalk-streamd");
+    let creatable =
+        state.is_dir() && nix::unistd::access(state, nix::unistd::AccessFlags::W_OK).is_ok();
+    if creatable {
         assert_eq!(o.code, Some(0), "{}", o.stderr);
         assert!(
             o.stdout.contains("dir: /var/lib/dingtalk-streamd/app-a"),
@@ -78,8 +81,7 @@ async fn an_instance_config_gets_the_instance_paths_unless_it_sets_its_own() {
     } else {
         assert_eq!(o.code, Some(78), "{}", o.stderr);
         assert!(
-            o.stderr
-                .contains("spool directory /var/lib/dingtalk-streamd/app-a does not exist"),
+            o.stderr.contains("/var/lib/dingtalk-streamd/app-a"),
             "{}",
             o.stderr
         );

@@ -314,6 +314,7 @@ fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error
             if u.query().is_some() {
                 u.set_query(Some("redacted"));
             }
+            mask_path(&mut u, "redacted");
             if !u.username().is_empty() || u.password().is_some() {
                 let _ = u.set_username("redacted");
                 let _ = u.set_password(None);
@@ -325,7 +326,20 @@ fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error
     }
 }
 
-/// A URL without its query, fragment and credentials, for logs and status.
+/// Keeps the first path segment only: webhook services put their token in the path
+/// (`/services/T0/B0/XXXX`, `/api/webhooks/ID/TOKEN`), so the rest becomes `mark`.
+fn mask_path(u: &mut reqwest::Url, mark: &str) {
+    let segments: Vec<String> = match u.path_segments() {
+        Some(s) => s.map(str::to_owned).collect(),
+        None => return,
+    };
+    if segments.len() > 1 {
+        u.set_path(&format!("/{}/{mark}", segments[0]));
+    }
+}
+
+/// A URL without its query, fragment and credentials, and with no more than its first path
+/// segment, for logs and status.
 pub fn shown_url(text: &str) -> String {
     match reqwest::Url::parse(text) {
         Ok(mut u) => {
@@ -333,6 +347,7 @@ pub fn shown_url(text: &str) -> String {
             let _ = u.set_password(None);
             u.set_query(None);
             u.set_fragment(None);
+            mask_path(&mut u, "…");
             u.to_string()
         }
         Err(_) => "(invalid URL)".to_owned(),

@@ -149,6 +149,7 @@ pub async fn serve(stream: UnixStream, env: PeerEnv, peer: Peer) {
     debug!(
         pid = peer.pid,
         uid = peer.uid,
+        gid = peer.gid,
         tap = tap_id,
         half_closed = matches!(reading, Reading::Closed),
         "tap connected"
@@ -163,6 +164,7 @@ async fn refuse(env: &PeerEnv, wr: &mut OwnedWriteHalf, peer: Peer, e: LineError
     warn!(
         pid = peer.pid,
         uid = peer.uid,
+        gid = peer.gid,
         code = e.code,
         "first line is not a valid hello; closing"
     );

@@ -60,6 +60,7 @@ pub(super) async fn run(
             info!(
                 pid = peer.pid,
                 uid = peer.uid,
+                gid = peer.gid,
                 tap = id,
                 cause = "tap_too_slow",
                 "tap disconnected: it did not keep up (its queue overflowed)"
@@ -80,6 +81,7 @@ pub(super) async fn run(
             info!(
                 pid = peer.pid,
                 uid = peer.uid,
+                gid = peer.gid,
                 tap = id,
                 "tap sent a hello after its hello window; closing"
             );

@@ -291,6 +291,16 @@ impl Daemon {
         {
             store.ensure_group(&name, crate::spool::StartAt::Oldest)?;
         }
+        if let Some(half) = notify::watchdog_interval() {
+            let watchdog = half * 2;
+            if c.limits.commit_stall.get() >= watchdog {
+                warn!(
+                    commit_stall = %c.limits.commit_stall,
+                    watchdog = ?watchdog,
+                    "limits.commit_stall is not below the unit's WatchdogSec=: a stalled disk ends in the watchdog's kill instead of a proper close; keep it below"
+                );
+            }
+        }
         let parts = shutdown.child_token();
         let tasks = TaskTracker::new();
         let newest = store.newest_seq()?;

@@ -188,6 +188,7 @@ pub async fn serve_consumers(
             warn!(
                 pid = peer.pid,
                 uid = peer.uid,
+                gid = peer.gid,
                 limit = max_consumers,
                 "refusing a consumer: limits.max_consumers reached"
             );

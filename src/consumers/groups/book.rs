@@ -283,6 +283,11 @@ impl Book {
         }
     }
 
+    /// Seqs below `seq` are never counted as forced out again.
+    pub(super) fn raise_forced_counted(&mut self, seq: u64) {
+        self.forced_counted_below = self.forced_counted_below.max(seq);
+    }
+
     /// Skips fresh messages below `forced_below`, which a spool bound removed: those neither
     /// done nor in flight, and not counted before, count as forced out.
     pub fn forced_to(&mut self, forced_below: u64) {

@@ -90,6 +90,9 @@ impl Book {
             r.deliveries = 0;
         }
         self.replayed_below = self.replayed_below.max(self.next_fresh);
+        // What lies below next_fresh was had (or counted) already: a bound that removes it
+        // before the replay reaches it does not make it forced out.
+        self.raise_forced_counted(self.next_fresh);
         self.next_fresh = self.next_fresh.min(from);
         self.cursor = self.cursor.min(from - 1);
     }

@@ -199,6 +199,22 @@ fn skipping_what_retention_released_counts_nothing_forced_out() {
 }
 
 #[test]
+fn a_replay_does_not_count_acked_messages_a_bound_removed_later() {
+    let t0 = Instant::now();
+    let mut b = Book::new(settings(10, 10), 0, []);
+    b.join(1);
+    give(&mut b, 1..=10, t0);
+    for seq in 1..=10 {
+        b.ack(seq);
+    }
+    // Another group was slow: the bound removes 1 to 5, which this group had acked.
+    b.forced_to(6);
+    b.replay_from(1);
+    b.forced_to(6);
+    assert_eq!(b.counts().forced_out, 0);
+}
+
+#[test]
 fn a_replay_does_not_count_forced_out_messages_twice() {
     let mut b = Book::new(settings(10, 10), 0, []);
     b.forced_to(4);
