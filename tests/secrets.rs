@@ -11,6 +11,7 @@
 mod common;
 
 use common::compat::{Endpoint, LOCAL_ID, LOCAL_SECRET, access_token};
+use common::exposition::get_metrics;
 use common::proxy::{Mode, Proxy, basic, basic_token};
 use common::*;
 use dingtalk_streamd_sim::{FakeGateway, GatewayEvent, TicketFault};
@@ -161,7 +162,7 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     );
     let human_401 = output(&["--config", &cfg, "status"], env).await;
     assert_eq!(human_401.code, Some(1));
-    let metrics_401 = scrape(metrics).await;
+    let metrics_401 = get_metrics(&metrics.to_string()).await;
     gw.set_ticket_fault(None);
     new_connection(&gw, c3).await;
     push_round(&gw, "after 401", &mut webhooks, &mut pushed_ids).await;
@@ -176,7 +177,7 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
     let st: serde_json::Value = serde_json::from_str(status_json.stdout.trim()).unwrap();
     assert_eq!(st["state"], "connected", "{st}");
     let status_human = output(&["--config", &cfg, "status"], env).await;
-    let metrics_text = scrape(metrics).await;
+    let metrics_text = get_metrics(&metrics.to_string()).await;
     assert!(
         metrics_text.contains("dingtalk_streamd_connected 1"),
         "{metrics_text}"
@@ -331,19 +332,4 @@ async fn a_full_trace_run_prints_no_secret_and_sends_a_well_formed_ticket_reques
             ]
         );
     }
-}
-
-/// `GET /metrics` over a fresh connection; the whole response.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut body))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    body
 }

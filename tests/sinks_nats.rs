@@ -28,17 +28,6 @@ fn bot_messages(n: usize, tag: &str) -> (Vec<OutFrame>, Vec<String>) {
         .unzip()
 }
 
-async fn push_all_acked(gw: &dingtalk_streamd_sim::FakeGateway, frames: Vec<OutFrame>) {
-    let ids: Vec<String> = gw
-        .push_many(frames, Route::Random)
-        .await
-        .expect("push")
-        .into_iter()
-        .map(|p| p.message_id)
-        .collect();
-    wait_acked(gw, &ids).await;
-}
-
 fn sink<'a>(st: &'a Value, name: &str) -> &'a Value {
     &st["sinks"][name]
 }
@@ -118,8 +107,8 @@ async fn two_hosts_publish_each_message_once_across_redeliveries_and_an_outage()
     // half land on the other host, whose spool has not seen them.
     const N: usize = 200;
     let (frames, mut msg_ids) = bot_messages(N, "first");
-    push_all_acked(&gw, frames.clone()).await;
-    push_all_acked(&gw, frames).await;
+    push_frames_acked(&gw, frames.clone()).await;
+    push_frames_acked(&gw, frames).await;
     caught_up(&js, &[&a, &b], N as u64, CATCH_UP).await;
     let (sa, sb) = (a.status().await, b.status().await);
     let stored = num(&sa["spool"]["stored"]) + num(&sb["spool"]["stored"]);
@@ -173,7 +162,7 @@ async fn two_hosts_publish_each_message_once_across_redeliveries_and_an_outage()
     }
     const M: usize = 100;
     let (frames, more) = bot_messages(M, "outage");
-    push_all_acked(&gw, frames).await;
+    push_frames_acked(&gw, frames).await;
     msg_ids.extend(more);
     until(WAIT, "the outage's messages in the backlogs", async || {
         let (x, y) = (a.status().await, b.status().await);

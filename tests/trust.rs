@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::exposition::get_metrics;
 use common::*;
 use dingtalk_streamd_sim::{CloseReason, GatewayEvent};
 use std::time::{Duration, Instant};
@@ -183,7 +184,7 @@ async fn idle_listener_clients_cannot_exhaust_the_daemon() {
     );
     assert_eq!(st["state"], "connected", "{st}");
     let asked = Instant::now();
-    let body = scrape(metrics).await;
+    let body = get_metrics(&metrics.to_string()).await;
     assert!(
         asked.elapsed() < Duration::from_secs(2),
         "scrape took {:?}",
@@ -198,21 +199,6 @@ async fn idle_listener_clients_cannot_exhaust_the_daemon() {
     drop(idle_tcp);
     drop(idle_unix);
     d.stop(WAIT).await;
-}
-
-/// `GET /metrics` over a fresh connection; the whole response.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut body))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    body
 }
 
 /// A burst of 20,000 frames of ~1 KB on one connection: the reader pauses while the spool

@@ -177,12 +177,7 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }
-    let mut parts = Vec::new();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        parts.push(err.to_string());
-        cur = err.source();
-    }
+    let mut parts = crate::gateway::http::causes(e);
     if parts.is_empty() {
         parts.push("HTTP error".into());
     }

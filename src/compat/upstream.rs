@@ -6,7 +6,6 @@
 
 use crate::config::Config;
 use crate::gateway::proxy::ProxySettings;
-use crate::gateway::ticket::USER_AGENT;
 use crate::secret::Secret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,19 +39,9 @@ impl Upstream {
         origin.set_query(None);
         origin.set_fragment(None);
         let timeout = config.reconnect.connect_timeout.get();
-        let proxies = proxies.clone();
-        let proxy = reqwest::Proxy::custom(move |url| {
-            url.host_str()
-                .and_then(|h| proxies.for_host(h))
-                .map(|p| p.0.0.clone())
-        });
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .no_proxy()
-            .proxy(proxy)
+        let http = crate::gateway::http::client_builder(&tls, proxies)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Upstream {

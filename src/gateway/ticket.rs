@@ -168,19 +168,9 @@ impl TicketClient {
         let open_url = reqwest::Url::parse(&config.dingtalk.open_url)
             .map_err(|e| TicketError::BadResponse(format!("dingtalk.open_url: {e}")))?;
         let timeout = config.reconnect.connect_timeout.get();
-        let proxies = proxies.clone();
-        let proxy = reqwest::Proxy::custom(move |url| {
-            url.host_str()
-                .and_then(|h| proxies.for_host(h))
-                .map(|p| p.0.0.clone())
-        });
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .no_proxy()
-            .proxy(proxy)
+        let http = super::http::client_builder(&tls, proxies)
             .connect_timeout(timeout)
             .timeout(timeout)
-            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| TicketError::Network(describe(&e)))?;
         Ok(TicketClient {
@@ -336,12 +326,7 @@ fn classify(e: reqwest::Error) -> TicketError {
 
 /// The error chain without the URL (it could name a proxy with credentials).
 fn describe(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        parts.push(err.to_string());
-        cur = err.source();
-    }
+    let mut parts = super::http::causes(e);
     if parts.is_empty() {
         parts.push(
             if e.is_connect() {

@@ -10,7 +10,6 @@ use super::{Retry, SinkState, WEBHOOK_WINDOW, group_name};
 use crate::config::WebhookSink;
 use crate::consumers::groups::GroupRegistry;
 use crate::gateway::proxy::ProxySettings;
-use crate::gateway::ticket::USER_AGENT;
 use crate::secret::Secret;
 use crate::supervisor::backoff::Backoff;
 use hmac::{Hmac, Mac};
@@ -52,23 +51,13 @@ pub(super) fn client(
     tls: &Arc<rustls::ClientConfig>,
     proxies: &ProxySettings,
 ) -> Result<reqwest::Client, String> {
-    let proxies = proxies.clone();
-    let proxy = reqwest::Proxy::custom(move |url| {
-        url.host_str()
-            .and_then(|h| proxies.for_host(h))
-            .map(|p| p.0.0.clone())
-    });
-    reqwest::Client::builder()
-        .tls_backend_preconfigured((**tls).clone())
-        .no_proxy()
-        .proxy(proxy)
+    crate::gateway::http::client_builder(tls, proxies)
         .connect_timeout(w.timeout.get())
         .timeout(w.timeout.get())
         // A redirect is a failure: a 301/302/303 would turn the POST into a GET without the
         // message (and a 2xx to that would count as delivered), a 307/308 would post the
         // message, bearer URLs included, wherever it points.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(USER_AGENT)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))
 }
@@ -229,11 +218,7 @@ fn retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut parts = vec![e.to_string()];
-    let mut cur = std::error::Error::source(&e);
-    while let Some(err) = cur {
-        parts.push(err.to_string());
-        cur = err.source();
-    }
+    parts.extend(crate::gateway::http::causes(&e));
     parts.join(": ")
 }
 

@@ -360,9 +360,8 @@ fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /metrics` from `addr` over a fresh connection: the body of a 200 answer in the
-/// Prometheus text format, checked with [`Exposition::parse`]. Panics otherwise.
-pub async fn scrape(addr: &str) -> (String, Exposition) {
+/// `GET /metrics` from `addr` over a fresh connection: the whole answer, headers included.
+pub async fn get_metrics(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
@@ -375,6 +374,13 @@ pub async fn scrape(addr: &str) -> (String, Exposition) {
         .await
         .expect("answered in time")
         .expect("read");
+    raw
+}
+
+/// `GET /metrics` from `addr` over a fresh connection: the body of a 200 answer in the
+/// Prometheus text format, checked with [`Exposition::parse`]. Panics otherwise.
+pub async fn scrape(addr: &str) -> (String, Exposition) {
+    let raw = get_metrics(addr).await;
     let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(

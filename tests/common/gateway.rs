@@ -35,7 +35,19 @@ pub async fn wait_acked<S: AsRef<str>>(gw: &FakeGateway, ids: &[S]) {
 /// Pushes `n` bot messages ("`tag` 0", "`tag` 1", ...) to random connections and waits until
 /// each is ACKed (so stored); returns their messageIds.
 pub async fn push_acked(gw: &FakeGateway, n: usize, tag: &str) -> Vec<String> {
-    let frames = (0..n).map(|i| OutFrame::bot_text(&format!("{tag} {i}")));
+    push_frames_acked(
+        gw,
+        (0..n).map(|i| OutFrame::bot_text(&format!("{tag} {i}"))),
+    )
+    .await
+}
+
+/// Pushes `frames` to random connections and waits until each is ACKed (so stored); returns
+/// their messageIds.
+pub async fn push_frames_acked(
+    gw: &FakeGateway,
+    frames: impl IntoIterator<Item = OutFrame>,
+) -> Vec<String> {
     let ids: Vec<String> = gw
         .push_many(frames, Route::Random)
         .await
