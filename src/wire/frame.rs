@@ -182,12 +182,19 @@ impl<'a> Frame<'a> {
     /// The keys a redelivery of this frame is recognised by (docs/protocol.md §7): the
     /// messageId, `headers.eventId` for events, `data.msgId` for bot messages.
     pub fn dedupe_keys(&self, info: &DataInfo<'_>) -> Vec<String> {
-        let mut keys = vec![format!("mid:{}", self.message_id())];
+        // Per message: concatenation, not the formatting machinery.
+        let key = |parts: &[&str]| {
+            let mut k = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+            parts.iter().for_each(|p| k.push_str(p));
+            k
+        };
+        let mut keys = Vec::with_capacity(3);
+        keys.push(key(&["mid:", self.message_id()]));
         if let Some(ev) = self.event_id() {
-            keys.push(format!("evt:{ev}"));
+            keys.push(key(&["evt:", ev]));
         }
         if let Some(id) = &info.msg_id {
-            keys.push(format!("msg:{}:{id}", self.topic()));
+            keys.push(key(&["msg:", self.topic(), ":", id]));
         }
         keys
     }
