@@ -84,33 +84,32 @@ pub async fn serve(groups: &GroupRegistry, group: &str, io: MemberIo) {
     let out_task = tokio::spawn(write_out(writer, rx, err_rx, done.clone(), peer));
     loop {
         tokio::select! {
-                   _ = done.cancelled() => break,
-                   incoming = lines.next() => {
-                       let reply = match incoming {
-                           None | Some(Err(LinesCodecError::Io(_))) => break,
-                           Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                               Some(LineError::new("too_long", "line longer than limits.max_line_bytes"))
-                           }
-                           Some(Ok(line)) if line.trim().is_empty() => None,
-                           Some(Ok(line)) => match protocol::parse(&line) {
-                               Ok(Request::Ack { seq, response }) => {
-                                   let _ = gtx.send(GroupMsg::Ack { id, seq, response });
-                                   None
-                               }
-                               Ok(Request::Hello { .. }) => Some(LineError::new("bad_hello", "already joined a group")),
-                               Err(e) => Some(e),
-                           },
-                       };
-                       if let Some(e) = reply {
-                           groups.count_bad_line();
-                           if err_tx.try_send(e).is_err() {
-                               warn!(group, pid = peer.pid, uid = peer.uid,
-        gid = peer.gid, waiting = ERROR_REPLIES, "{}", SLOW_REPLIES);
-                               break;
-                           }
-                       }
-                   }
-               }
+            _ = done.cancelled() => break,
+            incoming = lines.next() => {
+                let reply = match incoming {
+                    None | Some(Err(LinesCodecError::Io(_))) => break,
+                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                        Some(LineError::new("too_long", "line longer than limits.max_line_bytes"))
+                    }
+                    Some(Ok(line)) if line.trim().is_empty() => None,
+                    Some(Ok(line)) => match protocol::parse(&line) {
+                        Ok(Request::Ack { seq, response }) => {
+                            let _ = gtx.send(GroupMsg::Ack { id, seq, response });
+                            None
+                        }
+                        Ok(Request::Hello { .. }) => Some(LineError::new("bad_hello", "already joined a group")),
+                        Err(e) => Some(e),
+                    },
+                };
+                if let Some(e) = reply {
+                    groups.count_bad_line();
+                    if err_tx.try_send(e).is_err() {
+                        warn!(group, pid = peer.pid, uid = peer.uid, gid = peer.gid, waiting = ERROR_REPLIES, "{}", SLOW_REPLIES);
+                        break;
+                    }
+                }
+            }
+        }
     }
     done.cancel();
     out_task.abort();
@@ -155,8 +154,13 @@ async fn write_out(
         }
         if let Err(e) = write_bounded(&mut writer, &buf).await {
             if e.kind() == std::io::ErrorKind::TimedOut {
-                warn!(pid = peer.pid, uid = peer.uid,
- gid = peer.gid, error = %e, "disconnecting a group member that stopped reading");
+                warn!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    error = %e,
+                    "disconnecting a group member that stopped reading"
+                );
             }
             break;
         }
