@@ -3,6 +3,8 @@
 //! Real sockets on 127.0.0.1:0, plain ws://; every wait has a deadline; no sleeps as
 //! synchronisation (a client "pauses" by not reading until the gateway reports what it waits for).
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -35,29 +37,7 @@ async fn ws_url_from(open_url: &str) -> String {
         "subscriptions": [{"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"}],
         "ua": "burst-test",
     });
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(T)
-        .build()
-        .expect("reqwest client");
-    let resp: Value = client
-        .post(open_url)
-        .json(&body)
-        .send()
-        .await
-        .expect("ticket request answered")
-        .json()
-        .await
-        .expect("JSON body");
-    let endpoint = resp["endpoint"].as_str().expect("endpoint");
-    let ticket = resp["ticket"].as_str().expect("ticket");
-    format!("{endpoint}?ticket={ticket}")
+    common::ws_url_from(open_url, &body, T).await
 }
 
 /// Dials `open_url`'s gateway over plain TCP (tiny socket buffers when `small`, so

@@ -3,6 +3,8 @@
 //!
 //! Real sockets on 127.0.0.1:0, plain ws://; every wait has a deadline.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,32 +23,7 @@ const T: Duration = Duration::from_secs(10);
 /// Ticket from `open_url`, then the WebSocket (plain).
 async fn dial(open_url: &str) -> Ws {
     let body = json!({"clientId": "sim-client", "clientSecret": "sim-secret", "subscriptions": []});
-    // reqwest is built without a default crypto provider: hand it a TLS config (unused on http).
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(T)
-        .build()
-        .expect("reqwest client");
-    let resp: Value = http
-        .post(open_url)
-        .json(&body)
-        .send()
-        .await
-        .expect("ticket request answered")
-        .json()
-        .await
-        .expect("JSON body");
-    let url = format!(
-        "{}?ticket={}",
-        resp["endpoint"].as_str().expect("endpoint"),
-        resp["ticket"].as_str().expect("ticket")
-    );
+    let url = common::ws_url_from(open_url, &body, T).await;
     tokio_tungstenite::connect_async(url)
         .await
         .expect("WebSocket connects")
